@@ -1,0 +1,61 @@
+"""PyTorch adapter for unified_params.
+
+Design constraints of this module: it is what the entry point
+``unified_params.backends: torch`` loads, so it must not import torch at
+import time. ``import unified_params`` followed by ``up.backends()`` loads this
+class and nothing else; torch is imported by :meth:`TorchBackend.version`,
+:meth:`TorchBackend.owns` (only called when torch is already in
+``sys.modules``), :meth:`TorchBackend.open` and the zoo, through the submodules
+``_handle`` and ``zoo``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from unified_params._adapter import Backend
+
+if TYPE_CHECKING:
+    from unified_params._adapter import Handle, Zoo
+
+__all__ = ["TorchBackend", "__version__"]
+
+__version__ = "0.1.0"
+
+
+class TorchBackend(Backend):
+    """Wraps ``torch.nn.Module`` trees; the native layout is the canonical one."""
+
+    name: ClassVar[str] = "torch"
+    modules: ClassVar[tuple[str, ...]] = ("torch",)
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"deferred", "buffers", "grad", "tie", "zero_copy"}
+    )
+    install: ClassVar[str] = "pip install unified-params-torch"
+
+    def version(self) -> str:
+        import torch
+
+        return str(torch.__version__)
+
+    def owns(self, obj: Any) -> bool:
+        import torch
+
+        return isinstance(obj, torch.nn.Module)
+
+    def open(self, obj: Any, variables: Any = None) -> Handle:
+        from unified_params_torch._handle import TorchHandle
+
+        return TorchHandle(self, obj)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        from unified_params_torch._handle import to_numpy
+
+        return to_numpy(x)
+
+    def zoo(self) -> Zoo:
+        from unified_params_torch.zoo import TorchZoo
+
+        return TorchZoo()

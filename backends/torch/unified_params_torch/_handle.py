@@ -1,0 +1,313 @@
+"""The PyTorch handle: answers the core's questions about one ``nn.Module``.
+
+Design constraints of this module:
+
+* It imports torch (it is only imported from ``TorchBackend.open``, the zoo and
+  ``to_numpy``, i.e. once a torch object exists).
+* The tree is walked the way torch itself walks it, so that the names the core
+  builds equal ``named_parameters(remove_duplicate=False)``: children from
+  ``_modules`` in insertion order (``None`` children skipped), leaves from
+  ``_parameters`` and ``_buffers`` (``None`` entries skipped), a module reused
+  listed under each of its keys.
+* A leaf's ``ref`` is its *slot* (module, dict, name), not the tensor: every
+  read and write looks the tensor up again, so a tie made after a ``Param``
+  was created, or a lazy parameter materialized since, is seen.
+* A leaf's ``storage`` is ``id`` of the ``Parameter`` (or buffer) object, which
+  is what ``named_parameters()`` deduplicates on.
+* The native layout is the canonical one: nothing is transposed, and CPU
+  tensors are read without a copy when the core asks for views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from unified_params._adapter import CANONICAL, Backend, Handle, Leaf, Node
+
+__all__ = ["Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
+
+
+@dataclass(frozen=True, eq=False)
+class Slot:
+    """Where a leaf lives: ``module._parameters[name]`` or ``module._buffers[name]``."""
+
+    module: nn.Module
+    name: str
+    kind: str  # "param" or "buffer"
+
+    @property
+    def table(self) -> dict[str, Any]:
+        return self.module._parameters if self.kind == "param" else self.module._buffers
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The tensor in the slot now."""
+        value = self.table.get(self.name)
+        if value is None:
+            raise LookupError(
+                f"{type(self.module).__name__} no longer holds a {self.kind} named "
+                f"{self.name!r}; the model was changed since this parameter was looked up"
+            )
+        return value
+
+
+# dtypes NumPy has no native equivalent for: crossed as same-width integers and
+# reinterpreted on both sides (the ml_dtypes type on the NumPy side).
+_VIEW_AS: dict[torch.dtype, torch.dtype] = {torch.bfloat16: torch.int16}
+for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+    if hasattr(torch, _name):
+        _VIEW_AS[getattr(torch, _name)] = torch.uint8
+_RAW_NUMPY = {torch.int16: np.dtype(np.int16), torch.uint8: np.dtype(np.uint8)}
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
+
+
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The NumPy dtype of a torch dtype (``ml_dtypes`` for bfloat16 and float8)."""
+    found = _NUMPY_DTYPES.get(dtype)
+    if found is not None:
+        return found
+    if dtype in _VIEW_AS:
+        import ml_dtypes
+
+        found = np.dtype(getattr(ml_dtypes, str(dtype).removeprefix("torch.")))
+    else:
+        # An empty tensor converts without touching any data.
+        found = torch.empty(0, dtype=dtype).numpy().dtype
+    _NUMPY_DTYPES[dtype] = found
+    return found
+
+
+def _host_array(t: torch.Tensor) -> np.ndarray:
+    """``t`` on the host as NumPy, sharing memory with ``t`` when it is a CPU tensor."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.resolve_conj().resolve_neg()
+    view_as = _VIEW_AS.get(t.dtype)
+    if view_as is None:
+        return t.numpy()
+    return t.view(view_as).numpy().view(numpy_dtype(t.dtype))
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A forward output as a NumPy array (a fresh copy, never a view of a
+    tensor the model may reuse); tuples and lists of tensors convert item by item."""
+    if isinstance(x, torch.Tensor):
+        arr = _host_array(x)
+        return arr.copy() if x.device.type == "cpu" else arr
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_numpy(item) for item in x)  # type: ignore[return-value]
+    return np.asarray(x)
+
+
+def _from_numpy(value: np.ndarray) -> torch.Tensor:
+    """A CPU tensor holding ``value`` (bfloat16/float8 reinterpreted from integers)."""
+    value = np.asarray(value)
+    if not (value.flags.c_contiguous and value.flags.writeable):
+        value = np.array(value, order="C", copy=True)
+    if value.dtype.kind == "V":  # ml_dtypes types (bfloat16, float8)
+        for torch_dtype, view_as in _VIEW_AS.items():
+            if value.dtype == numpy_dtype(torch_dtype):
+                return torch.from_numpy(value.view(_RAW_NUMPY[view_as])).view(torch_dtype)
+    return torch.from_numpy(value)
+
+
+def _lazy_shape(module: nn.Module, name: str, t: torch.Tensor) -> tuple[int | None, ...]:
+    """What is known of a lazy leaf's shape from its module's constructor arguments."""
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin):
+        if isinstance(module, nn.Linear):
+            if name == "weight":
+                return (module.out_features, None)
+            return (module.out_features,)
+        if isinstance(module, nn.modules.conv._ConvNd):
+            kernel = tuple(module.kernel_size)
+            if name != "weight":
+                return (module.out_channels,)
+            if module.transposed:
+                return (None, module.out_channels // module.groups, *kernel)
+            return (module.out_channels, None, *kernel)
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            return (None,)
+    # A lazy leaf of a module we do not know: the rank itself is unknown; one
+    # unknown dim says "deferred" without inventing a rank.
+    return (None,)
+
+
+def _leaves(module: nn.Module) -> Iterator[Leaf]:
+    for kind, table in (("param", module._parameters), ("buffer", module._buffers)):
+        for name, t in table.items():
+            if t is None:
+                continue
+            yield Leaf(
+                role=name,
+                ref=Slot(module, name, kind),
+                storage=id(t),
+                native_name=name,
+                kind=kind,
+                trainable=bool(t.requires_grad) if kind == "param" else False,
+                layout=CANONICAL,
+            )
+
+
+def _node(key: str, module: nn.Module) -> Node:
+    return Node(
+        key=key,
+        native=module,
+        leaves=list(_leaves(module)),
+        children=[_node(k, child) for k, child in module._modules.items() if child is not None],
+        type_name=type(module).__name__,
+    )
+
+
+def _first_tensor(module: nn.Module) -> torch.Tensor | None:
+    """A concrete floating-point parameter or buffer of ``module``: where its inputs go."""
+    for t in (*module.parameters(), *module.buffers()):
+        if not is_lazy(t) and t.is_floating_point():
+            return t
+    return None
+
+
+class TorchHandle(Handle):
+    """One wrapped ``nn.Module``."""
+
+    def __init__(self, backend: Backend, module: nn.Module) -> None:
+        self.backend = backend
+        self._module = module
+
+    @property
+    def native(self) -> nn.Module:
+        return self._module
+
+    def tree(self) -> Node:
+        return _node("", self._module)
+
+    def _block(self, path: tuple[str, ...]) -> nn.Module:
+        block = self._module
+        for key in path:
+            block = block._modules[str(key)]
+        return block
+
+    # -- leaves -------------------------------------------------------------
+
+    def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
+        slot: Slot = leaf.ref
+        t = slot.tensor
+        if is_lazy(t):
+            return _lazy_shape(slot.module, slot.name, t)
+        return tuple(int(d) for d in t.shape)
+
+    def dtype(self, leaf: Leaf) -> np.dtype:
+        return numpy_dtype(leaf.ref.tensor.dtype)
+
+    def device(self, leaf: Leaf) -> str:
+        return str(leaf.ref.tensor.device)
+
+    def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        t = leaf.ref.tensor
+        arr = _host_array(t)
+        if copy and t.device.type == "cpu":
+            arr = arr.copy()
+        return arr
+
+    def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        t = leaf.ref.tensor
+        src = _from_numpy(value)
+        with torch.no_grad():
+            t.copy_(src.to(device=t.device))
+
+    def grad(self, leaf: Leaf) -> np.ndarray | None:
+        g = leaf.ref.tensor.grad
+        if g is None:
+            return None
+        arr = _host_array(g)
+        return arr.copy() if g.device.type == "cpu" else arr
+
+    # -- running ------------------------------------------------------------
+
+    def _convert(self, block: nn.Module, x: Any) -> Any:
+        """NumPy input to a tensor on ``block``'s device, floats in its dtype."""
+        if isinstance(x, tuple):
+            return tuple(self._convert(block, item) for item in x)
+        if not isinstance(x, np.ndarray):
+            return x
+        t = _from_numpy(x)
+        ref = _first_tensor(block)
+        if ref is None:
+            ref = _first_tensor(self._module)
+        if ref is None:
+            return t
+        if t.is_floating_point():
+            return t.to(device=ref.device, dtype=ref.dtype)
+        return t.to(device=ref.device)
+
+    def forward(self, path: tuple[str, ...], x: Any) -> Any:
+        block = self._block(path)
+        x = self._convert(block, x)
+        return block(*x) if isinstance(x, tuple) else block(x)
+
+    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
+        with torch.enable_grad():
+            out = self.forward(path, x)
+            value = out.sum() if loss is None else loss(out)
+            if not isinstance(value, torch.Tensor):
+                value = torch.as_tensor(value)
+            value.backward()
+        return float(value.detach())
+
+    def zero_grad(self, path: tuple[str, ...]) -> None:
+        for p in self._block(path).parameters():
+            p.grad = None
+
+    def materialize(self, x: Any) -> None:
+        """One forward pass, in eval mode so that running statistics and
+        dropout are untouched; each module's mode is restored afterwards."""
+        modes = [(m, m.training) for m in self._module.modules()]
+        try:
+            self._module.eval()
+            with torch.no_grad():
+                self.forward((), x)
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
+        block = self._block(path)
+        resettable = [m for m in block.modules() if callable(getattr(m, "reset_parameters", None))]
+        if seed is None:
+            for m in resettable:
+                m.reset_parameters()
+            return
+        cuda = sorted(
+            {
+                t.device.index or 0
+                for t in (*block.parameters(), *block.buffers())
+                if t.device.type == "cuda"
+            }
+        )
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            for m in resettable:
+                m.reset_parameters()
+
+    def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
+        for target, source in pairs:
+            slot: Slot = target.ref
+            shared = source.ref.tensor
+            # setattr lets modules that cache their parameters (nn.RNN's
+            # _flat_weights) see the change; it would move a tensor between
+            # _parameters and _buffers, so it is used only when the kinds agree.
+            if isinstance(shared, nn.Parameter) == (slot.kind == "param"):
+                try:
+                    setattr(slot.module, slot.name, shared)
+                except (KeyError, TypeError, AttributeError):
+                    pass
+            if slot.table.get(slot.name) is not shared:
+                slot.table[slot.name] = shared
