@@ -387,3 +387,14 @@ def test_cuda_model():
     first = handle.read(weight)
     handle.reset((), 3)
     np.testing.assert_array_equal(handle.read(weight), first)
+
+
+def test_reset_reaches_private_initializers():
+    model = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(3.0)
+    BACKEND.open(model).reset((), 0)
+    assert not torch.any(model.self_attn.in_proj_weight == 3.0)
+    assert torch.equal(model.self_attn.in_proj_bias, torch.zeros(24))
+    assert all(not torch.any(p == 3.0) for p in model.parameters())

@@ -175,6 +175,28 @@ def _first_tensor(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
+def _post_order(module: nn.Module, seen: set[int] | None = None) -> Iterator[nn.Module]:
+    """Every module once, each after all of its descendants."""
+    seen = set() if seen is None else seen
+    if id(module) in seen:
+        return
+    seen.add(id(module))
+    for child in module._modules.values():
+        if child is not None:
+            yield from _post_order(child, seen)
+    yield module
+
+
+def _reset_method(module: nn.Module) -> Callable[[], Any] | None:
+    """``reset_parameters``, or the private ``_reset_parameters`` of modules
+    that only have that one (``nn.MultiheadAttention``, ``nn.Transformer``)."""
+    for name in ("reset_parameters", "_reset_parameters"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn  # type: ignore[no-any-return]
+    return None
+
+
 class TorchHandle(Handle):
     """One wrapped ``nn.Module``."""
 
@@ -192,7 +214,10 @@ class TorchHandle(Handle):
     def _block(self, path: tuple[str, ...]) -> nn.Module:
         block = self._module
         for key in path:
-            block = block._modules[str(key)]
+            child = block._modules[str(key)]
+            if child is None:
+                raise KeyError(key)
+            block = child
         return block
 
     # -- leaves -------------------------------------------------------------
@@ -279,11 +304,14 @@ class TorchHandle(Handle):
                 m.training = training
 
     def reset(self, path: tuple[str, ...], seed: int | None) -> None:
+        """Each module's own initializer, children before parents (the order of
+        construction, which matters for ``nn.Transformer``, whose
+        ``_reset_parameters`` re-draws its children's matrices)."""
         block = self._block(path)
-        resettable = [m for m in block.modules() if callable(getattr(m, "reset_parameters", None))]
+        resets = [fn for m in _post_order(block) if (fn := _reset_method(m)) is not None]
         if seed is None:
-            for m in resettable:
-                m.reset_parameters()
+            for fn in resets:
+                fn()
             return
         cuda = sorted(
             {
@@ -294,8 +322,8 @@ class TorchHandle(Handle):
         )
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            for m in resettable:
-                m.reset_parameters()
+            for fn in resets:
+                fn()
 
     def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
         for target, source in pairs:
