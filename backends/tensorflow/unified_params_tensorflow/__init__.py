@@ -1,0 +1,74 @@
+"""Keras 3 / TensorFlow adapter for unified_params.
+
+Design constraints of this module: it is what the entry point
+``unified_params.backends: tensorflow`` loads, so it must not import keras or
+tensorflow at import time. Keras is imported by :meth:`KerasBackend.version`,
+:meth:`KerasBackend.owns` (only asked when keras or tensorflow is already in
+``sys.modules``), :meth:`KerasBackend.open` and the zoo, through the
+submodules ``_handle`` and ``zoo``.
+
+``tf.keras`` is Keras 3 here, so one adapter serves both spellings. Keras 3
+can also run on JAX or PyTorch (``KERAS_BACKEND``); the handle reads, writes,
+ties and resets through Keras' own ``Variable`` API, which is the same on all
+three, and computes gradients with whichever autodiff Keras runs on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from unified_params._adapter import Backend
+
+if TYPE_CHECKING:
+    from unified_params._adapter import Handle, Zoo
+
+__all__ = ["KerasBackend", "__version__"]
+
+__version__ = "0.1.0"
+
+
+class KerasBackend(Backend):
+    """Wraps Keras 3 layers and models (Sequential, functional, subclassed).
+
+    Dense and convolution kernels are ``KERNEL_LAST`` (``(in, out)``,
+    ``(*kernel, in, out)``); the core converts them to the canonical layout.
+    Values are read with ``.numpy()``, which copies, so ``zero_copy`` is not
+    claimed.
+    """
+
+    name: ClassVar[str] = "tensorflow"
+    modules: ClassVar[tuple[str, ...]] = ("keras", "tensorflow")
+    capabilities: ClassVar[frozenset[str]] = frozenset({"deferred", "buffers", "grad", "tie"})
+    install: ClassVar[str] = "pip install unified-params-tensorflow"
+
+    def version(self) -> str:
+        import keras
+
+        parts = [f"keras {keras.__version__}", f"backend {keras.backend.backend()}"]
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            parts.append(f"tensorflow {tf.__version__}")
+        return ", ".join(parts)
+
+    def owns(self, obj: Any) -> bool:
+        import keras
+
+        return isinstance(obj, keras.layers.Layer)
+
+    def open(self, obj: Any, variables: Any = None) -> Handle:
+        from unified_params_tensorflow._handle import KerasHandle
+
+        return KerasHandle(self, obj)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        from unified_params_tensorflow._handle import to_numpy
+
+        return to_numpy(x)
+
+    def zoo(self) -> Zoo:
+        from unified_params_tensorflow.zoo import KerasZoo
+
+        return KerasZoo()

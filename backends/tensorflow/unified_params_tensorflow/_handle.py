@@ -1,0 +1,574 @@
+"""The Keras 3 handle: walks layers, reads and writes ``keras.Variable``.
+
+Design constraints of this module:
+
+* Structure is read from the live model on every :meth:`KerasHandle.tree`
+  call. ``Sequential`` children are keyed by their index in ``.layers``,
+  functional children by layer name (in ``model.layers`` order), and any
+  other layer's children by the attribute that holds them, in assignment
+  order. A layer held by two attributes, or twice in a ``Sequential``,
+  appears under both keys with the same storages: that is how a tie shows.
+* A storage is one ``keras.Variable`` object (``storage`` is its ``id``).
+  Values go through the Variable API only (``assign``, ``numpy``), which is
+  the same whichever backend Keras runs on; gradients use that backend's
+  autodiff (``tf.GradientTape``, ``jax.value_and_grad``, ``torch.autograd``).
+* A layer that is not built yet has no variables; its leaves are listed from
+  its configuration (``units``, ``filters``...) with ``None`` for the input
+  size, and their ``ref`` is a :class:`Pending` that finds the variable once
+  the layer is built.
+* :meth:`KerasHandle.tie` swaps the target layer's own Variable for the
+  source's in every place Keras keeps it (attributes, the tracked variable
+  lists, the tracker's ids, TensorFlow's checkpoint dependencies), so the
+  forward pass reads one storage and gradients add up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from unified_params._adapter import CANONICAL, KERNEL_LAST, Backend, Handle, Leaf, Node
+
+__all__ = ["KerasHandle", "to_numpy"]
+
+#: Native variable names and the unified role they play.
+_ROLES = {
+    "kernel": "weight",
+    "gamma": "weight",
+    "embeddings": "weight",
+    "beta": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
+#: Variables that are running statistics (``m.buffers``), not parameters.
+_BUFFERS = frozenset({"moving_mean", "moving_variance"})
+
+
+def _kernel_last_types() -> tuple[type, ...]:
+    """Layers whose ``kernel`` is ``(in, out)`` or ``(*kernel, in, out)``: the
+    core's transpose of those gives PyTorch's Linear / ConvNd / ConvTransposeNd
+    layouts exactly."""
+    from keras.src.layers.convolutional.base_conv import BaseConv
+    from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
+
+    return (keras.layers.Dense, BaseConv, BaseConvTranspose)
+
+
+_KERNEL_LAST_TYPES = _kernel_last_types()
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A backend tensor (or a Keras Variable) as a NumPy array."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, keras.Variable):
+        x = x.value
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def _np_dtype(dtype: Any) -> np.dtype:
+    name = keras.backend.standardize_dtype(dtype)
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _device(value: Any) -> str:
+    """``cpu`` or ``cuda:N`` from whatever the backend calls its device."""
+    dev: Any = getattr(value, "device", None)
+    if dev is None and callable(getattr(value, "devices", None)):  # jax.Array
+        dev = next(iter(value.devices()), None)
+    text = str(dev or "cpu").lower()
+    if "gpu" in text or "cuda" in text:
+        index = text.rsplit(":", 1)[-1] if ":" in text else "0"
+        return f"cuda:{index if index.isdigit() else 0}"
+    return "cpu"
+
+
+# -- walking -----------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Pending:
+    """A variable an unbuilt layer will create: found by name once built."""
+
+    layer: Any
+    name: str
+    shape: tuple[int | None, ...]
+
+    def variable(self) -> Any:
+        if not self.layer.built and isinstance(self.layer, keras.layers.Embedding):
+            self.layer.build()  # needs no input: its shape is all in the config
+        for v in _own_variables(self.layer):
+            if v.name == self.name:
+                return v
+        raise RuntimeError(
+            f"layer {self.layer.name!r} is not built, so it has no variable {self.name!r} yet; "
+            "call m.materialize(x) with an example input first"
+        )
+
+
+def _variable(ref: Any) -> Any:
+    return ref.variable() if isinstance(ref, Pending) else ref
+
+
+def _own_variables(layer: Any) -> list[Any]:
+    """The variables a layer created itself (not its sublayers'), trainable
+    ones first as Keras lists them, each once."""
+    seen: set[int] = set()
+    out = []
+    for v in (*layer._trainable_variables, *layer._non_trainable_variables):
+        if isinstance(v, keras.Variable) and id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def _is_sequential(obj: Any) -> bool:
+    return isinstance(obj, keras.Sequential)
+
+
+def _is_functional(obj: Any) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(obj, Functional) and not _is_sequential(obj)
+
+
+def _has_layer(value: Any) -> bool:
+    if isinstance(value, keras.layers.Layer):
+        return True
+    if isinstance(value, dict):
+        return any(_has_layer(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_layer(v) for v in value)
+    return False
+
+
+def _container_children(value: Any) -> list[tuple[str, Any]]:
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    return [(str(k), v) for k, v in items if _has_layer(v)]
+
+
+def children(obj: Any) -> list[tuple[str, Any]]:
+    """``(key, child)`` pairs of a layer, or of a list/dict of layers that a
+    layer holds in an attribute, as the native model indexes them."""
+    if not isinstance(obj, keras.layers.Layer):
+        return _container_children(obj)
+    if _is_sequential(obj):
+        return [(str(i), layer) for i, layer in enumerate(obj.layers)]
+    if _is_functional(obj):
+        return [(layer.name, layer) for layer in obj.layers]
+    tracked = {id(layer) for layer in obj._layers}
+    out: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    for attr, value in vars(obj).items():
+        if isinstance(value, keras.layers.Layer):
+            if id(value) in tracked:
+                out.append((attr, value))
+                seen.add(id(value))
+        elif (
+            not attr.startswith("_")
+            and isinstance(value, (list, tuple, dict))
+            and _has_layer(value)
+        ):
+            out.append((attr, value))
+            seen.update(id(layer) for layer in _flat_layers(value))
+    # Layers tracked through a container Keras hides (a private list): by name.
+    out.extend((layer.name, layer) for layer in obj._layers if id(layer) not in seen)
+    return out
+
+
+def _flat_layers(value: Any) -> Iterator[Any]:
+    if isinstance(value, keras.layers.Layer):
+        yield value
+    elif isinstance(value, (list, tuple, dict)):
+        for _, child in _container_children(value):
+            yield from _flat_layers(child)
+
+
+def _pending_specs(layer: Any) -> list[tuple[str, tuple[int | None, ...]]]:
+    """The variables an unbuilt layer of a known kind will create, with
+    ``None`` where the size comes from the input."""
+    from keras.src.layers.convolutional.base_conv import BaseConv
+    from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
+
+    specs: list[tuple[str, tuple[int | None, ...]]] = []
+    if isinstance(layer, keras.layers.Dense):
+        specs.append(("kernel", (None, layer.units)))
+        if layer.use_bias:
+            specs.append(("bias", (layer.units,)))
+    elif isinstance(layer, (BaseConv, BaseConvTranspose)):
+        k = tuple(layer.kernel_size)
+        if isinstance(layer, BaseConv):
+            specs.append(("kernel", (*k, None, layer.filters)))
+        else:
+            specs.append(("kernel", (*k, layer.filters, None)))
+        if layer.use_bias:
+            specs.append(("bias", (layer.filters,)))
+    elif isinstance(layer, keras.layers.Embedding):
+        specs.append(("embeddings", (layer.input_dim, layer.output_dim)))
+    elif isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization)):
+        if layer.scale:
+            specs.append(("gamma", (None,)))
+        if layer.center:
+            specs.append(("beta", (None,)))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            specs += [("moving_mean", (None,)), ("moving_variance", (None,))]
+    return specs
+
+
+def _layout(layer: Any, name: str) -> str:
+    return KERNEL_LAST if name == "kernel" and isinstance(layer, _KERNEL_LAST_TYPES) else CANONICAL
+
+
+def _leaves(layer: Any) -> list[Leaf]:
+    if not isinstance(layer, keras.layers.Layer):
+        return []
+    if not layer.built and not _own_variables(layer):
+        return [
+            Leaf(
+                role=_ROLES.get(name, name),
+                ref=Pending(layer, name, shape),
+                storage=("pending", id(layer), name),
+                native_name=f"{layer.name}/{name}",
+                kind="buffer" if name in _BUFFERS else "param",
+                trainable=name not in _BUFFERS and bool(layer.trainable),
+                layout=_layout(layer, name),
+            )
+            for name, shape in _pending_specs(layer)
+        ]
+    leaves = []
+    roles: set[str] = set()
+    for v in _own_variables(layer):
+        role = _ROLES.get(v.name, v.name)
+        if role in roles:  # two variables of one name: keep both reachable
+            role = f"{role}_{len(roles)}"
+        roles.add(role)
+        buffer = v.name in _BUFFERS
+        leaves.append(
+            Leaf(
+                role=role,
+                ref=v,
+                storage=id(v),
+                native_name=v.path,
+                kind="buffer" if buffer else "param",
+                trainable=not buffer and bool(v.trainable) and bool(layer.trainable),
+                layout=_layout(layer, v.name),
+            )
+        )
+    return leaves
+
+
+def _node(key: str, obj: Any) -> Node:
+    return Node(
+        key=key,
+        native=obj,
+        leaves=_leaves(obj),
+        children=[_node(k, child) for k, child in children(obj)],
+        type_name=type(obj).__name__,
+    )
+
+
+def _layers_below(obj: Any) -> list[Any]:
+    """Every distinct layer of a subtree, the block itself first, in tree order."""
+    seen: set[int] = set()
+    out = []
+
+    def visit(o: Any) -> None:
+        if isinstance(o, keras.layers.Layer):
+            if id(o) in seen:
+                return
+            seen.add(id(o))
+            out.append(o)
+        for _, child in children(o):
+            visit(child)
+
+    visit(obj)
+    return out
+
+
+def _variables_below(obj: Any) -> list[Any]:
+    seen: set[int] = set()
+    out = []
+    for layer in _layers_below(obj):
+        for v in _own_variables(layer):
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+    return out
+
+
+# -- initializers ------------------------------------------------------------
+
+
+def _initializer_for(layer: Any, name: str) -> Any:
+    """The initializer a layer used for its variable ``name``: Keras keeps it
+    as ``<name>_initializer`` (``kernel_initializer``, ``gamma_initializer``,
+    ``embeddings_initializer``) or, for ``depthwise_kernel``, ``depthwise_initializer``."""
+    candidates = [f"{name}_initializer"]
+    if name.endswith("_kernel"):
+        candidates.append(f"{name[: -len('_kernel')]}_initializer")
+    for attr in candidates:
+        init = getattr(layer, attr, None)
+        if init is not None:
+            return keras.initializers.get(init)
+    return None
+
+
+def _reseeded(init: Any, seed: int | None) -> Any:
+    """A copy of a random Keras initializer with a new seed. An integer-seeded
+    (or unseeded) Keras initializer returns the same values on every call, so
+    re-running it as is would not draw afresh."""
+    if not isinstance(init, keras.initializers.Initializer):
+        return init
+    try:
+        config = init.get_config()
+    except NotImplementedError:
+        return init
+    if "seed" not in config:
+        return init
+    try:
+        return type(init).from_config({**config, "seed": seed})
+    except Exception:  # a custom initializer that cannot be rebuilt: use it as is
+        return init
+
+
+def _derived_seed(seed: int, index: int) -> int:
+    state = np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1)[0]
+    return int(state) % (2**31 - 1)
+
+
+# -- tie -----------------------------------------------------------------------
+
+
+def _swap_variable(layer: Any, old: Any, new: Any) -> None:
+    """Make ``layer`` hold ``new`` wherever Keras (and TensorFlow's checkpoint
+    tracking) held ``old``; order of the tracked lists is kept."""
+    for attr, value in list(vars(layer).items()):
+        if value is old:
+            object.__setattr__(layer, attr, new)
+    for store in (layer._trainable_variables, layer._non_trainable_variables):
+        for i, v in enumerate(store):
+            if v is old:
+                store[i] = new
+    tracker = getattr(layer, "_tracker", None)
+    if tracker is not None:
+        for ids in tracker.stored_ids.values():
+            if id(old) in ids:
+                ids.discard(id(old))
+                ids.add(id(new))
+    deps = vars(layer).get("_self_unconditional_checkpoint_dependencies")
+    if deps:
+        for i, ref in enumerate(deps):
+            if getattr(ref, "ref", None) is old:
+                deps[i] = type(ref)(ref.name, new)
+    names = vars(layer).get("_self_unconditional_dependency_names")
+    if isinstance(names, dict):
+        for k, v in list(names.items()):
+            if v is old:
+                names[k] = new
+
+
+# -- the handle ----------------------------------------------------------------
+
+
+class KerasHandle(Handle):
+    """One wrapped Keras layer or model."""
+
+    def __init__(self, backend: Backend, model: Any) -> None:
+        self.backend = backend
+        self._model = model
+        self._grads: dict[int, np.ndarray] = {}
+
+    @property
+    def native(self) -> Any:
+        return self._model
+
+    def tree(self) -> Node:
+        return _node("", self._model)
+
+    def _block(self, path: tuple[str, ...]) -> Any:
+        obj = self._model
+        for key in path:
+            obj = dict(children(obj))[key]
+        return obj
+
+    # -- values ------------------------------------------------------------
+
+    def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
+        ref = leaf.ref
+        if isinstance(ref, Pending):
+            if ref.layer.built:
+                return tuple(ref.variable().shape)
+            return ref.shape
+        return tuple(int(d) for d in ref.shape)
+
+    def dtype(self, leaf: Leaf) -> np.dtype:
+        ref = leaf.ref
+        if isinstance(ref, Pending):
+            if ref.layer.built:
+                return _np_dtype(ref.variable().dtype)
+            return _np_dtype(ref.layer.variable_dtype)
+        return _np_dtype(ref.dtype)
+
+    def device(self, leaf: Leaf) -> str:
+        if isinstance(leaf.ref, Pending) and not leaf.ref.layer.built:
+            return "cpu"
+        return _device(_variable(leaf.ref).value)
+
+    def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        # .numpy() copies on every backend Keras runs on (it never shares the
+        # buffer of a TF resource variable), so no second copy is made.
+        return np.asarray(keras.ops.convert_to_numpy(_variable(leaf.ref).value))
+
+    def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        _variable(leaf.ref).assign(value)
+
+    def grad(self, leaf: Leaf) -> np.ndarray | None:
+        ref = leaf.ref
+        if isinstance(ref, Pending) and not ref.layer.built:
+            return None
+        g = self._grads.get(id(_variable(ref)))
+        return None if g is None else g.copy()
+
+    # -- running -----------------------------------------------------------
+
+    def forward(self, path: tuple[str, ...], x: Any) -> Any:
+        block = self._block(path)
+        if not isinstance(block, keras.layers.Layer):
+            raise TypeError(
+                f"{'.'.join(path)!r} is a {type(block).__name__} of layers, not a layer; "
+                "run one of its items instead"
+            )
+        return block(*x) if isinstance(x, tuple) else block(x)
+
+    def backward(
+        self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None
+    ) -> float:
+        block = self._block(path)
+        reduce = loss if loss is not None else _sum_outputs
+        if not isinstance(block, keras.layers.Layer):
+            self.forward(path, x)  # raises the forward's error
+        # Keras' own list: each storage once, frozen layers left out.
+        variables = list(block.trainable_variables)
+        name = keras.backend.backend()
+        if name == "tensorflow":
+            value, grads = self._tf_grads(path, x, reduce, variables)
+        elif name == "jax":
+            value, grads = self._jax_grads(block, x, reduce)
+        elif name == "torch":
+            value, grads = self._torch_grads(path, x, reduce, variables)
+        else:
+            raise NotImplementedError(f"gradients on the Keras backend {name!r}")
+        for v, g in zip(variables, grads):
+            if g is None:
+                continue
+            g = to_numpy(g)
+            previous = self._grads.get(id(v))
+            # Gradients accumulate until zero_grad, as in PyTorch.
+            self._grads[id(v)] = g if previous is None else previous + g
+        return value
+
+    def _tf_grads(
+        self, path: tuple[str, ...], x: Any, reduce: Callable[[Any], Any], variables: list[Any]
+    ) -> tuple[float, list[Any]]:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            out = self.forward(path, x)
+            value = reduce(out)
+        grads = tape.gradient(value, [v.value for v in variables])
+        return float(np.asarray(value)), [
+            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads
+        ]
+
+    def _jax_grads(
+        self, block: Any, x: Any, reduce: Callable[[Any], Any]
+    ) -> tuple[float, list[Any]]:
+        import jax
+
+        trainable = [v.value for v in block.trainable_variables]
+        non_trainable = [v.value for v in block.non_trainable_variables]
+        args = x if isinstance(x, tuple) else (x,)
+
+        def f(values: list[Any]) -> Any:
+            out, _ = block.stateless_call(values, non_trainable, *args)
+            return reduce(out)
+
+        value, grads = jax.value_and_grad(f)(trainable)
+        return float(value), list(grads)
+
+    def _torch_grads(
+        self, path: tuple[str, ...], x: Any, reduce: Callable[[Any], Any], variables: list[Any]
+    ) -> tuple[float, list[Any]]:
+        import torch
+
+        with torch.enable_grad():
+            out = self.forward(path, x)
+            value = reduce(out)
+            grads = torch.autograd.grad(
+                value, [v.value for v in variables], allow_unused=True
+            )
+        return float(value.detach().cpu()), list(grads)
+
+    def zero_grad(self, path: tuple[str, ...]) -> None:
+        for v in _variables_below(self._block(path)):
+            self._grads.pop(id(v), None)
+
+    def materialize(self, x: Any) -> None:
+        """Build by calling the model once (inference mode, so BatchNorm
+        statistics are untouched)."""
+        self._model(*x) if isinstance(x, tuple) else self._model(x)
+
+    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
+        """Re-run each layer's own initializers; with ``seed``, initializer
+        ``i`` (in tree order) gets a seed derived from ``(seed, i)``."""
+        done: set[int] = set()
+        index = 0
+        for layer in _layers_below(self._block(path)):
+            for v in _own_variables(layer):
+                if id(v) in done:
+                    continue
+                done.add(id(v))
+                init = _initializer_for(layer, v.name)
+                if init is None:
+                    continue
+                init = _reseeded(init, None if seed is None else _derived_seed(seed, index))
+                index += 1
+                v.assign(init(shape=tuple(v.shape), dtype=v.dtype))
+
+    def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
+        for target, source in pairs:
+            if isinstance(target.ref, Pending) or isinstance(source.ref, Pending):
+                raise RuntimeError(
+                    "Keras layers that are not built have no variables to share; "
+                    "call m.materialize(x) before tying"
+                )
+        for target, source in pairs:
+            old, new = target.ref, source.ref
+            if old is new:
+                continue
+            for layer in _layers_below(self._model):
+                if any(v is old for v in _own_variables(layer)):
+                    _swap_variable(layer, old, new)
+            self._grads.pop(id(old), None)
+        # Compiled step functions captured the old variables.
+        for attr in ("train_function", "test_function", "predict_function"):
+            if getattr(self._model, attr, None) is not None:
+                setattr(self._model, attr, None)
+
+
+def _sum_outputs(out: Any) -> Any:
+    import keras as k
+
+    flat = k.tree.flatten(out)
+    total = k.ops.sum(flat[0])
+    for item in flat[1:]:
+        total = total + k.ops.sum(item)
+    return total
