@@ -1,0 +1,378 @@
+"""The MXNet handle: answers the core's questions about one Gluon ``Block``.
+
+Design constraints of this module:
+
+* It imports mxnet (it is only imported from ``MXNetBackend.open``, the zoo and
+  ``to_numpy``, i.e. once a Gluon object exists). It targets the Gluon 1.x API
+  (MXNet 1.9): ``Block._children``, ``Block._reg_params``, per-block
+  ``ParameterDict`` with prefixed global names.
+* Both interfaces work: the ``mx.np`` one (``npx.set_np()``) and the legacy
+  ``mx.nd`` one. Inputs and written values are made the same kind of array as
+  the parameter already holds, so a model keeps the interface it was built in.
+* The tree is Gluon's own: children from ``_children`` in registration order
+  (a ``Sequential`` index ``"0"``, an attribute name), leaves from
+  ``_reg_params`` under their attribute names. Gluon's global names
+  (``dense0_weight``) are only the leaves' ``native_name``.
+* A leaf's ``ref`` is its *slot* (block, attribute), not the ``Parameter``:
+  every call looks the parameter up again, so a tie made since, or a deferred
+  parameter initialized since, is seen. A leaf's ``storage`` is the
+  ``Parameter`` object itself (identity hash), which is what Gluon shares for
+  ``params=other.params`` and for a block added twice.
+* The native layout is the canonical one (Dense ``(units, in_units)``,
+  Conv ``OIHW``): nothing is transposed, and CPU arrays are read without a copy
+  through DLPack when the core asks for views.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd
+from mxnet.gluon import Block, HybridBlock, Parameter
+
+from unified_params._adapter import CANONICAL, Backend, Handle, Leaf, Node
+
+__all__ = ["MXNetHandle", "Slot", "to_numpy"]
+
+#: Gluon role names that the contract unifies (BatchNorm/LayerNorm ``gamma``, ``beta``).
+_ROLES = {"gamma": "weight", "beta": "bias"}
+
+#: Parameters whose gradient buffer was filled by a backward pass made through a
+#: handle (and not cleared since). Gluon allocates zeroed gradient buffers at
+#: initialization, so "no backward yet" cannot be read from the buffer itself.
+_HAS_GRAD: weakref.WeakSet[Parameter] = weakref.WeakSet()
+
+_HOST_DEVICES = ("cpu", "cpu_pinned", "cpu_shared")
+
+
+@dataclass(frozen=True, eq=False)
+class Slot:
+    """Where a leaf lives: ``block._reg_params[name]`` (``registered``), or, for
+    a parameter made with ``block.params.get`` and never assigned to an
+    attribute, ``block.params[name]`` under its global name."""
+
+    block: Block
+    name: str
+    registered: bool = True
+
+    @property
+    def table(self) -> dict[str, Parameter]:
+        return self.block._reg_params if self.registered else self.block._params._params
+
+    @property
+    def param(self) -> Parameter:
+        """The parameter in the slot now."""
+        value = self.table.get(self.name)
+        if value is None:
+            raise LookupError(
+                f"{type(self.block).__name__} no longer holds a parameter named "
+                f"{self.name!r}; the model was changed since this parameter was looked up"
+            )
+        return value
+
+
+class _DLPack:
+    """Hands an MXNet DLPack capsule to ``np.from_dlpack`` (MXNet 1.9's arrays
+    have no ``__dlpack__`` method of their own)."""
+
+    def __init__(self, capsule: Any) -> None:
+        self._capsule = capsule
+
+    def __dlpack__(self, stream: Any = None) -> Any:
+        return self._capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A forward output as a NumPy array (a copy); tuples and lists convert item by item."""
+    if isinstance(x, mx.nd.NDArray):
+        return x.asnumpy()
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_numpy(item) for item in x)  # type: ignore[return-value]
+    return np.asarray(x)
+
+
+def _is_ready(p: Parameter) -> bool:
+    """True once the parameter holds data (not deferred, not uninitialized)."""
+    return p._data is not None
+
+
+def _is_pending(p: Parameter) -> bool:
+    """True when ``initialize`` was called but the shape is still unknown."""
+    return p._data is None and bool(p._deferred_init)
+
+
+def _first_array(p: Parameter) -> Any:
+    return p._data[0]
+
+
+def _device_name(ctx: mx.Context) -> str:
+    if ctx.device_type in _HOST_DEVICES:
+        return "cpu"
+    if ctx.device_type == "gpu":
+        return f"cuda:{ctx.device_id}"
+    return str(ctx)
+
+
+def _role(block: Block, key: str, registered: bool) -> str:
+    if not registered:
+        prefix = block._params.prefix
+        key = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+    return _ROLES.get(key, key)
+
+
+def _walk(block: Block) -> Iterator[Block]:
+    """Every block under ``block`` (itself first), a reused one once per use."""
+    yield block
+    for child in block._children.values():
+        yield from _walk(child)
+
+
+def _registered_ids(block: Block) -> set[int]:
+    return {id(p) for b in _walk(block) for p in b._reg_params.values()}
+
+
+def _leaves(block: Block, registered_ids: set[int]) -> Iterator[Leaf]:
+    slots = [Slot(block, key) for key in block._reg_params]
+    # Parameters made with ``self.params.get(...)`` and kept only in the
+    # block's ParameterDict (older custom blocks): listed under their global
+    # name stripped of the block's prefix.
+    slots += [
+        Slot(block, key, registered=False)
+        for key, p in block._params._params.items()
+        if id(p) not in registered_ids
+    ]
+    for slot in slots:
+        p = slot.param
+        # Gluon marks state that is never differentiated (BatchNorm's running
+        # statistics) with ``differentiable=False``; a parameter a user froze
+        # with ``grad_req='null'`` stays a parameter, not trainable.
+        differentiable = getattr(p, "_differentiable", True)
+        yield Leaf(
+            role=_role(block, slot.name, slot.registered),
+            ref=slot,
+            storage=p,
+            native_name=p.name,
+            kind="param" if differentiable else "buffer",
+            trainable=differentiable and p.grad_req != "null",
+            layout=CANONICAL,
+        )
+
+
+def _node(key: str, block: Block, registered_ids: set[int]) -> Node:
+    return Node(
+        key=key,
+        native=block,
+        leaves=list(_leaves(block, registered_ids)),
+        children=[_node(k, child, registered_ids) for k, child in block._children.items()],
+        type_name=type(block).__name__,
+    )
+
+
+def _params(block: Block) -> list[Parameter]:
+    """The distinct parameters under ``block``, in tree order."""
+    seen: dict[int, Parameter] = {}
+    registered_ids = _registered_ids(block)
+    for b in _walk(block):
+        for leaf in _leaves(b, registered_ids):
+            p = leaf.ref.param
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _sum(out: Any) -> Any:
+    """The sum of a forward output (an array, or a tuple/list of them)."""
+    if isinstance(out, (tuple, list)):
+        total = None
+        for item in out:
+            s = _sum(item)
+            total = s if total is None else total + s
+        return total
+    return out.sum()
+
+
+class MXNetHandle(Handle):
+    """One wrapped Gluon ``Block``."""
+
+    def __init__(self, backend: Backend, block: Block) -> None:
+        self.backend = backend
+        self._root = block
+
+    @property
+    def native(self) -> Block:
+        return self._root
+
+    def tree(self) -> Node:
+        return _node("", self._root, _registered_ids(self._root))
+
+    def _block(self, path: tuple[str, ...]) -> Block:
+        block = self._root
+        for key in path:
+            block = block._children[str(key)]
+        return block
+
+    # -- leaves -------------------------------------------------------------
+
+    def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
+        p: Parameter = leaf.ref.param
+        if _is_ready(p):
+            return tuple(int(d) for d in _first_array(p).shape)
+        if p.shape is None:
+            return (None,)  # not even the rank is known
+        # Unknown dims are 0 in the legacy shape semantics and -1 in the
+        # NumPy ones (``npx.set_np()``).
+        dims = tuple(None if d is None or d <= 0 else int(d) for d in p.shape)
+        if None not in dims:
+            # Known shape, but no data yet (``initialize`` never called):
+            # still deferred, so that reading it asks for ``materialize``.
+            dims = (None,) * len(dims) if dims else (None,)
+        return dims
+
+    def dtype(self, leaf: Leaf) -> np.dtype:
+        p: Parameter = leaf.ref.param
+        if _is_ready(p):
+            return np.dtype(_first_array(p).dtype)
+        return np.dtype(p.dtype)
+
+    def device(self, leaf: Leaf) -> str:
+        p: Parameter = leaf.ref.param
+        if _is_ready(p) or _is_pending(p):
+            return _device_name(p.list_ctx()[0])
+        return "cpu"
+
+    def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        arr = _first_array(leaf.ref.param)
+        if not copy and arr.context.device_type in _HOST_DEVICES and arr.stype == "default":
+            # ``to_dlpack_for_read`` waits for pending writes, and the capsule
+            # keeps MXNet's buffer alive for as long as the view lives.
+            return np.from_dlpack(_DLPack(mx.nd.to_dlpack_for_read(arr)))
+        return arr.asnumpy()
+
+    def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        p: Parameter = leaf.ref.param
+        arr = _first_array(p)
+        maker = mx.np.array if isinstance(arr, mx.np.ndarray) else mx.nd.array
+        new = maker(np.ascontiguousarray(value), dtype=arr.dtype, ctx=arr.context)
+        with autograd.pause():
+            # In place on every context (and a Trainer's kvstore is told).
+            p.set_data(new)
+
+    def grad(self, leaf: Leaf) -> np.ndarray | None:
+        p: Parameter = leaf.ref.param
+        if not _is_ready(p) or p._grad is None:
+            return None
+        g = p._grad[0].asnumpy()
+        # A backward made natively (outside the handle) is seen when it left
+        # any non-zero value; an all-zero, untracked buffer is "no gradient".
+        if p in _HAS_GRAD or g.any():
+            return g
+        return None
+
+    # -- running ------------------------------------------------------------
+
+    def _convert(self, block: Block, x: Any) -> Any:
+        """NumPy input to the array kind (``mx.np``/``mx.nd``), context and
+        floating dtype of ``block``'s parameters."""
+        if isinstance(x, tuple):
+            return tuple(self._convert(block, item) for item in x)
+        if isinstance(x, mx.nd.NDArray) or not isinstance(x, (np.ndarray, np.generic, list)):
+            return x
+        x = np.asarray(x)
+        is_np, ctx, dtype = mx.util.is_np_array(), mx.cpu(), None
+        for candidate in (block, self._root):
+            ready = [p for p in _params(candidate) if _is_ready(p) or _is_pending(p)]
+            if ready:
+                p = ready[0]
+                ctx = p.list_ctx()[0]
+                if _is_ready(p):
+                    arr = _first_array(p)
+                    is_np, dtype = isinstance(arr, mx.np.ndarray), np.dtype(arr.dtype)
+                else:
+                    dtype = np.dtype(p.dtype)
+                break
+        if dtype is None or x.dtype.kind != "f" or dtype.kind != "f":
+            dtype = x.dtype
+        maker = mx.np.array if is_np else mx.nd.array
+        return maker(x, dtype=dtype, ctx=ctx)
+
+    def forward(self, path: tuple[str, ...], x: Any) -> Any:
+        block = self._block(path)
+        x = self._convert(block, x)
+        return block(*x) if isinstance(x, tuple) else block(x)
+
+    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
+        block = self._block(path)
+        x = self._convert(block, x)
+        with autograd.record():
+            out = block(*x) if isinstance(x, tuple) else block(x)
+            value = _sum(out) if loss is None else loss(out)
+        if not isinstance(value, mx.nd.NDArray):
+            raise TypeError(
+                "the loss must return an MXNet array computed from the model's output "
+                f"(inside autograd.record()); Received: {type(value).__name__}"
+            )
+        value.backward()
+        for p in _params(block):
+            if _is_ready(p) and p._grad is not None:
+                _HAS_GRAD.add(p)
+        return float(value.asnumpy().sum())
+
+    def zero_grad(self, path: tuple[str, ...]) -> None:
+        for p in _params(self._block(path)):
+            if _is_ready(p) and p._grad is not None:
+                for g in p._grad:
+                    g[:] = 0
+            _HAS_GRAD.discard(p)
+
+    def materialize(self, x: Any) -> None:
+        """Initialize what was never initialized (Gluon's default initializer,
+        as ``block.initialize()`` would), then run one forward pass in predict
+        mode, outside recording, which completes the deferred initialization."""
+        params = _params(self._root)
+        for p in params:
+            if not _is_ready(p) and not _is_pending(p):
+                p.initialize(default_init=mx.init.Uniform())
+        if all(_is_ready(p) for p in params):
+            return
+        with autograd.pause(train_mode=False):
+            self.forward((), x)
+
+    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
+        """``initialize(force_reinit=True)`` per parameter, on the contexts it
+        already lives on (``Block.initialize`` would move it to the current
+        context)."""
+        if seed is not None:
+            mx.random.seed(seed)
+        for p in _params(self._block(path)):
+            ctx = p.list_ctx() if _is_ready(p) or _is_pending(p) else None
+            p.initialize(ctx=ctx, default_init=mx.init.Uniform(), force_reinit=True)
+            _HAS_GRAD.discard(p)
+
+    def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
+        for target, source in pairs:
+            slot: Slot = target.ref
+            shared: Parameter = source.ref.param
+            old = slot.param
+            if old is shared:
+                continue
+            slot.table[slot.name] = shared
+            if slot.registered and slot.block.__dict__.get(slot.name) is old:
+                # Block.__setattr__ refuses to override a Parameter attribute.
+                object.__setattr__(slot.block, slot.name, shared)
+            # The block's ParameterDict is what collect_params(), initialize()
+            # and a Trainer see: it must hold the shared parameter, under its
+            # own global name, exactly as Gluon's ``params=other.params`` does.
+            own = slot.block._params._params
+            for key in [k for k, v in own.items() if v is old]:
+                del own[key]
+            own[shared.name] = shared
+        for b in _walk(self._root):
+            if isinstance(b, HybridBlock):
+                b._clear_cached_op()

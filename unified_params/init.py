@@ -1,0 +1,343 @@
+"""Initializers, and the seeded draw that makes every backend hold the same
+numbers.
+
+Design constraints: values are drawn here, in NumPy, in canonical layout,
+then written to the framework; no framework RNG is involved. The recipe below
+is part of the public contract: changing it changes every seeded model, so it
+is a breaking change.
+
+The recipe, for ``m.initialize(init, seed=s)``:
+
+1. The distinct storages of the block being initialized are numbered
+   ``i = 0, 1, ...`` in parameter order (``m.params.distinct()``), whether or
+   not ``init`` applies to them.
+2. An *elementwise* built-in (``Normal``, ``Uniform``, ``Xavier*``,
+   ``Kaiming*``, ``TruncatedNormal``) fills the storage flattened in C order,
+   in chunks of ``CHUNK`` (2**20) elements; chunk ``j`` is drawn from
+   ``Generator(PCG64(SeedSequence(s, spawn_key=(i, j))))``. Chunks are
+   independent, so they are drawn in parallel threads.
+3. Any other initializer (``Orthogonal``, custom callables) gets one
+   generator for the whole storage: ``SeedSequence(s, spawn_key=(i,))``.
+4. The draw is made in float64 when the storage is float64 and in float32
+   otherwise (float16 and bfloat16 storages are rounded from float32).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "Initializer",
+    "Zeros",
+    "Ones",
+    "Constant",
+    "Normal",
+    "Uniform",
+    "XavierUniform",
+    "XavierNormal",
+    "KaimingUniform",
+    "KaimingNormal",
+    "TruncatedNormal",
+    "Orthogonal",
+    "fans",
+    "calculate_gain",
+    "CHUNK",
+]
+
+#: Elements per independently seeded chunk (part of the seeded recipe).
+CHUNK = 1 << 20
+
+
+class InitFn(Protocol):
+    def __call__(self, shape: tuple[int, ...], rng: np.random.Generator, param: Any) -> Any: ...
+
+
+def fans(shape: Sequence[int]) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a canonical shape.
+
+    >>> fans((8, 4, 3, 3))
+    (36, 72)
+    """
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return int(shape[0]), int(shape[0])
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return int(shape[1]) * receptive, int(shape[0]) * receptive
+
+
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
+    """The recommended gain for a nonlinearity (PyTorch's table)."""
+    if nonlinearity in ("linear", "identity", "sigmoid") or nonlinearity.startswith("conv"):
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        slope = 0.01 if param is None else float(param)
+        return math.sqrt(2.0 / (1 + slope**2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(
+        f"nonlinearity among linear, sigmoid, tanh, relu, leaky_relu, selu. "
+        f"Received: nonlinearity={nonlinearity!r}"
+    )
+
+
+def _draw_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+class Initializer:
+    """Base class. Subclasses implement ``__call__(shape, rng, param)``;
+    elementwise ones implement ``_fill`` instead, which lets the core draw
+    large storages in parallel chunks."""
+
+    elementwise = False
+
+    def __call__(self, shape: tuple[int, ...], rng: np.random.Generator, param: Any) -> np.ndarray:
+        dtype = _draw_dtype(getattr(param, "dtype", np.float32) or np.float32)
+        n = int(np.prod(shape))
+        return self._fill(rng, n, dtype, fans(shape)).reshape(shape)
+
+    def _fill(
+        self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class Constant(Initializer):
+    """Every element ``value``."""
+
+    elementwise = True
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
+        return np.full(n, self.value, dtype=dtype)
+
+
+class Zeros(Constant):
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
+    def __repr__(self) -> str:
+        return "Zeros()"
+
+
+class Ones(Constant):
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+    def __repr__(self) -> str:
+        return "Ones()"
+
+
+class Normal(Initializer):
+    """``mean + std * N(0, 1)``."""
+
+    elementwise = True
+
+    def __init__(self, mean: float = 0.0, std: float = 0.01) -> None:
+        self.mean, self.std = mean, std
+
+    def _std(self, fan: tuple[int, int]) -> float:
+        return self.std
+
+    def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
+        out = rng.standard_normal(n, dtype=dtype)
+        out *= dtype.type(self._std(fan))
+        if self.mean:
+            out += dtype.type(self.mean)
+        return out
+
+
+class Uniform(Initializer):
+    """Uniform on ``[low, high)``."""
+
+    elementwise = True
+
+    def __init__(self, low: float = -0.07, high: float = 0.07) -> None:
+        self.low, self.high = low, high
+
+    def _bounds(self, fan: tuple[int, int]) -> tuple[float, float]:
+        return self.low, self.high
+
+    def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
+        low, high = self._bounds(fan)
+        out = rng.random(n, dtype=dtype)
+        out *= dtype.type(high - low)
+        out += dtype.type(low)
+        return out
+
+
+class XavierUniform(Uniform):
+    """Glorot uniform: ``a = gain * sqrt(6 / (fan_in + fan_out))``."""
+
+    def __init__(self, gain: float = 1.0) -> None:
+        self.gain = gain
+
+    def _bounds(self, fan: tuple[int, int]) -> tuple[float, float]:
+        a = self.gain * math.sqrt(6.0 / (fan[0] + fan[1]))
+        return -a, a
+
+
+class XavierNormal(Normal):
+    """Glorot normal: ``std = gain * sqrt(2 / (fan_in + fan_out))``."""
+
+    def __init__(self, gain: float = 1.0) -> None:
+        self.gain = gain
+        self.mean = 0.0
+
+    def _std(self, fan: tuple[int, int]) -> float:
+        return self.gain * math.sqrt(2.0 / (fan[0] + fan[1]))
+
+    def __repr__(self) -> str:
+        return f"XavierNormal(gain={self.gain!r})"
+
+
+def _kaiming_std(a: float, mode: str, nonlinearity: str, fan: tuple[int, int]) -> float:
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode 'fan_in' or 'fan_out'. Received: mode={mode!r}")
+    f = fan[0] if mode == "fan_in" else fan[1]
+    return calculate_gain(nonlinearity, a) / math.sqrt(max(f, 1))
+
+
+class KaimingUniform(Uniform):
+    """He uniform: bound ``sqrt(3) * gain / sqrt(fan)``."""
+
+    def __init__(self, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> None:
+        self.a, self.mode, self.nonlinearity = a, mode, nonlinearity
+        calculate_gain(nonlinearity, a)
+
+    def _bounds(self, fan: tuple[int, int]) -> tuple[float, float]:
+        b = math.sqrt(3.0) * _kaiming_std(self.a, self.mode, self.nonlinearity, fan)
+        return -b, b
+
+
+class KaimingNormal(Normal):
+    """He normal: ``std = gain / sqrt(fan)``."""
+
+    def __init__(self, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> None:
+        self.a, self.mode, self.nonlinearity = a, mode, nonlinearity
+        self.mean = 0.0
+        calculate_gain(nonlinearity, a)
+
+    def _std(self, fan: tuple[int, int]) -> float:
+        return _kaiming_std(self.a, self.mode, self.nonlinearity, fan)
+
+    def __repr__(self) -> str:
+        return f"KaimingNormal(a={self.a!r}, mode={self.mode!r}, nonlinearity={self.nonlinearity!r})"
+
+
+class TruncatedNormal(Initializer):
+    """Normal(mean, std) restricted to ``[a, b]`` (absolute bounds, as
+    PyTorch's ``trunc_normal_``), by redrawing what falls outside."""
+
+    elementwise = True
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0) -> None:
+        if not a < b:
+            raise ValueError(f"a < b. Received: a={a!r}, b={b!r}")
+        self.mean, self.std, self.a, self.b = mean, std, a, b
+
+    def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
+        out = rng.standard_normal(n, dtype=dtype) * dtype.type(self.std) + dtype.type(self.mean)
+        bad = np.flatnonzero((out < self.a) | (out > self.b))
+        for _ in range(1000):
+            if bad.size == 0:
+                break
+            out[bad] = rng.standard_normal(bad.size, dtype=dtype) * dtype.type(self.std) + dtype.type(self.mean)
+            bad = bad[(out[bad] < self.a) | (out[bad] > self.b)]
+        if bad.size:  # a vanishing interval: fall back to clipping
+            np.clip(out, self.a, self.b, out=out)
+        return out
+
+
+class Orthogonal(Initializer):
+    """A (semi-)orthogonal matrix times ``gain``, from the QR decomposition of
+    a normal draw; shapes of rank > 2 are flattened to ``(shape[0], -1)``."""
+
+    def __init__(self, gain: float = 1.0) -> None:
+        self.gain = gain
+
+    def __call__(self, shape: tuple[int, ...], rng: np.random.Generator, param: Any) -> np.ndarray:
+        if len(shape) < 2:
+            raise ValueError(
+                f"a shape of rank 2 or more for Orthogonal. Received: shape={shape}"
+            )
+        rows = shape[0]
+        cols = int(np.prod(shape[1:]))
+        flat = rng.standard_normal((rows, cols))
+        if rows < cols:
+            flat = flat.T
+        q, r = np.linalg.qr(flat)
+        q = q * np.sign(np.diag(r))
+        if rows < cols:
+            q = q.T
+        return (self.gain * q).reshape(shape)
+
+
+# --------------------------------------------------------------------------
+# The seeded draw
+
+
+def _threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def draw(
+    init: Initializer | InitFn | Callable[..., Any],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    seed: int | None,
+    index: int,
+    param: Any,
+) -> np.ndarray:
+    """Values of one storage (canonical ``shape``) by the recipe above."""
+    draw_dtype = _draw_dtype(dtype)
+    if isinstance(init, Initializer) and init.elementwise:
+        n = int(np.prod(shape))
+        fan = fans(shape)
+        n_chunks = max(1, -(-n // CHUNK))
+        root = np.random.SeedSequence(seed) if seed is not None else np.random.SeedSequence()
+        out = np.empty(n, dtype=draw_dtype)
+
+        def one(j: int) -> None:
+            ss = np.random.SeedSequence(root.entropy, spawn_key=(index, j))
+            lo, hi = j * CHUNK, min(n, (j + 1) * CHUNK)
+            out[lo:hi] = init._fill(np.random.Generator(np.random.PCG64(ss)), hi - lo, draw_dtype, fan)
+
+        if n_chunks == 1:
+            one(0)
+        else:
+            with ThreadPoolExecutor(_threads()) as pool:
+                list(pool.map(one, range(n_chunks)))
+        return out.reshape(shape)
+    ss = np.random.SeedSequence(seed, spawn_key=(index,)) if seed is not None else np.random.SeedSequence()
+    rng = np.random.Generator(np.random.PCG64(ss))
+    value = np.asarray(init(shape, rng, param))
+    if value.shape != tuple(shape):
+        try:
+            value = np.broadcast_to(value, shape)
+        except ValueError:
+            from ._errors import ShapeMismatchError
+
+            raise ShapeMismatchError(
+                f"an initializer result of shape {tuple(shape)} for {getattr(param, 'name', '?')}",
+                f"shape {value.shape} from {init!r}",
+                "return an array of the shape passed to the initializer",
+            ) from None
+    return value
