@@ -169,6 +169,10 @@ class Zoo(ABC):
       backend lacks the ``deferred`` capability).
     * ``cnn``: Conv2d(1->4, 3x3), ReLU, global average pool, Dense(4->2);
       canonical input ``(n, 1, 6, 6)`` NCHW, made native by ``cnn_input``.
+    * ``norm`` (backends with ``buffers``): Dense(4->8), BatchNorm(8) in
+      inference form, ReLU, Dense(8->1). Parameters ``(8,4) (8,) (8,) (8,)
+      (1,8) (1,)``, buffers ``running_mean (8,)``, ``running_var (8,)`` (and
+      whatever else the framework keeps, such as ``num_batches_tracked``).
     """
 
     @abstractmethod
@@ -185,6 +189,11 @@ class Zoo(ABC):
 
     @abstractmethod
     def cnn(self) -> Any: ...
+
+    def norm(self) -> Any:
+        """Dense(4->8), BatchNorm(8) in inference form (normalizing with its
+        running statistics), ReLU, Dense(8->1); required with ``buffers``."""
+        raise NotImplementedError
 
     def cnn_input(self, x_nchw: np.ndarray) -> Any:
         """Canonical NCHW input to what the backend's CNN takes."""

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._adapter import Backend, Handle, Leaf, Node, Zoo
-from ._kit import Conv2d, Dense, GlobalAvgPool2d, Module, Parameter, ReLU, Sequential, Var
+from ._kit import BatchNorm, Conv2d, Dense, GlobalAvgPool2d, Module, Parameter, ReLU, Sequential, Var
 
 __all__ = ["NumpyBackend"]
 
@@ -125,6 +125,9 @@ class NumpyZoo(Zoo):
 
     def lazy(self) -> Any:
         return self._wrap(Sequential(Dense(8), ReLU(), Dense(1)))
+
+    def norm(self) -> Any:
+        return self._wrap(Sequential(Dense(8, in_units=4), BatchNorm(8), ReLU(), Dense(1, in_units=8)))
 
     def cnn(self) -> Any:
         return self._wrap(Sequential(Conv2d(4, 3, in_channels=1), ReLU(), GlobalAvgPool2d(), Dense(2, in_units=4)))

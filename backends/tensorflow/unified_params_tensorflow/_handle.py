@@ -401,6 +401,13 @@ class KerasHandle(Handle):
 
     # -- values ------------------------------------------------------------
 
+    def native_of(self, leaf: Leaf) -> Any:
+        """``p.native``: the ``keras.Variable``, or ``None`` before the layer is built."""
+        ref = leaf.ref
+        if isinstance(ref, Pending):
+            return ref.variable() if ref.layer.built else None
+        return ref
+
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
         ref = leaf.ref
         if isinstance(ref, Pending):
