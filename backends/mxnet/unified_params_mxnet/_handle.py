@@ -36,6 +36,7 @@ from mxnet import autograd
 from mxnet.gluon import Block, HybridBlock, Parameter
 
 from unified_params._adapter import CANONICAL, Backend, Handle, Leaf, Node
+from unified_params._errors import NotInitializedError
 
 __all__ = ["MXNetHandle", "Slot", "to_numpy"]
 
@@ -220,6 +221,10 @@ class MXNetHandle(Handle):
 
     # -- leaves -------------------------------------------------------------
 
+    def native_of(self, leaf: Leaf) -> Parameter:
+        """``p.native``: the Gluon ``Parameter`` in the leaf's slot now."""
+        return leaf.ref.param
+
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
         p: Parameter = leaf.ref.param
         if _is_ready(p):
@@ -302,13 +307,27 @@ class MXNetHandle(Handle):
         maker = mx.np.array if is_np else mx.nd.array
         return maker(x, dtype=dtype, ctx=ctx)
 
+    def _require_initialized(self, block: Block) -> None:
+        """Gluon refuses to run a block whose parameters were never
+        initialized (deferred ones are fine: the forward pass completes them)."""
+        missing = [p.name for p in _params(block) if not _is_ready(p) and not _is_pending(p)]
+        if missing:
+            raise NotInitializedError(
+                "initialized parameters to run the block",
+                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                "were never initialized",
+                "call m.materialize(x) with an example input (or the block's initialize()) first",
+            )
+
     def forward(self, path: tuple[str, ...], x: Any) -> Any:
         block = self._block(path)
+        self._require_initialized(block)
         x = self._convert(block, x)
         return block(*x) if isinstance(x, tuple) else block(x)
 
     def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
         block = self._block(path)
+        self._require_initialized(block)
         x = self._convert(block, x)
         with autograd.record():
             out = block(*x) if isinstance(x, tuple) else block(x)

@@ -90,3 +90,15 @@ class MXNetZoo(Zoo):
             nn.Dense(2, in_units=4),
         )
         return self._wrap(net)
+
+    def norm(self) -> Any:
+        # use_global_stats: the batch norm normalizes with its running
+        # statistics even inside autograd.record() (PyTorch's eval() form).
+        net = nn.Sequential()
+        net.add(
+            nn.Dense(8, in_units=4),
+            nn.BatchNorm(in_channels=8, use_global_stats=True),
+            nn.Activation("relu"),
+            nn.Dense(1, in_units=8),
+        )
+        return self._wrap(net)

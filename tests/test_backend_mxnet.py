@@ -1,0 +1,281 @@
+"""MXNet Gluon specifics the backend-agnostic suite cannot express: Gluon's
+global names kept as ``native_name``, both array interfaces (``mx.np`` and
+``mx.nd``), Gluon's own sharing (``params=shared.params``), ties seen by
+``collect_params`` and a ``Trainer``, hybridized blocks, deferred
+initialization and exact value round trips.
+
+Runs only where mxnet imports (MXNet 1.9 needs NumPy < 1.24: its own tox env).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mxnet")
+
+from mxnet import autograd, gluon  # noqa: E402
+from mxnet.gluon import nn  # noqa: E402
+
+import unified_params as up  # noqa: E402
+
+
+@pytest.fixture(params=["nd", "np"])
+def interface(request: pytest.FixtureRequest):
+    """Each test runs with the legacy ``mx.nd`` interface and with ``npx.set_np()``."""
+    if request.param == "np":
+        mx.npx.set_np()
+    try:
+        yield request.param
+    finally:
+        if request.param == "np":
+            mx.npx.reset_np()
+
+
+def _array(x: np.ndarray):
+    return mx.np.array(x) if mx.util.is_np_array() else mx.nd.array(x)
+
+
+def _mlp() -> nn.Sequential:
+    net = nn.Sequential()
+    net.add(nn.Dense(8, activation="relu"), nn.Dense(1))
+    net.initialize()
+    net(_array(np.ones((2, 4), np.float32)))
+    return net
+
+
+def test_names_are_structural_and_native_names_are_gluons(interface: str) -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    assert m.backend == "mxnet"
+    assert list(m.params) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert m.params["1.bias"].native_name == net[1].bias.name
+    assert m.params["0.weight"].native is net[0].weight
+    assert {p.native_name for p in m.params.values()} == set(net.collect_params().keys())
+
+
+def test_attribute_children_in_registration_order(interface: str) -> None:
+    class Net(nn.Block):
+        def __init__(self) -> None:
+            super().__init__()
+            with self.name_scope():
+                self.encoder = nn.Dense(3, in_units=2)
+                self.decoder = nn.Dense(2, in_units=3)
+
+        def forward(self, x):
+            return self.decoder(self.encoder(x))
+
+    net = Net()
+    net.initialize()
+    m = up.wrap(net)
+    assert list(m.children()) == ["encoder", "decoder"]
+    assert list(m.params) == ["encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"]
+    assert m.params["decoder.weight"].shape == (2, 3)
+
+
+def test_batchnorm_roles_and_buffers(interface: str) -> None:
+    bn = nn.BatchNorm(in_channels=3)
+    bn.initialize()
+    m = up.wrap(bn)
+    assert list(m.params) == ["weight", "bias"]
+    assert list(m.buffers) == ["running_mean", "running_var"]
+    assert m.params["weight"].native is bn.gamma
+    assert m.buffers["running_var"].native is bn.running_var
+    np.testing.assert_array_equal(m.buffers["running_var"].value, np.ones(3, np.float32))
+
+
+def test_frozen_parameter_stays_a_parameter(interface: str) -> None:
+    net = _mlp()
+    net[0].weight.grad_req = "null"
+    m = up.wrap(net)
+    assert "0.weight" in m.params
+    assert m.params["0.weight"].trainable is False
+    assert m.params["0.bias"].trainable is True
+
+
+def test_exact_values_round_trip(interface: str) -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((8, 4)).astype(np.float32)
+    p = net[0].weight
+    m.params["0.weight"].set(v)
+    assert net[0].weight is p  # in place: the same Parameter
+    np.testing.assert_array_equal(net[0].weight.data().asnumpy(), v)
+    np.testing.assert_array_equal(m.params["0.weight"].value, v)
+    expected = isinstance(net[0].weight.data(), mx.np.ndarray)
+    assert expected == (interface == "np")  # the interface the model was built in is kept
+
+
+def test_zero_copy_views_see_writes(interface: str) -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    view = m.state(copy=False)["0.weight"]
+    assert not view.flags.writeable
+    net[0].weight.set_data(_array(np.full((8, 4), 3.0, np.float32)))
+    np.testing.assert_array_equal(view, np.full((8, 4), 3.0, np.float32))
+    copy = m.state()["0.weight"]
+    net[0].weight.set_data(_array(np.zeros((8, 4), np.float32)))
+    assert copy[0, 0] == 3.0
+
+
+def test_forward_output_matches_native(interface: str) -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    from unified_params_mxnet import MXNetBackend
+
+    out = MXNetBackend().to_numpy(m(x))
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, net(_array(x)).asnumpy())
+
+
+def test_gluon_params_sharing_is_a_tie(interface: str) -> None:
+    """The chapter's cell: ``nn.Dense(8, params=shared.params)``."""
+    net = nn.Sequential()
+    shared = nn.Dense(8, activation="relu")
+    net.add(
+        nn.Dense(8, activation="relu"),
+        shared,
+        nn.Dense(8, activation="relu", params=shared.params),
+        nn.Dense(10),
+    )
+    net.initialize()
+    net(_array(np.random.uniform(size=(2, 20)).astype(np.float32)))
+    m = up.wrap(net)
+    assert m.tied() == [("1.weight", "2.weight"), ("1.bias", "2.bias")]
+    m.params["1.weight"][0, 0] = 100
+    assert m.params["2.weight"].value[0, 0] == 100
+    assert net[2].weight.data()[0, 0] == 100
+
+
+def test_tie_shares_the_parameter_object_and_grads_add_up(interface: str) -> None:
+    net = nn.Sequential()
+    net.add(nn.Dense(8, in_units=8), nn.Dense(8, in_units=8))
+    net.initialize()
+    m = up.wrap(net)
+    m.tie("1", "0")
+    assert net[1].weight is net[0].weight
+    assert net[1]._reg_params["bias"] is net[0].bias
+    # collect_params (what initialize() and a Trainer see) holds one storage.
+    assert len(list(net.collect_params().values())) == 2
+    x = np.ones((2, 8), np.float32)
+    m.backward(x)
+    g = m.params["0.weight"].grad
+    # d/dW sum(W(Wx+b)+b), computed by hand: the two uses add up.
+    w = m.params["0.weight"].value
+    b = m.params["0.bias"].value
+    h = x @ w.T + b
+    expected = np.ones((2, 8)).T @ h + (np.ones((2, 8)) @ w).T @ x
+    np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-6)
+    # A Trainer built afterwards updates the one storage.
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    before = m.params["1.weight"].value
+    with autograd.record():
+        y = net(_array(x)).sum()
+    y.backward()
+    trainer.step(1)
+    np.testing.assert_array_equal(m.params["0.weight"].value, m.params["1.weight"].value)
+    assert not np.array_equal(before, m.params["1.weight"].value)
+
+
+def test_tie_in_a_hybridized_network(interface: str) -> None:
+    net = nn.HybridSequential()
+    net.add(nn.Dense(4, in_units=4), nn.Dense(4, in_units=4))
+    net.initialize()
+    net.hybridize()
+    x = np.ones((1, 4), np.float32)
+    net(_array(x))  # builds the cached graph with two storages
+    m = up.wrap(net)
+    m.tie("1", "0")
+    m.params["0.bias"].fill(0.0)
+    m.params["0.weight"].set(np.eye(4, dtype=np.float32) * 2)
+    np.testing.assert_allclose(m(x).asnumpy(), x * 4)
+
+
+def test_deferred_and_uninitialized_shapes(interface: str) -> None:
+    net = nn.Sequential()
+    net.add(nn.Dense(8), nn.Dense(1))
+    m = up.wrap(net)
+    assert m.params["0.weight"].shape == (8, None)
+    assert m.params["0.bias"].shape == (None,)  # known, but never initialized
+    with pytest.raises(up.NotInitializedError):
+        m(np.zeros((2, 4), np.float32))
+    net.initialize()  # Gluon's deferred initialization: still unknown
+    assert m.params["0.weight"].shape == (8, None)
+    m.materialize(np.zeros((2, 4), np.float32))
+    assert [p.shape for p in m.params.values()] == [(8, 4), (8,), (1, 8), (1,)]
+    np.testing.assert_array_equal(m.params["0.bias"].value, np.zeros(8, np.float32))
+
+
+def test_materialize_initializes_a_never_initialized_block(interface: str) -> None:
+    net = nn.Sequential()
+    net.add(nn.Dense(8), nn.Dense(1))
+    m = up.wrap(net).materialize(np.zeros((2, 4), np.float32))
+    w = m.params["0.weight"].value
+    assert w.shape == (8, 4) and np.all(np.abs(w) <= 0.07) and np.any(w != 0)
+
+
+def test_grad_is_none_before_backward_and_after_zero_grad(interface: str) -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    assert m.params["1.bias"].grad is None
+    loss = m.backward(np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(m.params["1.bias"].grad, [3.0])
+    np.testing.assert_array_equal(m.params["0.weight"].grad, net[0].weight.grad().asnumpy())
+    assert isinstance(loss, float)
+    m.zero_grad()
+    assert m.params["1.bias"].grad is None
+    assert not net[1].bias.grad().asnumpy().any()
+
+
+def test_native_backward_is_seen(interface: str) -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    with autograd.record():
+        y = net(_array(np.ones((2, 4), np.float32))).sum()
+    y.backward()
+    np.testing.assert_array_equal(m.params["1.bias"].grad, [2.0])
+
+
+def test_reset_uses_gluon_defaults_and_the_seed(interface: str) -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    m.params["0.bias"].fill(5.0)
+    m.initialize(seed=7)  # the core's seeded draw
+    m.initialize(None, seed=7)  # Gluon's default initializers, mx.random.seed(7)
+    a = m.state()
+    m.initialize(None, seed=7)
+    b = m.state()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(a["0.bias"], np.zeros(8, np.float32))
+    assert np.all(np.abs(a["0.weight"]) <= 0.07)
+
+
+def test_unregistered_parameter_of_an_old_style_block(interface: str) -> None:
+    class Scale(nn.Block):
+        def __init__(self) -> None:
+            super().__init__()
+            with self.name_scope():
+                self.params.get("scale", shape=(3,), init=mx.init.One())
+
+        def forward(self, x):
+            return x * self.params.get("scale").data()
+
+    blk = Scale()
+    blk.initialize()
+    m = up.wrap(blk)
+    assert list(m.params) == ["scale"]
+    m.params["scale"].set(np.array([1, 2, 3], np.float32))
+    np.testing.assert_array_equal(m(np.ones((1, 3), np.float32)).asnumpy(), [[1, 2, 3]])
+
+
+def test_save_load_round_trip_is_exact(interface: str, tmp_path) -> None:
+    pytest.importorskip("safetensors")
+    src = up.wrap(_mlp())
+    src.initialize(up.init.Normal(0, 1), seed=1)
+    dst = up.wrap(_mlp())
+    up.save(src, tmp_path / "mlp.safetensors")
+    up.load(dst, tmp_path / "mlp.safetensors")
+    for name, value in src.state().items():
+        np.testing.assert_array_equal(dst.state()[name], value)
