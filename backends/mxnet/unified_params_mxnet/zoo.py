@@ -33,10 +33,13 @@ def block1() -> nn.Sequential:
 
 
 def block2() -> nn.Sequential:
-    """The chapter's ``block2``: four ``block1`` (Gluon numbers them ``0`` ... ``3``)."""
+    """The chapter's ``block2``: four ``block1``, registered under the keys
+    ``block 0`` ... ``block 3`` (as the PyTorch and Keras zoos name them, so that
+    a file saved from one loads by name into the other); ``Sequential`` still
+    runs and indexes them by position."""
     net = nn.Sequential()
-    for _ in range(4):
-        net.add(block1())
+    for i in range(4):
+        net.register_child(block1(), f"block {i}")
     return net
 
 
