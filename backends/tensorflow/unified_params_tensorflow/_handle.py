@@ -66,7 +66,9 @@ def to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     if isinstance(x, keras.Variable):
-        x = x.value
+        return np.asarray(x.numpy())
+    if keras.backend.backend() == "tensorflow" and callable(getattr(x, "numpy", None)):
+        return np.asarray(x.numpy())  # convert_to_numpy warns under NumPy 2 here
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
@@ -430,9 +432,10 @@ class KerasHandle(Handle):
         return _device(_variable(leaf.ref).value)
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
-        # .numpy() copies on every backend Keras runs on (it never shares the
-        # buffer of a TF resource variable), so no second copy is made.
-        return np.asarray(keras.ops.convert_to_numpy(_variable(leaf.ref).value))
+        # Variable.numpy() returns an array that owns its data on every
+        # backend Keras runs on (a TF resource variable is read into a new
+        # buffer), so it is the copy the core asks for and no view is possible.
+        return np.asarray(_variable(leaf.ref).numpy())
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         _variable(leaf.ref).assign(value)

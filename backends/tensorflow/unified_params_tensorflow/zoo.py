@@ -79,6 +79,21 @@ class KerasZoo(Zoo):
         net.build((None, 6, 6, 1))
         return _wrap(net)
 
+    def norm(self) -> Any:
+        """BatchNorm with PyTorch's defaults (``eps=1e-5``, Keras momentum 0.9 is
+        PyTorch's 0.1), so that ported values give the same outputs. A plain
+        ``model(x)`` call runs it in inference form (``training=False``)."""
+        net = keras.Sequential(
+            [
+                layers.Dense(8),
+                layers.BatchNormalization(epsilon=1e-5, momentum=0.9),
+                layers.ReLU(),
+                layers.Dense(1),
+            ]
+        )
+        net.build((None, 4))
+        return _wrap(net)
+
     def cnn_input(self, x_nchw: np.ndarray) -> Any:
         """NCHW to Keras' channels-last NHWC."""
         return np.ascontiguousarray(np.transpose(np.asarray(x_nchw), (0, 2, 3, 1)))
