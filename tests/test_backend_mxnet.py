@@ -279,3 +279,24 @@ def test_save_load_round_trip_is_exact(interface: str, tmp_path) -> None:
     up.load(dst, tmp_path / "mlp.safetensors")
     for name, value in src.state().items():
         np.testing.assert_array_equal(dst.state()[name], value)
+
+
+def _conformance_checks() -> list:
+    from unified_params.testing.checks import CHECKS
+
+    return list(CHECKS)
+
+
+@pytest.mark.parametrize(
+    "check", _conformance_checks(), ids=lambda c: c.__name__.removeprefix("check_")
+)
+def test_conformance_with_the_numpy_interface(check) -> None:
+    """The whole suite again with ``npx.set_np()``: the zoo is then built with
+    ``mx.np`` arrays (``pytest --backend mxnet`` runs it with ``mx.nd``)."""
+    from unified_params_mxnet import MXNetBackend
+
+    mx.npx.set_np()
+    try:
+        check(MXNetBackend())
+    finally:
+        mx.npx.reset_np()

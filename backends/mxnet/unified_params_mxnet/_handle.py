@@ -254,7 +254,7 @@ class MXNetHandle(Handle):
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
         arr = _first_array(leaf.ref.param)
-        if not copy and arr.context.device_type in _HOST_DEVICES and arr.stype == "default":
+        if not copy and arr.ctx.device_type in _HOST_DEVICES and arr.stype == "default":
             # ``to_dlpack_for_read`` waits for pending writes, and the capsule
             # keeps MXNet's buffer alive for as long as the view lives.
             return np.from_dlpack(_DLPack(mx.nd.to_dlpack_for_read(arr)))
@@ -264,7 +264,7 @@ class MXNetHandle(Handle):
         p: Parameter = leaf.ref.param
         arr = _first_array(p)
         maker = mx.np.array if isinstance(arr, mx.np.ndarray) else mx.nd.array
-        new = maker(np.ascontiguousarray(value), dtype=arr.dtype, ctx=arr.context)
+        new = maker(np.ascontiguousarray(value), dtype=arr.dtype, ctx=arr.ctx)
         with autograd.pause():
             # In place on every context (and a Trainer's kvstore is told).
             p.set_data(new)
