@@ -1,0 +1,139 @@
+"""What the linen and NNX handles share: arrays in and out, devices, roles
+and Flax's default initializers.
+
+Design constraints of this module:
+
+* It imports jax (it is only imported once a Flax object exists).
+* Arrays are immutable in JAX: a write makes a new array with the old one's
+  sharding (``jax.device_put(value, old.sharding)``) and puts it in the slot;
+  nothing the user holds is ever modified.
+* Reading on the CPU goes through ``np.asarray`` (the buffer protocol), which
+  is a zero-copy view of the device buffer; ``copy=True`` copies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unified_params._adapter import CANONICAL, KERNEL_LAST
+
+__all__ = [
+    "default_init",
+    "device_of",
+    "from_numpy",
+    "host_array",
+    "random_key",
+    "role_of",
+    "to_numpy",
+]
+
+#: Flax parameter names -> unified roles and layouts (params collection).
+_PARAM_ROLES: dict[str, tuple[str, str]] = {
+    "kernel": ("weight", KERNEL_LAST),
+    "embedding": ("weight", CANONICAL),
+    "scale": ("weight", CANONICAL),
+    "bias": ("bias", CANONICAL),
+}
+#: Names of running statistics (``batch_stats`` / ``nnx.BatchStat``).
+_STAT_ROLES: dict[str, str] = {"mean": "running_mean", "var": "running_var"}
+
+
+def role_of(name: str, kind: str) -> tuple[str, str]:
+    """``(role, layout)`` of a Flax variable named ``name`` of ``kind``
+    (``"param"`` or ``"buffer"``)."""
+    if kind == "param":
+        return _PARAM_ROLES.get(name, (name, CANONICAL))
+    return _STAT_ROLES.get(name, name), CANONICAL
+
+
+def host_array(x: Any, copy: bool) -> np.ndarray:
+    """``x`` as NumPy; a view of the device buffer when it is host memory and
+    ``copy`` is false (read-only: JAX arrays are immutable)."""
+    arr = np.asarray(x)
+    if copy:
+        arr = np.array(arr, copy=True)
+    return arr
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A forward output as a fresh NumPy array; tuples and lists item by item."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_numpy(item) for item in x)  # type: ignore[return-value]
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}  # type: ignore[return-value]
+    return np.array(x, copy=True)
+
+
+def from_numpy(value: np.ndarray, like: Any) -> jax.Array:
+    """A new array holding ``value`` where ``like`` lives (its sharding), never
+    aliasing ``value``'s memory (the caller may reuse it)."""
+    sharding = getattr(like, "sharding", None)
+    return jax.device_put(np.asarray(value), sharding, may_alias=False)
+
+
+def as_input(x: Any) -> Any:
+    """A forward input: NumPy arrays become JAX arrays, tuples item by item."""
+    if isinstance(x, tuple):
+        return tuple(as_input(item) for item in x)
+    if isinstance(x, np.ndarray):
+        return jnp.asarray(x)
+    return x
+
+
+def device_of(x: Any) -> str:
+    """``cpu``, ``cuda:0`` ... for one device; the devices joined by commas for
+    a sharded array."""
+    devices = sorted(x.devices(), key=lambda d: (d.platform, d.id))
+    names = []
+    for d in devices:
+        if d.platform == "cpu":
+            names.append("cpu" if len(devices) == 1 else f"cpu:{d.id}")
+        elif d.platform == "gpu":
+            names.append(f"cuda:{d.id}")
+        else:
+            names.append(f"{d.platform}:{d.id}")
+    return ",".join(names)
+
+
+def random_key(seed: int | None) -> jax.Array:
+    """A JAX key from ``seed``, or a fresh one drawn from the OS."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+    return jax.random.key(seed)
+
+
+def _constant(c: float) -> Callable[..., jax.Array]:
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+        return jnp.full(shape, c, dtype)
+
+    return init
+
+
+def default_init(module: Any, name: str, kind: str) -> Callable[..., jax.Array] | None:
+    """Flax's own initializer of the variable ``name`` of ``module``: the
+    module's ``<name>_init`` attribute (linen keeps them), else the defaults
+    Flax's layers use; ``None`` when it cannot be known."""
+    if kind == "buffer":
+        if name == "mean":
+            return _constant(0.0)
+        if name == "var":
+            return _constant(1.0)
+    found = getattr(module, f"{name}_init", None)
+    if callable(found):
+        return found  # type: ignore[no-any-return]
+    from flax.nnx.nn import linear
+
+    if name == "kernel":
+        return linear.default_kernel_init  # type: ignore[no-any-return]
+    if name == "embedding":
+        return linear.default_embed_init  # type: ignore[no-any-return]
+    if name == "bias":
+        return _constant(0.0)
+    if name == "scale":
+        return _constant(1.0)
+    return None

@@ -1,0 +1,554 @@
+"""The Flax linen handle: a module and the variables pytree it is applied with.
+
+Design constraints of this module:
+
+* A linen module holds no parameters; the handle holds the variables
+  (``{'params': ..., 'batch_stats': ...}``) and exposes them as ``variables``.
+  Every write, reset, tie and materialize replaces that pytree with a new one,
+  rebuilding only the dicts along the changed path: the dicts and arrays a
+  user passed in are never modified.
+* A leaf's ``ref`` is its :class:`VarRef`, the path of its slot in the
+  variables (``('params', 'layers_0', 'kernel')``). A Sequential layer reused
+  at two indices is one scope in Flax (named after its first index): both keys
+  are listed and their leaves point to that one slot, which is the tie.
+* ``Handle.tie`` keeps a map ``target slot -> source slot``. Both slots hold
+  the very same array in ``variables`` (so ``module.apply(m.variables, x)``
+  works as is), writes go to every slot of a storage, and the function that
+  ``jax.grad`` differentiates copies the source into the target slots first,
+  so the gradient of the storage is the sum of its uses.
+* Children are found without running the model where Flax allows it:
+  ``nn.Sequential`` from its ``layers`` (the parameterless ones included, so
+  ``m[1]`` is the ReLU), ``setup`` submodules by binding, and ``@compact``
+  submodules from the variables (ordered naturally, ``Dense_2`` before
+  ``Dense_10``) until a forward pass records their objects and call order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax.core import unfreeze
+
+from unified_params._adapter import Backend, Handle, Leaf, Node
+from unified_params._errors import NotInitializedError, UnifiedParamsError
+
+from ._common import (
+    as_input,
+    default_init,
+    device_of,
+    from_numpy,
+    host_array,
+    random_key,
+    role_of,
+)
+
+__all__ = ["LinenHandle", "VarRef"]
+
+VarPath = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VarRef:
+    """Where a leaf lives in the variables, and what is known of it before
+    ``module.init`` ran (``static_shape`` with ``None`` dims)."""
+
+    path: VarPath  # (collection, *scope, name)
+    static_shape: tuple[int | None, ...] = ()
+    static_dtype: Any = None
+
+
+# -- pytree helpers (dicts only; nothing is mutated) ---------------------------
+
+
+def _copy_tree(tree: Any) -> Any:
+    """The dict structure of ``tree`` copied (FrozenDicts thawed); arrays shared."""
+    if hasattr(tree, "unfreeze") or type(tree).__name__ == "FrozenDict":
+        tree = unfreeze(tree)
+    if isinstance(tree, dict):
+        return {k: _copy_tree(v) for k, v in tree.items()}
+    return tree
+
+
+def _get(tree: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _has(tree: Any, path: Sequence[str]) -> bool:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+def _set(tree: dict[str, Any], path: Sequence[str], value: Any) -> dict[str, Any]:
+    """A new tree with ``value`` at ``path`` (new dicts along the path only)."""
+    out = dict(tree)
+    if len(path) == 1:
+        out[path[0]] = value
+    else:
+        out[path[0]] = _set(tree.get(path[0], {}), path[1:], value)
+    return out
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _natural(key: str) -> list[Any]:
+    """Sort key putting ``Dense_2`` before ``Dense_10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+# -- what a module will create before it is initialized ------------------------
+
+
+def _static_leaves(module: Any) -> list[tuple[str, str, tuple[int | None, ...]]]:
+    """``(collection, name, shape)`` of the variables of a known layer type,
+    ``None`` for the dims that depend on the input."""
+    out: list[tuple[str, str, tuple[int | None, ...]]] = []
+    if isinstance(module, nn.Dense):
+        out.append(("params", "kernel", (None, module.features)))
+        if module.use_bias:
+            out.append(("params", "bias", (module.features,)))
+    elif isinstance(module, (nn.Conv, nn.ConvTranspose)):
+        ks = module.kernel_size
+        kernel = (ks,) if isinstance(ks, int) else tuple(ks)
+        out.append(("params", "kernel", (*(None for _ in kernel), None, module.features)))
+        if module.use_bias:
+            out.append(("params", "bias", (module.features,)))
+    elif isinstance(module, nn.Embed):
+        out.append(("params", "embedding", (module.num_embeddings, module.features)))
+    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm)):
+        if module.use_scale:
+            out.append(("params", "scale", (None,)))
+        if module.use_bias:
+            out.append(("params", "bias", (None,)))
+        if isinstance(module, nn.BatchNorm):
+            out += [("batch_stats", "mean", (None,)), ("batch_stats", "var", (None,))]
+    return out
+
+
+def _bound_children(module: Any, variables: dict[str, Any] | None) -> dict[str, Any]:
+    """Submodules a module defines in ``setup`` (bound clones), by name."""
+    if not isinstance(module, nn.Module) or isinstance(module, nn.Sequential):
+        return {}
+    try:
+        bound = module if module.scope is not None else module.bind(variables or {})
+        bound._try_setup()
+        found = dict(bound._state.children)
+    except Exception:  # a setup that needs more than variables: rely on the variables
+        return {}
+    return {k: v for k, v in found.items() if isinstance(v, nn.Module)}
+
+
+def _unbound(module: Any) -> Any:
+    """A module that can be ``apply``-ed on its own sub-variables."""
+    if isinstance(module, nn.Module) and module.scope is not None:
+        return module.clone(parent=None)
+    return module
+
+
+class LinenHandle(Handle):
+    """One linen module and the variables it is applied with."""
+
+    def __init__(self, backend: Backend, module: nn.Module, variables: Any = None) -> None:
+        self.backend = backend
+        self._module = module
+        self._vars: dict[str, Any] | None = None if variables is None else _copy_tree(variables)
+        self._ties: dict[VarPath, VarPath] = {}
+        self._grads: dict[VarPath, jax.Array] = {}
+        # What forward passes taught us about @compact submodules:
+        self._seen: dict[VarPath, nn.Module] = {}  # scope -> unbound clone
+        self._order: dict[VarPath, list[str]] = {}  # scope -> child names in call order
+        self._input: Any = None  # ShapeDtypeStructs of the last root input's arguments
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def native(self) -> nn.Module:
+        return self._module
+
+    @property
+    def variables(self) -> dict[str, Any] | None:
+        """The variables pytree the model is applied with (``None`` before
+        ``materialize``); a new dict after each change, never mutated."""
+        return self._vars
+
+    # -- structure ----------------------------------------------------------
+
+    def tree(self) -> Node:
+        return self._node("", self._module, ())
+
+    def _node(self, key: str, module: Any, scope: VarPath) -> Node:
+        if not isinstance(module, nn.Module) and scope not in self._scopes():
+            # a function layer (nn.relu) or a Sequential slot without variables
+            return Node(key=key, native=module, type_name=getattr(module, "__name__", ""))
+        return Node(
+            key=key,
+            native=module,
+            leaves=list(self._leaves(module, scope)),
+            children=self._children(module, scope),
+            type_name=type(module).__name__ if module is not None else "",
+        )
+
+    def _scopes(self) -> set[VarPath]:
+        """Every scope that has variables."""
+        out: set[VarPath] = set()
+
+        def walk(tree: Any, path: VarPath) -> None:
+            if isinstance(tree, dict):
+                out.add(path)
+                for k, v in tree.items():
+                    walk(v, (*path, k))
+
+        for coll in (self._vars or {}).values():
+            walk(coll, ())
+        return out
+
+    def _children(self, module: Any, scope: VarPath) -> list[Node]:
+        if isinstance(module, nn.Sequential):
+            nodes = []
+            for i, layer in enumerate(module.layers):
+                if isinstance(layer, nn.Module):
+                    first = next(j for j, other in enumerate(module.layers) if other is layer)
+                    nodes.append(self._node(f"layers_{i}", layer, (*scope, f"layers_{first}")))
+                else:
+                    nodes.append(self._node(f"layers_{i}", layer, (*scope, f"layers_{i}")))
+            return nodes
+        sub_vars = None
+        if self._vars is not None:
+            sub_vars = {c: _get(t, scope) for c, t in self._vars.items() if _has(t, scope)}
+        natives: dict[str, Any] = dict(_bound_children(module, sub_vars))
+        names = list(self._order.get(scope, []))
+        names += [n for n in natives if n not in names]
+        from_vars: list[str] = []
+        for coll in (self._vars or {}).values():
+            if _has(coll, scope):
+                sub = _get(coll, scope)
+                from_vars += [k for k, v in sub.items() if isinstance(v, dict) and k not in from_vars]
+        names += sorted((n for n in from_vars if n not in names), key=_natural)
+        nodes = []
+        for name in names:
+            child_scope = (*scope, name)
+            native = self._seen.get(child_scope, natives.get(name))
+            nodes.append(self._node(name, native, child_scope))
+        return nodes
+
+    def _leaves(self, module: Any, scope: VarPath) -> Iterator[Leaf]:
+        static = {(c, n): s for c, n, s in _static_leaves(module)}
+        dtype = getattr(module, "param_dtype", jnp.float32)
+        entries: list[tuple[str, str]] = []
+        if self._vars is not None:
+            colls = sorted(self._vars, key=lambda c: c != "params")
+            for coll in colls:
+                if _has(self._vars[coll], scope):
+                    sub = _get(self._vars[coll], scope)
+                    entries += [(coll, k) for k, v in sub.items() if _is_array(v)]
+        else:
+            entries = list(static)
+        for coll, name in entries:
+            kind = "param" if coll == "params" else "buffer"
+            role, layout = role_of(name, kind)
+            path = (coll, *scope, name)
+            yield Leaf(
+                role=role,
+                ref=VarRef(path, static.get((coll, name), (None,)), dtype),
+                storage=self._resolve(path),
+                native_name="/".join(path),
+                kind=kind,
+                trainable=kind == "param",
+                layout=layout,
+            )
+
+    def _resolve(self, path: VarPath) -> VarPath:
+        """The slot that holds the storage of ``path`` (ties followed)."""
+        seen = {path}
+        while path in self._ties:
+            path = self._ties[path]
+            if path in seen:  # a cycle cannot be made through the core; stop anyway
+                break
+            seen.add(path)
+        return path
+
+    # -- leaves -------------------------------------------------------------
+
+    def _array(self, leaf: Leaf, action: str) -> jax.Array:
+        path = self._resolve(leaf.ref.path)
+        if self._vars is None or not _has(self._vars, path):
+            raise NotInitializedError(
+                f"initialized variables to {action} {leaf.native_name!r}",
+                "a linen module wrapped without variables",
+                "call m.materialize(x) with an example input (it runs module.init)",
+            )
+        return _get(self._vars, path)
+
+    def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
+        ref: VarRef = leaf.ref
+        path = self._resolve(ref.path)
+        if self._vars is not None and _has(self._vars, path):
+            return tuple(int(d) for d in _get(self._vars, path).shape)
+        return ref.static_shape
+
+    def dtype(self, leaf: Leaf) -> np.dtype:
+        path = self._resolve(leaf.ref.path)
+        if self._vars is not None and _has(self._vars, path):
+            return np.dtype(_get(self._vars, path).dtype)
+        return np.dtype(leaf.ref.static_dtype or np.float32)
+
+    def device(self, leaf: Leaf) -> str:
+        path = self._resolve(leaf.ref.path)
+        if self._vars is not None and _has(self._vars, path):
+            return device_of(_get(self._vars, path))
+        return "cpu"
+
+    def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        return host_array(self._array(leaf, "read"), copy)
+
+    def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        old = self._array(leaf, "write")
+        self._put({self._resolve(leaf.ref.path): from_numpy(value, old)})
+
+    def _put(self, values: dict[VarPath, jax.Array]) -> None:
+        """Store arrays at storage slots, and in every slot tied to them."""
+        new = self._vars or {}
+        for path, arr in values.items():
+            new = _set(new, path, arr)
+        for target in self._ties:
+            source = self._resolve(target)
+            if source in values and _has(new, source):
+                new = _set(new, target, _get(new, source))
+        self._vars = new
+
+    def _sync(self) -> None:
+        """Every tied slot holds its source's array (after init or updates)."""
+        if self._vars is None:
+            return
+        new = self._vars
+        for target in self._ties:
+            source = self._resolve(target)
+            if _has(new, source):
+                new = _set(new, target, _get(new, source))
+        self._vars = new
+
+    def grad(self, leaf: Leaf) -> np.ndarray | None:
+        g = self._grads.get(self._resolve(leaf.ref.path))
+        return None if g is None else host_array(g, copy=True)
+
+    # -- running ------------------------------------------------------------
+
+    def _block(self, path: tuple[str, ...]) -> Node:
+        node = self.tree()
+        for key in path:
+            node = next(c for c in node.children if c.key == key)
+        return node
+
+    def _scope_of(self, path: tuple[str, ...]) -> tuple[Any, VarPath]:
+        """The native object at ``path`` and its scope in the variables."""
+        module: Any = self._module
+        scope: VarPath = ()
+        for key in path:
+            if isinstance(module, nn.Sequential):
+                i = int(key.removeprefix("layers_"))
+                layer = module.layers[i]
+                if isinstance(layer, nn.Module):
+                    first = next(j for j, o in enumerate(module.layers) if o is layer)
+                    scope = (*scope, f"layers_{first}")
+                else:
+                    scope = (*scope, key)
+                module = layer
+                continue
+            scope = (*scope, key)
+            child = self._seen.get(scope)
+            if child is None:
+                sub_vars = None
+                if self._vars is not None:
+                    sub_vars = {c: _get(t, scope[:-1]) for c, t in self._vars.items()
+                                if _has(t, scope[:-1])}
+                child = _bound_children(module, sub_vars).get(key)
+            module = child
+        return module, scope
+
+    def _record(self) -> Any:
+        """An interceptor that learns the objects and call order of submodules."""
+
+        def interceptor(fn: Callable[..., Any], args: Any, kwargs: Any, ctx: Any) -> Any:
+            mod = ctx.module
+            path = tuple(mod.path) if mod.path is not None else ()
+            if path and path not in self._seen and ctx.method_name == "__call__":
+                self._seen[path] = mod.clone(parent=None)
+                order = self._order.setdefault(path[:-1], [])
+                if path[-1] not in order:
+                    order.append(path[-1])
+            return fn(*args, **kwargs)
+
+        return nn.intercept_methods(interceptor)
+
+    def _apply(
+        self, path: tuple[str, ...], variables: dict[str, Any], x: Any
+    ) -> tuple[Any, dict[VarPath, Any]]:
+        """Output of the block at ``path``, and the updated non-param
+        collections as ``{(collection, *scope): subtree}``."""
+        module, scope = self._scope_of(path)
+        if module is None:
+            raise UnifiedParamsError(
+                f"the linen submodule at {'.'.join(path)!r} to be known",
+                "a @compact submodule that no forward pass has created yet",
+                "call the root block once (m(x) or m.materialize(x)), then the sub-block",
+            )
+        if not isinstance(module, nn.Module):
+            return module(*x) if isinstance(x, tuple) else module(x), {}
+        sub = {c: _get(t, scope) for c, t in variables.items() if _has(t, scope)}
+        mutable = [c for c in sub if c != "params"]
+        args = x if isinstance(x, tuple) else (x,)
+        target = _unbound(module) if path else module
+        if mutable:
+            out, updates = target.apply(sub, *args, mutable=mutable)
+            return out, {(c, *scope): t for c, t in unfreeze(updates).items()}
+        return target.apply(sub, *args), {}
+
+    def _update(self, updates: dict[VarPath, Any]) -> None:
+        if not updates:
+            return
+        new = self._vars or {}
+        for path, tree in updates.items():
+            new = _set(new, path, _copy_tree(tree)) if len(path) > 1 else {**new, path[0]: tree}
+        self._vars = new
+        self._sync()
+
+    def _require_vars(self) -> dict[str, Any]:
+        if self._vars is None:
+            raise NotInitializedError(
+                "initialized variables to run the module",
+                "a linen module wrapped without variables",
+                "call m.materialize(x) with an example input (it runs module.init)",
+            )
+        return self._vars
+
+    def forward(self, path: tuple[str, ...], x: Any) -> Any:
+        variables = self._require_vars()
+        x = as_input(x)
+        if not path:
+            self._remember(x)
+            with self._record():
+                out, updates = self._apply(path, variables, x)
+        else:
+            out, updates = self._apply(path, variables, x)
+        self._update(updates)
+        return out
+
+    def _remember(self, x: Any) -> None:
+        """Keep the shapes of a root input, for ``reset`` to run ``module.init``."""
+        args = x if isinstance(x, tuple) else (x,)
+        try:
+            self._input = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), args
+            )
+        except TypeError:
+            self._input = None
+
+    def _expand(self, variables: dict[str, Any]) -> dict[str, Any]:
+        """``variables`` with every tied slot taking its source's value (run
+        inside the differentiated function so that gradients add up)."""
+        for target in self._ties:
+            source = self._resolve(target)
+            if _has(variables, source):
+                variables = _set(variables, target, _get(variables, source))
+        return variables
+
+    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
+        variables = self._require_vars()
+        x = as_input(x)
+        params = variables.get("params", {})
+        rest = {c: t for c, t in variables.items() if c != "params"}
+
+        def objective(p: Any) -> tuple[Any, Any]:
+            out, updates = self._apply(path, self._expand({**rest, "params": p}), x)
+            value = jnp.sum(out) if loss is None else loss(out)
+            return jnp.asarray(value), updates
+
+        (value, updates), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        kept = {self._resolve(leaf.ref.path) for leaf in self._subtree_leaves(path)}
+        for p in kept:
+            if p[0] == "params" and _has(grads, p[1:]):
+                self._grads[p] = _get(grads, p[1:])
+        self._update(updates)
+        return float(value)
+
+    def _subtree_leaves(self, path: tuple[str, ...]) -> Iterator[Leaf]:
+        stack = [self._block(path)]
+        while stack:
+            node = stack.pop()
+            yield from node.leaves
+            stack.extend(node.children)
+
+    def zero_grad(self, path: tuple[str, ...]) -> None:
+        for leaf in self._subtree_leaves(path):
+            self._grads.pop(self._resolve(leaf.ref.path), None)
+
+    def materialize(self, x: Any) -> None:
+        """``module.init`` when there are no variables yet; otherwise a shape-only
+        pass (``jax.eval_shape``) that records the submodules' call order."""
+        x = as_input(x)
+        args = x if isinstance(x, tuple) else (x,)
+        self._remember(x)
+        with self._record():
+            if self._vars is None:
+                self._vars = _copy_tree(self._module.init(random_key(None), *args))
+                self._sync()
+            else:
+                jax.eval_shape(lambda v: self._module.apply(v, *args, mutable=True), self._vars)
+
+    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
+        """Flax's default initializers for the block's variables: ``module.init``
+        when an input shape is known (from a forward pass or materialize),
+        else each layer's ``*_init`` attributes."""
+        self._require_vars()
+        key = random_key(seed)
+        leaves: dict[VarPath, Leaf] = {}
+        owners: dict[VarPath, Any] = {}
+        stack = [self._block(path)]
+        while stack:
+            node = stack.pop(0)
+            for leaf in node.leaves:
+                slot = self._resolve(leaf.ref.path)
+                leaves.setdefault(slot, leaf)
+                owners.setdefault(slot, node.native)
+            stack.extend(node.children)
+        fresh = None
+        if self._input is not None:
+            args = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), self._input)
+            try:
+                fresh = self._module.init(key, *args)
+            except Exception:
+                fresh = None
+        values: dict[VarPath, jax.Array] = {}
+        for i, (slot, leaf) in enumerate(leaves.items()):
+            old = _get(self._vars, slot)
+            if fresh is not None and _has(fresh, slot):
+                new = _get(fresh, slot)
+            else:
+                init = default_init(owners[slot], slot[-1], leaf.kind)
+                if init is None:
+                    continue
+                new = init(jax.random.fold_in(key, i), old.shape, old.dtype)
+            values[slot] = from_numpy(np.asarray(new, dtype=old.dtype), old)
+        self._put(values)
+
+    def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
+        for target, source in pairs:
+            t, s = target.ref.path, self._resolve(source.ref.path)
+            if self._resolve(t) == s:
+                continue
+            self._ties[t] = s
+            self._grads.pop(t, None)
+        self._sync()
