@@ -300,3 +300,23 @@ def test_conformance_with_the_numpy_interface(check) -> None:
         check(MXNetBackend())
     finally:
         mx.npx.reset_np()
+
+
+def test_tie_of_unregistered_parameters(interface: str) -> None:
+    class Scale(nn.Block):
+        def __init__(self) -> None:
+            super().__init__()
+            with self.name_scope():
+                self.params.get("scale", shape=(2,), init=mx.init.One())
+
+        def forward(self, x):
+            return x * self.params.get("scale").data()
+
+    net = nn.Sequential()
+    net.add(Scale(), Scale())
+    net.initialize()
+    m = up.wrap(net)
+    m.tie("1", "0")
+    assert m.tied() == [("0.scale", "1.scale")]
+    m.params["0.scale"].set(np.array([2, 3], np.float32))
+    np.testing.assert_array_equal(m(np.ones((1, 2), np.float32)).asnumpy(), [[4, 9]])

@@ -136,20 +136,21 @@ def _walk(block: Block) -> Iterator[Block]:
         yield from _walk(child)
 
 
-def _registered_ids(block: Block) -> set[int]:
-    return {id(p) for b in _walk(block) for p in b._reg_params.values()}
-
-
-def _leaves(block: Block, registered_ids: set[int]) -> Iterator[Leaf]:
+def _leaves(block: Block) -> Iterator[Leaf]:
     slots = [Slot(block, key) for key in block._reg_params]
     # Parameters made with ``self.params.get(...)`` and kept only in the
     # block's ParameterDict (older custom blocks): listed under their global
-    # name stripped of the block's prefix.
-    slots += [
-        Slot(block, key, registered=False)
-        for key, p in block._params._params.items()
-        if id(p) not in registered_ids
-    ]
+    # name stripped of the block's prefix, unless a descendant registers them.
+    own = {id(p) for p in block._reg_params.values()}
+    extra = [(k, p) for k, p in block._params._params.items() if id(p) not in own]
+    if extra:
+        below = {
+            id(p)
+            for child in block._children.values()
+            for b in _walk(child)
+            for p in b._reg_params.values()
+        }
+        slots += [Slot(block, k, registered=False) for k, p in extra if id(p) not in below]
     for slot in slots:
         p = slot.param
         # Gluon marks state that is never differentiated (BatchNorm's running
@@ -167,12 +168,12 @@ def _leaves(block: Block, registered_ids: set[int]) -> Iterator[Leaf]:
         )
 
 
-def _node(key: str, block: Block, registered_ids: set[int]) -> Node:
+def _node(key: str, block: Block) -> Node:
     return Node(
         key=key,
         native=block,
-        leaves=list(_leaves(block, registered_ids)),
-        children=[_node(k, child, registered_ids) for k, child in block._children.items()],
+        leaves=list(_leaves(block)),
+        children=[_node(k, child) for k, child in block._children.items()],
         type_name=type(block).__name__,
     )
 
@@ -180,9 +181,8 @@ def _node(key: str, block: Block, registered_ids: set[int]) -> Node:
 def _params(block: Block) -> list[Parameter]:
     """The distinct parameters under ``block``, in tree order."""
     seen: dict[int, Parameter] = {}
-    registered_ids = _registered_ids(block)
     for b in _walk(block):
-        for leaf in _leaves(b, registered_ids):
+        for leaf in _leaves(b):
             p = leaf.ref.param
             seen.setdefault(id(p), p)
     return list(seen.values())
@@ -211,7 +211,7 @@ class MXNetHandle(Handle):
         return self._root
 
     def tree(self) -> Node:
-        return _node("", self._root, _registered_ids(self._root))
+        return _node("", self._root)
 
     def _block(self, path: tuple[str, ...]) -> Block:
         block = self._root
@@ -381,14 +381,18 @@ class MXNetHandle(Handle):
             old = slot.param
             if old is shared:
                 continue
+            own = slot.block._params._params
+            if not slot.registered:
+                # The block looks it up by this global name (``params.get``).
+                own[slot.name] = shared
+                continue
             slot.table[slot.name] = shared
-            if slot.registered and slot.block.__dict__.get(slot.name) is old:
+            if slot.block.__dict__.get(slot.name) is old:
                 # Block.__setattr__ refuses to override a Parameter attribute.
                 object.__setattr__(slot.block, slot.name, shared)
             # The block's ParameterDict is what collect_params(), initialize()
             # and a Trainer see: it must hold the shared parameter, under its
             # own global name, exactly as Gluon's ``params=other.params`` does.
-            own = slot.block._params._params
             for key in [k for k, v in own.items() if v is old]:
                 del own[key]
             own[shared.name] = shared
