@@ -320,3 +320,15 @@ def test_tie_of_unregistered_parameters(interface: str) -> None:
     assert m.tied() == [("0.scale", "1.scale")]
     m.params["0.scale"].set(np.array([2, 3], np.float32))
     np.testing.assert_array_equal(m(np.ones((1, 2), np.float32)).asnumpy(), [[4, 9]])
+
+
+def test_importing_the_adapter_imports_no_framework() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, unified_params, unified_params_mxnet;"
+        "assert 'mxnet' not in sys.modules, 'mxnet imported';"
+        "assert unified_params_mxnet.MXNetBackend.name == 'mxnet'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
