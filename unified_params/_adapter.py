@@ -141,7 +141,7 @@ class Handle(ABC):
     def zero_grad(self, path: tuple[str, ...]) -> None:
         raise NotImplementedError
 
-    def materialize(self, x: Any) -> None:
+    def materialize(self, x: Any) -> None:  # noqa: B027 - a no-op where nothing is ever deferred
         """Run what the framework needs so that no shape is deferred."""
 
     @abstractmethod

@@ -161,7 +161,9 @@ class Param:
     @property
     def size(self) -> int | None:
         shape = self.shape
-        return None if any(d is None for d in shape) else int(np.prod(shape, dtype=np.int64))
+        if any(d is None for d in shape):
+            return None
+        return int(np.prod([int(d) for d in shape if d is not None], dtype=np.int64))
 
     @property
     def trainable(self) -> bool:
@@ -197,6 +199,9 @@ class Param:
                 f"{self.name!r} has the deferred shape {self.shape}",
                 "call m.materialize(x) with an example input first",
             )
+
+    def _concrete_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.shape if d is not None)
 
     def read(self, copy: bool = True) -> np.ndarray:
         """The value in canonical layout; ``copy=False`` may return a
@@ -252,7 +257,7 @@ class Param:
     def fill(self, c: float) -> None:
         """Every element ``c``."""
         self._require_concrete("write")
-        arr = np.full(self.shape, c)  # type: ignore[arg-type]
+        arr = np.full(self._concrete_shape(), c)
         self._write_canonical(_check_value(self, arr, "fill()"))
 
     def __getitem__(self, idx: Any) -> Any:
@@ -697,7 +702,7 @@ class Block:
         for n, p in params.items():
             groups.setdefault(p.storage, []).append(n)
         plan: list[tuple[int, Param, Any]] = []
-        for i, (n, p) in enumerate(params.distinct().items()):
+        for i, p in enumerate(params.distinct().values()):
             names = groups[p.storage]
             fn = next((f for rx, f in rules if any(rx.fullmatch(x) for x in names)), None)
             if fn is None:
@@ -706,12 +711,12 @@ class Block:
             plan.append((i, p, fn))
         custom = any(not isinstance(fn, _init.Initializer) for _, _, fn in plan)
         if custom:  # a user's callable may fail midway: keep the old values
-            values = [(p, _check_value(p, _init.draw(fn, p.shape, p.dtype, seed, i, p), "the initializer"))
+            values = [(p, _check_value(p, _init.draw(fn, p._concrete_shape(), p.dtype, seed, i, p), "the initializer"))
                       for i, p, fn in plan]
             write_atomic(values)
             return
         for i, p, fn in plan:  # stream: one storage drawn and written at a time
-            v = _init.draw(fn, p.shape, p.dtype, seed, i, p)
+            v = _init.draw(fn, p._concrete_shape(), p.dtype, seed, i, p)
             p._write_canonical(v.astype(p.dtype, copy=False))
 
     def materialize(self, x: Any) -> Block:

@@ -91,7 +91,7 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     )
 
 
-def _draw_dtype(dtype: np.dtype) -> np.dtype:
+def _draw_dtype(dtype: Any) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
@@ -103,7 +103,7 @@ class Initializer:
     elementwise = False
 
     def __call__(self, shape: tuple[int, ...], rng: np.random.Generator, param: Any) -> np.ndarray:
-        dtype = _draw_dtype(getattr(param, "dtype", np.float32) or np.float32)
+        dtype = _draw_dtype(np.dtype(getattr(param, "dtype", None) or np.float32))
         n = int(np.prod(shape))
         return self._fill(rng, n, dtype, fans(shape)).reshape(shape)
 

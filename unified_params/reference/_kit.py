@@ -320,7 +320,9 @@ class Var:
                 g = g.sum(axis=i, keepdims=True)
         return g
 
-    def _bin(self, o: Any, f: Callable[..., np.ndarray], da: Callable[..., np.ndarray], db: Callable[..., np.ndarray]) -> Var:
+    def _bin(
+        self, o: Any, f: Callable[..., np.ndarray], da: Callable[..., np.ndarray], db: Callable[..., np.ndarray]
+    ) -> Var:
         o = self._lift(o)
         a, b = self.value, o.value
         out = f(a, b)

@@ -1,0 +1,5 @@
+"""``python -m unified_params``: the command-line tool."""
+
+from ._cli import main
+
+raise SystemExit(main())
