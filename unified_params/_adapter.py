@@ -111,6 +111,11 @@ class Handle(ABC):
     def device(self, leaf: Leaf) -> str:
         return "cpu"
 
+    def native_of(self, leaf: Leaf) -> Any:
+        """The framework's object for ``p.native`` (a torch ``Parameter``, a
+        Keras ``Variable``, a Gluon ``Parameter``, a jax array)."""
+        return leaf.ref
+
     @abstractmethod
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
         """Value in native layout. With ``copy=False`` a view of host memory

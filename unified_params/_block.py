@@ -171,8 +171,7 @@ class Param:
 
     @property
     def native(self) -> Any:
-        native_of = getattr(self._handle, "native_of", None)
-        return native_of(self._leaf) if native_of is not None else self._leaf.ref
+        return self._handle.native_of(self._leaf)
 
     @property
     def native_name(self) -> str:
