@@ -69,9 +69,7 @@ def test_sequential_params_match_model_weights() -> None:
 
 def test_chapter_cells_index_like_keras() -> None:
     # net.layers[1].weights[0] in the chapter (it puts a Flatten first).
-    net = keras.Sequential(
-        [layers.Flatten(), layers.Dense(4, activation="relu"), layers.Dense(1)]
-    )
+    net = keras.Sequential([layers.Flatten(), layers.Dense(4, activation="relu"), layers.Dense(1)])
     net(tf.random.uniform((2, 4)))
     m = up.wrap(net)
     assert list(m.children()) == ["0", "1", "2"]
@@ -140,7 +138,13 @@ def test_roles_buffers_and_layouts() -> None:
     net.build((None, 7))
     m = up.wrap(net)
     assert list(m.params) == [
-        "0.weight", "1.weight", "1.bias", "2.weight", "2.bias", "3.weight", "3.bias",
+        "0.weight",
+        "1.weight",
+        "1.bias",
+        "2.weight",
+        "2.bias",
+        "3.weight",
+        "3.bias",
     ]
     assert list(m.buffers) == ["2.running_mean", "2.running_var"]
     emb = net.layers[0].embeddings.numpy()
@@ -315,7 +319,7 @@ def test_unbuilt_layers_list_their_variables() -> None:
         "3.bias": (2,),
     }
     with pytest.raises(up.NotInitializedError):
-        m.params["0.weight"].value
+        _ = m.params["0.weight"].value
     assert m.params["0.bias"].grad is None
     m.materialize(np.zeros((1, 6, 6, 1), np.float32))
     assert m.params["0.weight"].shape == (4, 1, 3, 3)

@@ -46,12 +46,13 @@ class KerasBackend(Backend):
     def version(self) -> str:
         import keras
 
-        parts = [f"keras {keras.__version__}", f"backend {keras.backend.backend()}"]
-        if keras.backend.backend() == "tensorflow":
+        # Keras' version first; then the framework Keras runs on.
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
             import tensorflow as tf
 
-            parts.append(f"tensorflow {tf.__version__}")
-        return ", ".join(parts)
+            return f"{keras.__version__} (keras; tensorflow {tf.__version__})"
+        return f"{keras.__version__} (keras on {backend})"
 
     def owns(self, obj: Any) -> bool:
         import keras

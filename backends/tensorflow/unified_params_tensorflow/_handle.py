@@ -458,9 +458,7 @@ class KerasHandle(Handle):
             )
         return block(*x) if isinstance(x, tuple) else block(x)
 
-    def backward(
-        self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None
-    ) -> float:
+    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
         block = self._block(path)
         reduce = loss if loss is not None else _sum_outputs
         if not isinstance(block, keras.layers.Layer):
@@ -492,7 +490,14 @@ class KerasHandle(Handle):
 
         with tf.GradientTape() as tape:
             out = self.forward(path, x)
-            value = reduce(out)
+            try:
+                value = reduce(out)
+            except AttributeError:
+                # A loss written with NumPy's method names ((y * y).mean()), which
+                # tf.Tensor lacks: run it again on a NumPy-style view of the output.
+                value = reduce(_NumpyStyle(out))
+            if isinstance(value, _NumpyStyle):
+                value = value.tensor
         grads = tape.gradient(value, [v.value for v in variables])
         return float(np.asarray(value)), [
             tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads
@@ -522,9 +527,7 @@ class KerasHandle(Handle):
         with torch.enable_grad():
             out = self.forward(path, x)
             value = reduce(out)
-            grads = torch.autograd.grad(
-                value, [v.value for v in variables], allow_unused=True
-            )
+            grads = torch.autograd.grad(value, [v.value for v in variables], allow_unused=True)
         return float(value.detach().cpu()), list(grads)
 
     def zero_grad(self, path: tuple[str, ...]) -> None:
@@ -582,3 +585,86 @@ def _sum_outputs(out: Any) -> Any:
     for item in flat[1:]:
         total = total + k.ops.sum(item)
     return total
+
+
+class _NumpyStyle:
+    """A ``tf.Tensor`` with NumPy's method names (``mean``, ``sum``, ``max``...
+    from ``tf.experimental.numpy``), so that a loss written for NumPy, PyTorch
+    or JAX arrays runs on TensorFlow too. Only used when the loss fails on the
+    native tensor; TensorFlow functions accept it through ``__tf_tensor__``."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor
+
+    def __tf_tensor__(self, dtype: Any = None, name: Any = None) -> Any:
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(self.tensor, dtype=dtype, name=name)
+
+    def __getattr__(self, name: str) -> Any:
+        import tensorflow as tf
+
+        if hasattr(self.tensor, name):
+            return getattr(self.tensor, name)
+        fn = getattr(tf.experimental.numpy, name, None)
+        if not callable(fn):
+            raise AttributeError(f"{type(self.tensor).__name__} has no attribute {name!r}")
+        return lambda *a, **k: _NumpyStyle._wrap(fn(self.tensor, *_raw(a), **_raw(k)))
+
+    @property
+    def T(self) -> _NumpyStyle:  # noqa: N802 - NumPy's name
+        import tensorflow as tf
+
+        return _NumpyStyle(tf.transpose(self.tensor))
+
+    @staticmethod
+    def _wrap(value: Any) -> Any:
+        import tensorflow as tf
+
+        return _NumpyStyle(value) if isinstance(value, tf.Tensor) else value
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = np.asarray(self.tensor.numpy())
+        return a if dtype is None else a.astype(dtype)
+
+    def __float__(self) -> float:
+        return float(self.tensor)
+
+    def __len__(self) -> int:
+        return len(self.tensor)
+
+    def __repr__(self) -> str:
+        return f"_NumpyStyle({self.tensor!r})"
+
+
+def _raw(args: Any) -> Any:
+    if isinstance(args, dict):
+        return {k: _raw(v) for k, v in args.items()}
+    if isinstance(args, (tuple, list)):
+        return type(args)(_raw(v) for v in args)
+    return args.tensor if isinstance(args, _NumpyStyle) else args
+
+
+def _operator(name: str) -> Callable[..., Any]:
+    import operator
+
+    reflected = name.startswith("__r")  # __radd__ ... (no __rshift__ below)
+    op = getattr(operator, name.strip("_")[1:] if reflected else name)
+
+    def method(self: _NumpyStyle, *others: Any) -> Any:
+        args = (self.tensor, *_raw(others))
+        return _NumpyStyle._wrap(op(*(args[::-1] if reflected else args)))
+
+    method.__name__ = name
+    return method
+
+
+for _name in (
+    "__add__ __sub__ __mul__ __truediv__ __floordiv__ __mod__ __pow__ __matmul__ "
+    "__radd__ __rsub__ __rmul__ __rtruediv__ __rfloordiv__ __rmod__ __rpow__ __rmatmul__ "
+    "__neg__ __pos__ __abs__ __getitem__ __lt__ __le__ __gt__ __ge__"
+).split():
+    setattr(_NumpyStyle, _name, _operator(_name))
+del _name
