@@ -16,6 +16,8 @@ Design constraints of this module:
   works as is), writes go to every slot of a storage, and the function that
   ``jax.grad`` differentiates copies the source into the target slots first,
   so the gradient of the storage is the sum of its uses.
+* Gradients are kept by storage slot and add up over backward passes until
+  ``zero_grad`` (as PyTorch's ``.grad``).
 * Children are found without running the model where Flax allows it:
   ``nn.Sequential`` from its ``layers`` (the parameterless ones included, so
   ``m[1]`` is the ReLU), ``setup`` submodules by binding, and ``@compact``
@@ -123,7 +125,7 @@ def _static_leaves(module: Any) -> list[tuple[str, str, tuple[int | None, ...]]]
     elif isinstance(module, (nn.Conv, nn.ConvTranspose)):
         ks = module.kernel_size
         kernel = (ks,) if isinstance(ks, int) else tuple(ks)
-        out.append(("params", "kernel", (*(None for _ in kernel), None, module.features)))
+        out.append(("params", "kernel", (*kernel, None, module.features)))
         if module.use_bias:
             out.append(("params", "bias", (module.features,)))
     elif isinstance(module, nn.Embed):
@@ -235,7 +237,9 @@ class LinenHandle(Handle):
         for coll in (self._vars or {}).values():
             if _has(coll, scope):
                 sub = _get(coll, scope)
-                from_vars += [k for k, v in sub.items() if isinstance(v, dict) and k not in from_vars]
+                from_vars += [
+                    k for k, v in sub.items() if isinstance(v, dict) and k not in from_vars
+                ]
         names += sorted((n for n in from_vars if n not in names), key=_natural)
         nodes = []
         for name in names:
@@ -340,6 +344,14 @@ class LinenHandle(Handle):
                 new = _set(new, target, _get(new, source))
         self._vars = new
 
+    def native_of(self, leaf: Leaf) -> Any:
+        """``p.native``: the array in the variables (its :class:`VarRef` while
+        the module is not initialized)."""
+        path = self._resolve(leaf.ref.path)
+        if self._vars is not None and _has(self._vars, path):
+            return _get(self._vars, path)
+        return leaf.ref
+
     def grad(self, leaf: Leaf) -> np.ndarray | None:
         g = self._grads.get(self._resolve(leaf.ref.path))
         return None if g is None else host_array(g, copy=True)
@@ -372,8 +384,9 @@ class LinenHandle(Handle):
             if child is None:
                 sub_vars = None
                 if self._vars is not None:
-                    sub_vars = {c: _get(t, scope[:-1]) for c, t in self._vars.items()
-                                if _has(t, scope[:-1])}
+                    sub_vars = {
+                        c: _get(t, scope[:-1]) for c, t in self._vars.items() if _has(t, scope[:-1])
+                    }
                 child = _bound_children(module, sub_vars).get(key)
             module = child
         return module, scope
@@ -478,9 +491,10 @@ class LinenHandle(Handle):
 
         (value, updates), grads = jax.value_and_grad(objective, has_aux=True)(params)
         kept = {self._resolve(leaf.ref.path) for leaf in self._subtree_leaves(path)}
-        for p in kept:
+        for p in kept:  # gradients add up over backward passes, as in PyTorch
             if p[0] == "params" and _has(grads, p[1:]):
-                self._grads[p] = _get(grads, p[1:])
+                g = _get(grads, p[1:])
+                self._grads[p] = g if p not in self._grads else self._grads[p] + g
         self._update(updates)
         return float(value)
 

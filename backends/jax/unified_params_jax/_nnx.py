@@ -73,7 +73,7 @@ def _is_container(value: Any) -> bool:
 
 def _items(container: Any) -> list[tuple[str, Any]]:
     if isinstance(container, _MAPPINGS):
-        return [(str(k), v) for k, v in container.items()]
+        return [(str(k), v) for k, v in container.items()]  # type: ignore[attr-defined]
     return [(str(i), v) for i, v in enumerate(container)]
 
 
@@ -122,22 +122,33 @@ class NnxHandle(Handle):
                 if _is_leaf_var(var)
             ]
             if isinstance(obj, nnx.Sequential):
-                kids = [(str(i), layer, (*native_path, "layers", str(i)))
-                        for i, layer in enumerate(obj.layers)]
+                kids = [
+                    (str(i), layer, (*native_path, "layers", str(i)))
+                    for i, layer in enumerate(obj.layers)
+                ]
             else:
-                kids = [(name, value, (*native_path, name)) for name, value in _attributes(obj)
-                        if _holds_modules(value)]
+                kids = [
+                    (name, value, (*native_path, name))
+                    for name, value in _attributes(obj)
+                    if _holds_modules(value)
+                ]
             children = [self._node(k, v, p) for k, v, p in kids]
-            return Node(key=key, native=obj, leaves=leaves, children=children,
-                        type_name=type(obj).__name__)
+            return Node(
+                key=key, native=obj, leaves=leaves, children=children, type_name=type(obj).__name__
+            )
         if _is_container(obj):
-            children = [self._node(k, v, (*native_path, k)) for k, v in _items(obj)
-                        if _holds_modules(v) or callable(v)]
+            children = [
+                self._node(k, v, (*native_path, k))
+                for k, v in _items(obj)
+                if _holds_modules(v) or callable(v)
+            ]
             return Node(key=key, native=obj, children=children, type_name=type(obj).__name__)
         return Node(key=key, native=obj, type_name=getattr(obj, "__name__", type(obj).__name__))
 
     @staticmethod
-    def _leaf(owner: nnx.Module, name: str, var: nnx.Variable, native_path: tuple[str, ...]) -> Leaf:
+    def _leaf(
+        owner: nnx.Module, name: str, var: nnx.Variable, native_path: tuple[str, ...]
+    ) -> Leaf:
         kind = "param" if isinstance(var, nnx.Param) else "buffer"
         role, layout = role_of(name, kind)
         return Leaf(
@@ -214,8 +225,11 @@ class NnxHandle(Handle):
             value, grads = nnx.value_and_grad(objective)(block)
             for var_path, g in nnx.to_flat_state(grads):
                 var = self._lookup(block, var_path)
-                if var is not None:
+                if var is not None:  # gradients add up until zero_grad, as in PyTorch
                     g = g.get_value() if isinstance(g, nnx.Variable) else getattr(g, "value", g)
+                    old = self._grads.get(id(var))
+                    if old is not None and old[0] is var:
+                        g = old[1] + g
                     self._grads[id(var)] = (var, g)
         else:  # a function layer: nothing to differentiate
             value = objective(block)
@@ -226,8 +240,11 @@ class NnxHandle(Handle):
         obj = root
         try:
             for key in path:
-                obj = obj[key] if isinstance(key, int) or not isinstance(obj, nnx.Module) \
+                obj = (
+                    obj[key]
+                    if isinstance(key, int) or not isinstance(obj, nnx.Module)
                     else getattr(obj, key)
+                )
         except (AttributeError, IndexError, KeyError, TypeError):
             return None
         return obj if isinstance(obj, nnx.Variable) else None
@@ -246,7 +263,7 @@ class NnxHandle(Handle):
 
     def zero_grad(self, path: tuple[str, ...]) -> None:
         for _, leaf in self._variables(path):
-            self._grads.pop(leaf.storage, None)
+            self._grads.pop(id(leaf.ref.var), None)
 
     def materialize(self, x: Any) -> None:
         """NNX modules are created with their shapes: nothing is deferred."""

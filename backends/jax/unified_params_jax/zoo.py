@@ -62,9 +62,7 @@ class LinenZoo(Zoo):
     def shared(self) -> Any:
         shared = nn.Dense(8)
         return _wrap(
-            nn.Sequential(
-                [nn.Dense(8), nn.relu, shared, nn.relu, shared, nn.relu, nn.Dense(1)]
-            )
+            nn.Sequential([nn.Dense(8), nn.relu, shared, nn.relu, shared, nn.relu, nn.Dense(1)])
         )
 
     def norm(self) -> Any:
@@ -91,7 +89,9 @@ class LinenZoo(Zoo):
 
 def nnx_block1(rngs: nnx.Rngs) -> nnx.Sequential:
     """``block1`` in NNX: Linear(4->8), relu, Linear(8->4), relu."""
-    return nnx.Sequential(nnx.Linear(4, 8, rngs=rngs), nnx.relu, nnx.Linear(8, 4, rngs=rngs), nnx.relu)
+    return nnx.Sequential(
+        nnx.Linear(4, 8, rngs=rngs), nnx.relu, nnx.Linear(8, 4, rngs=rngs), nnx.relu
+    )
 
 
 def nnx_block2(rngs: nnx.Rngs) -> nnx.Sequential:
@@ -118,7 +118,9 @@ class NnxZoo(Zoo):
 
     def mlp(self) -> Any:
         r = self._rngs()
-        return self._wrap(nnx.Sequential(nnx.Linear(4, 8, rngs=r), nnx.relu, nnx.Linear(8, 1, rngs=r)))
+        return self._wrap(
+            nnx.Sequential(nnx.Linear(4, 8, rngs=r), nnx.relu, nnx.Linear(8, 1, rngs=r))
+        )
 
     def nested(self) -> Any:
         r = self._rngs()
@@ -129,7 +131,12 @@ class NnxZoo(Zoo):
         shared = nnx.Linear(8, 8, rngs=r)
         return self._wrap(
             nnx.Sequential(
-                nnx.Linear(4, 8, rngs=r), nnx.relu, shared, nnx.relu, shared, nnx.relu,
+                nnx.Linear(4, 8, rngs=r),
+                nnx.relu,
+                shared,
+                nnx.relu,
+                shared,
+                nnx.relu,
                 nnx.Linear(8, 1, rngs=r),
             )
         )
@@ -138,8 +145,10 @@ class NnxZoo(Zoo):
         r = self._rngs()
         return self._wrap(
             nnx.Sequential(
-                nnx.Linear(4, 8, rngs=r), nnx.BatchNorm(8, use_running_average=True, rngs=r),
-                nnx.relu, nnx.Linear(8, 1, rngs=r),
+                nnx.Linear(4, 8, rngs=r),
+                nnx.BatchNorm(8, use_running_average=True, rngs=r),
+                nnx.relu,
+                nnx.Linear(8, 1, rngs=r),
             )
         )
 
@@ -150,7 +159,9 @@ class NnxZoo(Zoo):
         r = self._rngs()
         return self._wrap(
             nnx.Sequential(
-                nnx.Conv(1, 4, (3, 3), padding="VALID", rngs=r), nnx.relu, _global_mean,
+                nnx.Conv(1, 4, (3, 3), padding="VALID", rngs=r),
+                nnx.relu,
+                _global_mean,
                 nnx.Linear(4, 2, rngs=r),
             )
         )

@@ -1,0 +1,360 @@
+"""JAX/Flax adapter tests beyond the conformance suite: Flax's own naming
+(keys, ``params/...`` paths), the variables a linen Block holds, parity with
+``module.apply`` and ``jax.grad``, NNX in-place writes and ties, layouts,
+bfloat16, zero-copy reads and sharded arrays."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("flax")
+
+import jax.numpy as jnp  # noqa: E402
+from flax import linen as nn  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import unified_params as up  # noqa: E402
+
+X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+
+
+def _mlp() -> tuple[nn.Module, dict]:
+    net = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(1)])
+    return net, net.init(jax.random.key(0), jnp.zeros((2, 4)))
+
+
+# -- linen ---------------------------------------------------------------------
+
+
+def test_linen_names_are_flax_keys_and_sequential_keeps_positions() -> None:
+    net, variables = _mlp()
+    m = up.wrap(net, variables)
+    assert m.backend == "jax"
+    assert list(m.params) == [
+        "layers_0.weight",
+        "layers_0.bias",
+        "layers_2.weight",
+        "layers_2.bias",
+    ]
+    assert list(m.children()) == ["layers_0", "layers_1", "layers_2"]
+    assert m[1].native is nn.relu and len(m[1].params) == 0
+    assert m[2].native is net.layers[2]
+    p = m.params["layers_0.weight"]
+    assert p.native_name == "params/layers_0/kernel"
+    assert p.native_shape == (4, 8) and p.shape == (8, 4)
+    np.testing.assert_array_equal(p.value, np.asarray(variables["params"]["layers_0"]["kernel"]).T)
+    assert p.native is m.variables["params"]["layers_0"]["kernel"]
+    assert p.device == "cpu"
+
+
+def test_linen_writes_build_new_variables_and_match_apply() -> None:
+    net, variables = _mlp()
+    kernel = variables["params"]["layers_0"]["kernel"]
+    original = np.asarray(kernel).copy()
+    m = up.wrap(net, variables)
+    m.initialize(up.init.Normal(0, 1), seed=0)
+    # nothing the user holds was changed
+    assert variables["params"]["layers_0"]["kernel"] is kernel
+    np.testing.assert_array_equal(np.asarray(kernel), original)
+    assert m.variables is not variables
+    np.testing.assert_allclose(np.asarray(m(X)), np.asarray(net.apply(m.variables, X)))
+    np.testing.assert_array_equal(
+        np.asarray(m.variables["params"]["layers_2"]["kernel"]).T, m.params["layers_2.weight"].value
+    )
+
+
+def test_linen_gradients_equal_jax_grad() -> None:
+    net, variables = _mlp()
+    m = up.wrap(net, variables)
+    loss = m.backward(X)
+    expected = jax.grad(lambda v: net.apply({"params": v}, X).sum())(variables["params"])
+    assert loss == pytest.approx(float(net.apply(variables, X).sum()), rel=1e-6)
+    np.testing.assert_allclose(
+        m.params["layers_0.weight"].grad, np.asarray(expected["layers_0"]["kernel"]).T
+    )
+    np.testing.assert_allclose(
+        m.params["layers_2.bias"].grad, np.asarray(expected["layers_2"]["bias"])
+    )
+    m.backward(X)  # gradients add up until zero_grad, as in PyTorch
+    np.testing.assert_allclose(
+        m.params["layers_2.bias"].grad, 2 * np.asarray(expected["layers_2"]["bias"])
+    )
+    m.zero_grad()
+    assert m.params["layers_2.bias"].grad is None
+
+
+def test_linen_shared_layer_is_one_slot_under_two_keys() -> None:
+    shared = nn.Dense(8)
+    net = nn.Sequential([nn.Dense(8), nn.relu, shared, nn.relu, shared, nn.relu, nn.Dense(1)])
+    variables = net.init(jax.random.key(0), jnp.zeros((2, 4)))
+    assert list(variables["params"]) == ["layers_0", "layers_2", "layers_6"]  # the chapter's point
+    m = up.wrap(net, variables)
+    assert m.tied() == [("layers_2.weight", "layers_4.weight"), ("layers_2.bias", "layers_4.bias")]
+    assert m.params["layers_4.weight"].native_name == "params/layers_2/kernel"
+    m.params["layers_4.bias"].fill(3.0)
+    np.testing.assert_array_equal(
+        np.asarray(m.variables["params"]["layers_2"]["bias"]), np.full(8, 3.0)
+    )
+
+
+def test_linen_block_tie_shares_one_array_and_sums_gradients() -> None:
+    net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(4), nn.relu, nn.Dense(1)])
+    m = up.wrap(net, net.init(jax.random.key(1), jnp.zeros((2, 4))))
+    m.tie("layers_2", "layers_0")
+    params = m.variables["params"]
+    assert params["layers_2"]["kernel"] is params["layers_0"]["kernel"]
+    m.params["layers_0.weight"][0, 0] = 5.0
+    assert m.params["layers_2.weight"].value[0, 0] == 5.0
+    np.testing.assert_allclose(np.asarray(m(X)), np.asarray(net.apply(m.variables, X)))
+
+    def untied(k0: jax.Array, k2: jax.Array) -> jax.Array:
+        p = dict(
+            params,
+            layers_0={**params["layers_0"], "kernel": k0},
+            layers_2={**params["layers_2"], "kernel": k2},
+        )
+        return net.apply({"params": p}, X).sum()
+
+    params = m.variables["params"]
+    g0, g2 = jax.grad(untied, argnums=(0, 1))(
+        params["layers_0"]["kernel"], params["layers_2"]["kernel"]
+    )
+    m.backward(X)
+    np.testing.assert_allclose(
+        m.params["layers_2.weight"].grad, np.asarray(g0 + g2).T, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        m.params["layers_0.weight"].grad, np.asarray(g0 + g2).T, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_linen_sub_block_forward_and_backward() -> None:
+    net, variables = _mlp()
+    m = up.wrap(net, variables)
+    h = np.asarray(m[0](X))
+    np.testing.assert_allclose(
+        h, np.asarray(net.layers[0].apply({"params": variables["params"]["layers_0"]}, X))
+    )
+    np.testing.assert_array_equal(np.asarray(m[1](h)), np.maximum(h, 0))
+    m[2].backward(np.maximum(h, 0))
+    assert m.params["layers_0.weight"].grad is None
+    np.testing.assert_allclose(m.params["layers_2.bias"].grad, [3.0])
+
+
+def test_linen_setup_and_compact_modules() -> None:
+    class Setup(nn.Module):
+        def setup(self) -> None:
+            self.enc = nn.Dense(3)
+            self.dec = nn.Dense(2)
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return self.dec(nn.relu(self.enc(x)))
+
+    class Compact(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            for _ in range(11):
+                x = nn.Dense(3)(x)
+            return nn.Dense(2, name="head")(x)
+
+    s = Setup()
+    m = up.wrap(s, s.init(jax.random.key(0), X))
+    assert list(m.children()) == ["enc", "dec"]
+    assert isinstance(m["enc"].native, nn.Dense)
+    assert m["enc"](X).shape == (3, 3)
+    c = Compact()
+    m = up.wrap(c, c.init(jax.random.key(0), X))
+    # before any forward pass, keys come from the variables in natural order
+    assert list(m.children())[:3] == ["Dense_0", "Dense_1", "Dense_2"]
+    assert list(m.children())[10] == "Dense_10"
+    m(X)  # the forward pass records the call order and the submodules
+    assert list(m.children())[-1] == "head"
+    assert isinstance(m["head"].native, nn.Dense)
+    np.testing.assert_allclose(
+        np.asarray(m["Dense_0"](X)),
+        X @ np.asarray(m.variables["params"]["Dense_0"]["kernel"]) + 0.0,
+        rtol=1e-6,
+    )
+
+
+def test_linen_deferred_and_materialize() -> None:
+    net = nn.Sequential(
+        [nn.Conv(4, (3, 3)), nn.BatchNorm(use_running_average=True), nn.relu, nn.Dense(3)]
+    )
+    m = up.wrap(net)
+    assert m.variables is None
+    assert m.params["layers_0.weight"].shape == (4, None, 3, 3)
+    assert m.params["layers_3.weight"].shape == (3, None)
+    assert m.buffers["layers_1.running_var"].shape == (None,)
+    with pytest.raises(up.NotInitializedError, match="materialize"):
+        m.params["layers_3.bias"].value  # noqa: B018 (shape known, still not initialized)
+    with pytest.raises(up.NotInitializedError, match="materialize"):
+        m(np.zeros((1, 6, 6, 2), np.float32))
+    m.materialize(np.zeros((1, 6, 6, 2), np.float32))
+    assert m.params["layers_0.weight"].shape == (4, 2, 3, 3)
+    assert [b.role for b in m.buffers.values()] == ["running_mean", "running_var"]
+    np.testing.assert_array_equal(m.buffers["layers_1.running_var"].value, np.ones(4))
+
+
+def test_linen_reset_uses_flax_defaults_and_is_seeded() -> None:
+    net, variables = _mlp()
+    m = up.wrap(net, variables)
+    m.initialize(up.init.Constant(3.0))
+    m.initialize(None, seed=0)
+    a = m.state()
+    assert np.all(a["layers_0.bias"] == 0) and np.any(a["layers_0.weight"] != 3.0)
+    m.initialize(None, seed=0)
+    for k, v in m.state().items():
+        np.testing.assert_array_equal(v, a[k])
+    m(X)  # with an input shape known, reset runs module.init itself
+    m[2].initialize(up.init.Constant(3.0))
+    m[2].initialize(None, seed=5)
+    fresh = net.init(jax.random.key(5), jnp.zeros(X.shape))["params"]
+    np.testing.assert_array_equal(
+        m.params["layers_2.weight"].value, np.asarray(fresh["layers_2"]["kernel"]).T
+    )
+    np.testing.assert_array_equal(m.params["layers_0.weight"].value, a["layers_0.weight"])
+
+
+def test_linen_conv_embed_layouts_and_bfloat16() -> None:
+    conv = nn.Conv(4, (3, 2), padding="VALID")
+    m = up.wrap(conv, conv.init(jax.random.key(0), jnp.zeros((1, 5, 5, 2))))
+    k = np.asarray(m.variables["params"]["kernel"])  # HWIO
+    np.testing.assert_array_equal(m.params["weight"].value, k.transpose(3, 2, 0, 1))
+    emb = nn.Embed(5, 3)
+    m = up.wrap(emb, emb.init(jax.random.key(0), jnp.zeros((2,), jnp.int32)))
+    assert m.params["weight"].shape == (5, 3)
+    dense = nn.Dense(3, param_dtype=jnp.bfloat16)
+    m = up.wrap(dense, dense.init(jax.random.key(0), jnp.ones((1, 2))))
+    p = m.params["weight"]
+    import ml_dtypes
+
+    assert p.dtype == np.dtype(ml_dtypes.bfloat16) and p.value.dtype == p.dtype
+    p.set(np.full((3, 2), 1.5, np.float32))
+    assert m.variables["params"]["kernel"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(p.value.astype(np.float32), np.full((3, 2), 1.5))
+
+
+def test_zero_copy_state_on_cpu() -> None:
+    net, variables = _mlp()
+    m = up.wrap(net, variables)
+    views = m.state(copy=False)
+    bias = m.variables["params"]["layers_0"]["bias"]
+    assert views["layers_0.bias"].ctypes.data == bias.unsafe_buffer_pointer()
+    assert not views["layers_0.bias"].flags.writeable
+    copies = m.state()
+    assert copies["layers_0.bias"].ctypes.data != bias.unsafe_buffer_pointer()
+
+
+# -- NNX -------------------------------------------------------------------------
+
+
+def _nnx_mlp() -> nnx.Sequential:
+    r = nnx.Rngs(0)
+    return nnx.Sequential(nnx.Linear(4, 8, rngs=r), nnx.relu, nnx.Linear(8, 1, rngs=r))
+
+
+def test_nnx_names_and_in_place_writes() -> None:
+    net = _nnx_mlp()
+    m = up.wrap(net)
+    assert m.backend == "jax"
+    assert list(m.params) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert list(m.children()) == ["0", "1", "2"]
+    p = m.params["0.weight"]
+    assert p.native_name == "layers.0.kernel" and p.native is net.layers[0].kernel
+    kernel = net.layers[0].kernel
+    p.set(np.ones((8, 4), np.float32))
+    assert net.layers[0].kernel is kernel  # the same nnx.Param, a new value
+    np.testing.assert_array_equal(np.asarray(kernel.get_value()), np.ones((4, 8)))
+    np.testing.assert_allclose(np.asarray(m(X)), np.asarray(net(jnp.asarray(X))))
+
+
+def test_nnx_gradients_equal_nnx_grad() -> None:
+    net = _nnx_mlp()
+    m = up.wrap(net)
+    m.backward(X)
+    grads = nnx.grad(lambda model: model(jnp.asarray(X)).sum())(net)
+    np.testing.assert_allclose(
+        m.params["0.weight"].grad, np.asarray(grads["layers"][0]["kernel"].get_value()).T
+    )
+
+
+def test_nnx_tie_assigns_the_same_param() -> None:
+    r = nnx.Rngs(0)
+    net = nnx.Sequential(nnx.Linear(4, 4, rngs=r), nnx.relu, nnx.Linear(4, 4, rngs=r))
+    m = up.wrap(net)
+    m.tie("2", "0")
+    assert net.layers[2].kernel is net.layers[0].kernel
+    assert net.layers[2].bias is net.layers[0].bias
+    assert m.tied() == [("0.weight", "2.weight"), ("0.bias", "2.bias")]
+
+
+def test_nnx_batch_stats_are_buffers_and_reset() -> None:
+    r = nnx.Rngs(0)
+    net = nnx.Sequential(nnx.Linear(4, 8, rngs=r), nnx.BatchNorm(8, rngs=r))
+    m = up.wrap(net)
+    assert list(m.buffers) == ["1.running_mean", "1.running_var"]
+    assert [p.role for p in m[1].params.values()] == ["weight", "bias"]
+    m.initialize(up.init.Constant(2.0))
+    m.buffers["1.running_var"].fill(4.0)
+    m.initialize(None, seed=0)
+    np.testing.assert_array_equal(m.params["1.weight"].value, np.ones(8))
+    np.testing.assert_array_equal(m.params["0.bias"].value, np.zeros(8))
+    assert np.all(m.params["0.weight"].value != 2.0)
+    m.initialize(None, seed=0)
+    w = m.params["0.weight"].value
+    m.initialize(None, seed=0)
+    np.testing.assert_array_equal(m.params["0.weight"].value, w)
+
+
+def test_nnx_backend_entry_point_reports_jax() -> None:
+    from unified_params._registry import get_backend
+
+    be = get_backend("jax-nnx")
+    m = be.zoo().mlp()
+    assert m.backend == "jax" and isinstance(m.native, nnx.Module)
+    assert be.reports_as == "jax" and not be.owns(m.native)
+    assert get_backend("jax").zoo().mlp().variables is not None
+
+
+# -- sharded arrays (a subprocess: the device count is fixed at jax import) -------------
+
+
+def test_sharded_arrays_read_and_write() -> None:
+    code = textwrap.dedent(
+        """
+        import numpy as np, jax, jax.numpy as jnp
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from flax import linen as nn
+        import unified_params as up
+        mesh = Mesh(np.array(jax.devices()), ("d",))
+        mod = nn.Dense(4)
+        v = mod.init(jax.random.key(0), jnp.ones((1, 6)))
+        def shard(a):
+            return jax.device_put(a, NamedSharding(mesh, P(*[None] * (a.ndim - 1), "d")))
+        v = jax.tree_util.tree_map(shard, v)
+        m = up.wrap(mod, v)
+        p = m.params["weight"]
+        assert p.device == "cpu:0,cpu:1", p.device
+        p.set(np.arange(24, dtype=np.float32).reshape(4, 6))
+        k = m.variables["params"]["kernel"]
+        assert k.sharding == v["params"]["kernel"].sharding
+        np.testing.assert_array_equal(np.asarray(k).T, np.arange(24).reshape(4, 6))
+        np.testing.assert_allclose(np.asarray(m(np.ones((2, 6), np.float32)))[0], [15, 51, 87, 123])
+        print("ok")
+        """
+    )
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
