@@ -167,6 +167,33 @@ def test_conv2d_matches_torch_layout() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_conv_transpose_matches_torch_layout() -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("unified_params_torch")
+    x = np.random.default_rng(2).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    k = keras.Sequential([layers.Conv2DTranspose(4, (3, 2))])
+    k.build((None, 5, 5, 3))
+    t = torch.nn.ConvTranspose2d(3, 4, (3, 2))
+    assert up.wrap(k).params["0.weight"].shape == tuple(t.weight.shape)
+    up.port(up.wrap(k), up.wrap(t))
+    want = t(torch.from_numpy(x)).detach().numpy()
+    got = k(np.transpose(x, (0, 2, 3, 1))).numpy().transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_values_and_grads() -> None:
+    net = keras.Sequential([layers.Dense(3, dtype="bfloat16")])
+    net.build((None, 2))
+    m = up.wrap(net)
+    p = m.params["0.weight"]
+    assert p.dtype.name == "bfloat16"
+    p.fill(1.5)
+    assert float(net.layers[0].kernel.numpy()[0, 0]) == 1.5
+    m.backward(np.ones((2, 2), np.float32))
+    assert p.grad.dtype == p.dtype
+    np.testing.assert_array_equal(p.grad.astype(np.float32), np.full((3, 2), 2.0))
+
+
 def test_non_trainable_weight_stays_a_param() -> None:
     net = _mlp()
     net.layers[1].trainable = False
@@ -221,6 +248,20 @@ def test_framework_reset_is_seeded_and_fresh_without_seed() -> None:
     assert np.abs(c["0.weight"]).max() <= limit
 
 
+def test_framework_reset_seeds_tensorflow_initializers() -> None:
+    # The chapter's tf.random_normal_initializer, not a Keras class.
+    net = keras.Sequential(
+        [layers.Dense(4, kernel_initializer=tf.random_normal_initializer(0, 0.01))]
+    )
+    net.build((None, 4))
+    m = up.wrap(net)
+    m.initialize(None, seed=1)
+    a = m.params["0.weight"].value
+    m.initialize(None, seed=1)
+    np.testing.assert_array_equal(a, m.params["0.weight"].value)
+    assert 0 < a.std() < 0.05
+
+
 # -- gradients ----------------------------------------------------------------
 
 
@@ -270,6 +311,30 @@ def test_tie_shares_variables_and_sums_gradients() -> None:
     gw, gu = tape.gradient(y, [w, u])
     np.testing.assert_allclose(m.params["1.weight"].grad, (gw + gu).numpy().T, rtol=1e-5)
     assert not np.array_equal(w1, net.layers[1].kernel.numpy())  # the write above
+
+
+def test_functional_tie() -> None:
+    x = keras.Input((4,))
+    a, b = layers.Dense(4, name="a"), layers.Dense(4, name="b")
+    net = keras.Model(x, b(a(x)))
+    m = up.wrap(net)
+    m.tie("b", "a")
+    assert net.get_layer("b").kernel is net.get_layer("a").kernel
+    assert m.tied() == [("a.weight", "b.weight"), ("a.bias", "b.bias")]
+    assert len(net.trainable_weights) == 2
+
+
+def test_losses_native_and_numpy_style() -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    x = _x()
+    y = net(x).numpy()
+    native = m.backward(x, loss=lambda out: tf.reduce_mean(tf.square(out)))
+    m.zero_grad()
+    portable = m.backward(x, loss=lambda out: ((out - 1) ** 2).mean())
+    assert native == pytest.approx(float((y**2).mean()), rel=1e-5)
+    assert portable == pytest.approx(float(((y - 1) ** 2).mean()), rel=1e-5)
+    np.testing.assert_allclose(m.params["1.bias"].grad, [2 * (y - 1).mean()], rtol=1e-5)
 
 
 def test_tie_forward_uses_one_storage() -> None:

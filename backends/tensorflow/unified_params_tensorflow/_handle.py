@@ -62,14 +62,24 @@ _KERNEL_LAST_TYPES = _kernel_last_types()
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """A backend tensor (or a Keras Variable) as a NumPy array."""
+    """A backend tensor (or a Keras Variable) as a NumPy array that owns its
+    data. Written per backend because ``keras.ops.convert_to_numpy`` goes
+    through ``np.array(x)`` on objects whose ``__array__`` NumPy 2 warns about."""
     if isinstance(x, np.ndarray):
         return x
     if isinstance(x, keras.Variable):
-        return np.asarray(x.numpy())
-    if keras.backend.backend() == "tensorflow" and callable(getattr(x, "numpy", None)):
-        return np.asarray(x.numpy())  # convert_to_numpy warns under NumPy 2 here
-    return np.asarray(keras.ops.convert_to_numpy(x))
+        x = x.value
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and callable(getattr(x, "numpy", None)):
+        return np.asarray(x.numpy())  # TF reads into a new buffer
+    if backend == "torch":
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().numpy().copy()
+    if backend == "jax":
+        return np.array(x, copy=True)
+    return np.array(keras.ops.convert_to_numpy(x), copy=True)
 
 
 def _np_dtype(dtype: Any) -> np.dtype:
@@ -324,19 +334,23 @@ def _initializer_for(layer: Any, name: str) -> Any:
 
 
 def _reseeded(init: Any, seed: int | None) -> Any:
-    """A copy of a random Keras initializer with a new seed. An integer-seeded
-    (or unseeded) Keras initializer returns the same values on every call, so
-    re-running it as is would not draw afresh."""
-    if not isinstance(init, keras.initializers.Initializer):
+    """A copy of a random initializer with a new seed: a Keras one, or one of
+    TensorFlow's own (``tf.random_normal_initializer``). An integer-seeded (or
+    unseeded) Keras initializer returns the same values on every call, so
+    re-running it as is would not draw afresh. An initializer without a
+    ``seed`` in its config (a custom class) is used as it is."""
+    get_config = getattr(init, "get_config", None)
+    from_config = getattr(type(init), "from_config", None)
+    if not callable(get_config) or not callable(from_config):
         return init
     try:
-        config = init.get_config()
+        config = get_config()
     except NotImplementedError:
         return init
-    if "seed" not in config:
+    if not isinstance(config, dict) or "seed" not in config:
         return init
     try:
-        return type(init).from_config({**config, "seed": seed})
+        return from_config({**config, "seed": seed})
     except Exception:  # a custom initializer that cannot be rebuilt: use it as is
         return init
 
@@ -432,10 +446,9 @@ class KerasHandle(Handle):
         return _device(_variable(leaf.ref).value)
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
-        # Variable.numpy() returns an array that owns its data on every
-        # backend Keras runs on (a TF resource variable is read into a new
-        # buffer), so it is the copy the core asks for and no view is possible.
-        return np.asarray(_variable(leaf.ref).numpy())
+        # Always a copy: a TF resource variable can only be read into a new
+        # buffer, so no view is possible there (and none is claimed elsewhere).
+        return to_numpy(_variable(leaf.ref))
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         _variable(leaf.ref).assign(value)
@@ -499,7 +512,7 @@ class KerasHandle(Handle):
             if isinstance(value, _NumpyStyle):
                 value = value.tensor
         grads = tape.gradient(value, [v.value for v in variables])
-        return float(np.asarray(value)), [
+        return float(to_numpy(value)), [
             tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads
         ]
 
