@@ -64,9 +64,7 @@ def _models():
     return {
         "mlp": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)),
         "nested": nn.Sequential(block2(), nn.Linear(4, 1)),
-        "shared": nn.Sequential(
-            nn.Linear(4, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 1)
-        ),
+        "shared": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 1)),
         "mha": nn.MultiheadAttention(4, 2),
         "mha_kdim": nn.MultiheadAttention(4, 2, kdim=3, vdim=5),
         "lstm": nn.LSTM(3, 4, num_layers=2),
@@ -82,9 +80,7 @@ def test_names_equal_named_parameters(key):
     handle = BACKEND.open(model)
     assert list(_leaves(handle)) == [n for n, _ in model.named_parameters(remove_duplicate=False)]
     assert _distinct(handle) == [n for n, _ in model.named_parameters()]
-    assert list(_leaves(handle, "buffer")) == [
-        n for n, _ in model.named_buffers(remove_duplicate=False)
-    ]
+    assert list(_leaves(handle, "buffer")) == [n for n, _ in model.named_buffers(remove_duplicate=False)]
     assert _distinct(handle, "buffer") == [n for n, _ in model.named_buffers()]
 
 
@@ -102,9 +98,7 @@ def test_keys_are_torch_keys():
 
 
 def test_cnn_parameterless_children_are_listed():
-    model = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
-    )
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     root = BACKEND.open(model).tree()
     assert [c.key for c in root.children] == ["0", "1", "2", "3", "4"]
     assert [len(c.leaves) for c in root.children] == [2, 0, 0, 0, 2]
@@ -136,15 +130,9 @@ def test_reused_module_shares_storage():
 
 
 def test_lazy_shapes_and_materialize():
-    model = nn.Sequential(
-        nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1), nn.LazyConv2d(3, 2), nn.LazyBatchNorm1d()
-    )
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1), nn.LazyConv2d(3, 2), nn.LazyBatchNorm1d())
     handle = BACKEND.open(model)
-    shapes = {
-        name: handle.shape(leaf)
-        for name, leaf in _walk(handle.tree())
-        if leaf.role != "num_batches_tracked"
-    }
+    shapes = {name: handle.shape(leaf) for name, leaf in _walk(handle.tree()) if leaf.role != "num_batches_tracked"}
     assert shapes == {
         "0.weight": (8, None),
         "0.bias": (8,),
@@ -398,3 +386,115 @@ def test_reset_reaches_private_initializers():
     assert not torch.any(model.self_attn.in_proj_weight == 3.0)
     assert torch.equal(model.self_attn.in_proj_bias, torch.zeros(24))
     assert all(not torch.any(p == 3.0) for p in model.parameters())
+
+
+# -- through the public interface ---------------------------------------------------------
+
+
+def _up():
+    return importlib.import_module("unified_params")
+
+
+@pytest.mark.parametrize("key", sorted(_models()))
+def test_wrapped_names_equal_named_parameters(key):
+    model = _models()[key]
+    m = _up().wrap(model)
+    assert m.backend == "torch" and m.native is model
+    assert list(m.params) == [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    assert list(m.params.distinct()) == [n for n, _ in model.named_parameters()]
+    assert list(m.buffers) == [n for n, _ in model.named_buffers(remove_duplicate=False)]
+    for name, p in model.named_parameters(remove_duplicate=False):
+        assert m.params[name].native is p
+
+
+def test_wrapped_indexing_and_chapter_cells():
+    up = _up()
+    rgnet = nn.Sequential(block2(), nn.Linear(4, 1))
+    m = up.wrap(rgnet)
+    assert m[0][1][0].native is rgnet[0][1][0]
+    assert m[0]["block 1"][0].native is rgnet[0][1][0]
+    assert list(m[0][1].params) == [n for n, _ in rgnet[0][1].named_parameters()]
+    p = m.params["0.block 1.0.bias"]
+    assert p.shape == (8,) and p.dtype == np.float32 and p.device == "cpu" and p.trainable
+    assert p.grad is None
+    m.backward(np.ones((2, 4), np.float32))
+    np.testing.assert_array_equal(p.grad, rgnet[0][1][0].bias.grad.numpy())
+    with pytest.raises(KeyError):
+        m.params["0.block 1.0.biass"]
+
+
+def test_wrapped_state_views_and_writes():
+    up = _up()
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    m = up.wrap(model)
+    assert set(m.state()) == set(model.state_dict())
+    view = m.state(copy=False)["0.weight"]
+    assert np.shares_memory(view, model[0].weight.detach().numpy())
+    assert not view.flags.writeable
+    before = model[0].weight
+    m.params["0.weight"].fill(0.5)
+    m.params["0.bias"] += 1
+    assert model[0].weight is before and model[0].weight.grad_fn is None
+    assert torch.equal(model[0].weight, torch.full((8, 4), 0.5))
+
+
+def test_wrapped_tie_uses_one_parameter():
+    up = _up()
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    m = up.wrap(model)
+    m.tie("2", "0")
+    assert model[2].weight is model[0].weight and model[2].bias is model[0].bias
+    assert list(m.tied()) == [("0.weight", "2.weight"), ("0.bias", "2.bias")]
+    m.backward(np.ones((2, 4), np.float32))
+    np.testing.assert_array_equal(m.params["2.weight"].grad, m.params["0.weight"].grad)
+    assert list(m.params.distinct()) == [n for n, _ in model.named_parameters()]
+
+
+def test_wrapped_lazy_materialize():
+    up = _up()
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1))
+    m = up.wrap(model)
+    assert [p.shape for p in m.params.values()] == [(8, None), (8,), (1, None), (1,)]
+    with pytest.raises(up.NotInitializedError):
+        m.params["0.weight"].value
+    m.materialize(np.zeros((2, 4), np.float32))
+    assert [p.shape for p in m.params.values()] == [(8, 4), (8,), (1, 8), (1,)]
+    assert type(model[0].weight) is nn.Parameter
+
+
+@pytest.mark.parametrize("torch_dtype", [torch.float64, torch.bfloat16])
+def test_wrapped_other_dtypes(torch_dtype):
+    up = _up()
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).to(torch_dtype)
+    m = up.wrap(model)
+    p = m.params["0.weight"]
+    assert p.dtype.name == str(torch_dtype).removeprefix("torch.")
+    m.initialize(up.init.Uniform(-1, 1), seed=0)
+    assert model[0].weight.dtype == torch_dtype
+    np.testing.assert_array_equal(p.value.astype(np.float64), model[0].weight.double().detach().numpy())
+    p.set(np.ones((8, 4), np.float32))
+    assert torch.equal(model[0].weight, torch.ones(8, 4, dtype=torch_dtype))
+    y = m(np.ones((2, 4), np.float32))
+    assert y.dtype == torch_dtype
+
+
+def test_seeded_initialize_matches_numpy_reference():
+    up = _up()
+    ref = importlib.import_module("unified_params.reference")
+    a = up.wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)))
+    b = up.wrap(ref.Sequential(ref.Dense(8, in_units=4), ref.ReLU(), ref.Dense(1, in_units=8)))
+    a.initialize(up.init.XavierUniform(), seed=11)
+    b.initialize(up.init.XavierUniform(), seed=11)
+    for (na, pa), (nb, pb) in zip(a.params.items(), b.params.items()):
+        assert na == nb
+        np.testing.assert_array_equal(pa.value, pb.value)
+
+
+def test_backends_lists_torch_without_importing_it():
+    code = (
+        "import sys, unified_params as up\n"
+        "versions = up.backends()\n"
+        "assert 'torch' in versions and versions['torch'][0].isdigit(), versions\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,14 +3,16 @@
 Design constraints of this module: it is what the entry point
 ``unified_params.backends: torch`` loads, so it must not import torch at
 import time. ``import unified_params`` followed by ``up.backends()`` loads this
-class and nothing else; torch is imported by :meth:`TorchBackend.version`,
-:meth:`TorchBackend.owns` (only called when torch is already in
-``sys.modules``), :meth:`TorchBackend.open` and the zoo, through the submodules
-``_handle`` and ``zoo``.
+class and nothing else (the version comes from torch's distribution metadata).
+torch is imported by :meth:`TorchBackend.owns` (only called when torch is
+already in ``sys.modules``), :meth:`TorchBackend.open`, ``to_numpy`` and the
+zoo, through the submodules ``_handle`` and ``zoo``.
 """
 
 from __future__ import annotations
 
+import sys
+from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -30,12 +32,17 @@ class TorchBackend(Backend):
 
     name: ClassVar[str] = "torch"
     modules: ClassVar[tuple[str, ...]] = ("torch",)
-    capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"deferred", "buffers", "grad", "tie", "zero_copy"}
-    )
+    capabilities: ClassVar[frozenset[str]] = frozenset({"deferred", "buffers", "grad", "tie", "zero_copy"})
     install: ClassVar[str] = "pip install unified-params-torch"
 
     def version(self) -> str:
+        """torch's version, read from its distribution's metadata when torch
+        is not imported yet, so that ``up.backends()`` stays cheap."""
+        if "torch" not in sys.modules:
+            try:
+                return metadata.version("torch")
+            except metadata.PackageNotFoundError:
+                pass  # a source build without metadata: ask the module itself
         import torch
 
         return str(torch.__version__)

@@ -229,6 +229,10 @@ class TorchHandle(Handle):
             return _lazy_shape(slot.module, slot.name, t)
         return tuple(int(d) for d in t.shape)
 
+    def native_of(self, leaf: Leaf) -> nn.Parameter | torch.Tensor:
+        """The ``Parameter`` (or buffer tensor) in the leaf's slot now."""
+        return leaf.ref.tensor
+
     def dtype(self, leaf: Leaf) -> np.dtype:
         return numpy_dtype(leaf.ref.tensor.dtype)
 
@@ -313,13 +317,7 @@ class TorchHandle(Handle):
             for fn in resets:
                 fn()
             return
-        cuda = sorted(
-            {
-                t.device.index or 0
-                for t in (*block.parameters(), *block.buffers())
-                if t.device.type == "cuda"
-            }
-        )
+        cuda = sorted({t.device.index or 0 for t in (*block.parameters(), *block.buffers()) if t.device.type == "cuda"})
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
             for fn in resets:

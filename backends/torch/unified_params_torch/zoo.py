@@ -31,7 +31,7 @@ def block2() -> nn.Sequential:
 
 
 class TorchZoo(Zoo):
-    """The suite's five architectures as ``nn.Module`` trees, wrapped."""
+    """The suite's architectures as ``nn.Module`` trees, wrapped."""
 
     @staticmethod
     def _wrap(model: nn.Module) -> Any:
@@ -48,13 +48,16 @@ class TorchZoo(Zoo):
     def shared(self) -> Any:
         shared = nn.Linear(8, 8)
         return self._wrap(
-            nn.Sequential(
-                nn.Linear(4, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 1)
-            )
+            nn.Sequential(nn.Linear(4, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 1))
         )
 
     def lazy(self) -> Any:
         return self._wrap(nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)))
+
+    def norm(self) -> Any:
+        """BatchNorm in inference form: ``.eval()`` makes its forward use the
+        running statistics."""
+        return self._wrap(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1)).eval())
 
     def cnn(self) -> Any:
         return self._wrap(
