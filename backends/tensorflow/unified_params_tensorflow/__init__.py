@@ -15,6 +15,9 @@ three, and computes gradients with whichever autodiff Keras runs on.
 
 from __future__ import annotations
 
+import os
+import sys
+from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -44,17 +47,25 @@ class KerasBackend(Backend):
     install: ClassVar[str] = "pip install unified-params-tensorflow"
 
     def version(self) -> str:
-        import keras
+        """Keras' version, then the framework it runs on; read from the
+        installed distributions when Keras is not imported yet, so that
+        ``up.backends()`` imports nothing."""
+        if "keras" in sys.modules:
+            import keras
 
-        # Keras' version first; then the framework Keras runs on.
-        backend = keras.backend.backend()
+            backend = keras.backend.backend()
+            version = keras.__version__
+        else:
+            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+            version = _dist_version("keras")
         if backend == "tensorflow":
-            import tensorflow as tf
-
-            return f"{keras.__version__} (keras; tensorflow {tf.__version__})"
-        return f"{keras.__version__} (keras on {backend})"
+            tf = _dist_version("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly")
+            return f"{version} (keras; tensorflow {tf})"
+        return f"{version} (keras on {backend})"
 
     def owns(self, obj: Any) -> bool:
+        if "keras" not in sys.modules:  # then obj cannot be a Keras layer
+            return False
         import keras
 
         return isinstance(obj, keras.layers.Layer)
@@ -73,3 +84,12 @@ class KerasBackend(Backend):
         from unified_params_tensorflow.zoo import KerasZoo
 
         return KerasZoo()
+
+
+def _dist_version(*names: str) -> str:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
