@@ -1,0 +1,170 @@
+"""The cross-framework parity matrix, in one process.
+
+Every pair of installed backends (``numpy``, ``torch``, ``tensorflow``,
+``jax`` linen, ``jax-nnx``; ``mxnet`` with ``numpy`` in its own environment)
+x every zoo architecture is its own test id, so one broken pair shows
+without hiding the others (``-k "torch and jax"`` works). The matrix is
+built from what is installed: in an environment with one backend there is
+no pair, and the module is skipped at collection as ``importorskip`` would.
+Backends that cannot share a process meet here through the golden files
+(``test_golden.py``).
+
+What is checked, per pair and architecture:
+
+* one seed gives bit-identical canonical values and forward outputs that
+  agree at float32 tolerance (4.4);
+* ``up.port(a, b)`` copies every value, running statistics included, and
+  preserves the outputs (7.4);
+* ``up.save`` from ``a`` then a load into ``b`` preserves them (7.3), the
+  file paired by order since names differ across frameworks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import unified_params as up
+
+
+def _kit() -> Any:
+    name = "unified_params_tests_golden_kit"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "golden" / "kit.py")
+        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return sys.modules[name]
+
+
+kit = _kit()
+INSTALLED = kit.installed()
+if len(INSTALLED) < 2:
+    pytest.skip(f"interop needs two installed backends; installed: {INSTALLED}", allow_module_level=True)
+
+#: float32 tolerance for outputs computed by different frameworks.
+RTOL, ATOL = 1e-5, 1e-5
+SEED = 2024
+
+
+def _cases(pairs: list[tuple[str, str]], sep: str) -> list[Any]:
+    return [
+        pytest.param(a, b, arch, id=f"{a}{sep}{b}-{arch}")
+        for a, b in pairs
+        for arch in kit.ARCHS
+        if kit.supports(a, arch) and kit.supports(b, arch)
+    ]
+
+
+UNORDERED = _cases(list(itertools.combinations(INSTALLED, 2)), "-")
+ORDERED = _cases(list(itertools.permutations(INSTALLED, 2)), "-to-")
+
+
+def _assert_same_values(a: up.Block, b: up.Block, what: str) -> None:
+    sa, sb = kit.ordered_state(a), kit.ordered_state(b)
+    assert [v.shape for _, v in sa] == [v.shape for _, v in sb], what
+    for (na, va), (nb, vb) in zip(sa, sb):
+        np.testing.assert_array_equal(vb, va, err_msg=f"{what}: {a.backend} {na!r} vs {b.backend} {nb!r}")
+
+
+def _assert_same_outputs(a_name: str, a: up.Block, b_name: str, b: up.Block, arch: str, what: str) -> None:
+    x = kit.canonical_input(arch)
+    ya, yb = kit.forward(a_name, a, arch, x), kit.forward(b_name, b, arch, x)
+    assert ya.shape == yb.shape, what
+    np.testing.assert_allclose(yb, ya, rtol=RTOL, atol=ATOL, err_msg=f"{what}: {a_name} vs {b_name}")
+
+
+@pytest.mark.parametrize(("a", "b", "arch"), UNORDERED)
+def test_same_seed_same_values_and_outputs(a: str, b: str, arch: str) -> None:
+    """4.4: one seed, bit-identical canonical values, outputs equal at float32 tolerance."""
+    ma, mb = kit.build(a, arch), kit.build(b, arch)
+    kit.seed_model(ma, SEED)
+    kit.seed_model(mb, SEED)
+    _assert_same_values(ma, mb, f"{arch} seeded {SEED}")
+    _assert_same_outputs(a, ma, b, mb, arch, f"{arch} seeded {SEED}")
+
+
+@pytest.mark.parametrize(("src", "dst", "arch"), ORDERED)
+def test_port_preserves_outputs(src: str, dst: str, arch: str) -> None:
+    """7.4: every storage and running statistic copied by order, same outputs."""
+    ms, md = kit.build(src, arch), kit.build(dst, arch)
+    kit.seed_model(ms, SEED + 1)
+    report = up.port(ms, md)
+    assert len(report.pairs) == len(kit.ordered_state(ms))
+    assert (report.src_backend, report.dst_backend) == (ms.backend, md.backend)
+    _assert_same_values(ms, md, f"{arch} ported")
+    _assert_same_outputs(src, ms, dst, md, arch, f"{arch} ported")
+
+
+@pytest.mark.parametrize(("src", "dst", "arch"), ORDERED)
+def test_save_load_preserves_outputs(src: str, dst: str, arch: str, tmp_path: Path) -> None:
+    """7.3: a file written by ``up.save`` on one backend, loaded into another."""
+    ms, md = kit.build(src, arch), kit.build(dst, arch)
+    kit.seed_model(ms, SEED + 2)
+    f = up.save(ms, tmp_path / f"{src}-{arch}.safetensors")
+    report = kit.load_by_order(md, f)
+    assert not report.mismatched and not report.unexpected
+    assert set(report.missing) <= {n for n, p in md.buffers.items() if p.role not in kit.PORTED_BUFFERS}
+    _assert_same_values(ms, md, f"{arch} through a file")
+    _assert_same_outputs(src, ms, dst, md, arch, f"{arch} through a file")
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_file_is_plain_safetensors(name: str, tmp_path: Path) -> None:
+    """7.3: any safetensors reader gets the canonical arrays, each storage once,
+    and the metadata names the source backend, the names and their roles."""
+    from safetensors.numpy import load_file
+
+    m = kit.build(name, "cnn")
+    kit.seed_model(m, SEED + 3)
+    f = up.save(m, tmp_path / "m.safetensors")
+    arrays = load_file(str(f))
+    state = m.state()
+    assert sorted(arrays) == sorted([*m.params.distinct(), *m.buffers.distinct()])
+    for k, v in arrays.items():
+        assert (v.shape, v.dtype) == (state[k].shape, state[k].dtype), k
+        np.testing.assert_array_equal(v, state[k], err_msg=k)
+    params, stats, meta = kit.file_order(f)
+    assert meta["backend"] == m.backend and meta["format"] == "unified_params"
+    assert params == list(m.params.distinct())
+    names = json.loads(meta["names"])
+    assert [names[n]["role"] for n in params] == [p.role for p in m.params.distinct().values()]
+
+
+def test_torch_file_reads_with_safetensors_numpy(tmp_path: Path) -> None:
+    """The issue's "done when": a file written by ``up.save`` from a plain
+    torch model loads with ``safetensors.numpy.load_file`` and gives the
+    model's own ``state_dict`` arrays (PyTorch's layout is the canonical one),
+    a reused layer stored once; loaded back by name, it restores the outputs."""
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+
+    def net(seed: int) -> Any:
+        torch.manual_seed(seed)
+        shared = torch.nn.Linear(8, 8)
+        return torch.nn.Sequential(
+            torch.nn.Conv1d(2, 4, 3), torch.nn.Flatten(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+            shared, torch.nn.ReLU(), shared, torch.nn.Linear(8, 1)
+        )
+
+    a = net(0)
+    f = up.save(up.wrap(a), tmp_path / "torch.safetensors")
+    arrays = load_file(str(f))
+    expected = {k: v.detach().numpy() for k, v in a.state_dict().items()}
+    assert sorted(arrays) == sorted(k for k in expected if not k.startswith("6."))  # the reuse, once
+    for k, v in arrays.items():
+        assert (v.shape, v.dtype) == (expected[k].shape, expected[k].dtype), k
+        np.testing.assert_array_equal(v, expected[k], err_msg=k)
+    b = net(1)
+    assert up.load(up.wrap(b), f).ok
+    assert b[4] is b[6]  # still one module
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
