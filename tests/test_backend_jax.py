@@ -242,6 +242,32 @@ def test_linen_conv_embed_layouts_and_bfloat16() -> None:
     np.testing.assert_array_equal(p.value.astype(np.float32), np.full((3, 2), 1.5))
 
 
+def test_linen_boxed_params_and_frozen_variables() -> None:
+    from flax.core import freeze
+
+    class Part(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            init = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
+            return nn.Dense(3, kernel_init=init)(x)
+
+    mod = Part()
+    m = up.wrap(mod, mod.init(jax.random.key(0), jnp.ones((1, 4))))
+    assert m.params["Dense_0.weight"].shape == (3, 4)
+    m.initialize(up.init.Ones())
+    box = m.variables["params"]["Dense_0"]["kernel"]
+    assert isinstance(box, nn.Partitioned) and box.names == (None, "model")
+    np.testing.assert_allclose(np.asarray(m(np.ones((1, 4), np.float32))), [[4.0, 4.0, 4.0]])
+    m.backward(np.ones((1, 4), np.float32))
+    np.testing.assert_array_equal(m.params["Dense_0.weight"].grad, np.ones((3, 4)))
+    net = nn.Dense(2)
+    frozen = freeze(net.init(jax.random.key(0), jnp.ones((1, 3))))
+    m = up.wrap(net, frozen)
+    m.params["bias"].fill(1.0)
+    np.testing.assert_array_equal(np.asarray(frozen["params"]["bias"]), [0.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(m.variables["params"]["bias"]), [1.0, 1.0])
+
+
 def test_zero_copy_state_on_cpu() -> None:
     net, variables = _mlp()
     m = up.wrap(net, variables)

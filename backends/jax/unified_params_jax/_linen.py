@@ -103,7 +103,17 @@ def _set(tree: dict[str, Any], path: Sequence[str], value: Any) -> dict[str, Any
 
 
 def _is_array(x: Any) -> bool:
-    return hasattr(x, "shape") and hasattr(x, "dtype")
+    return (hasattr(x, "shape") and hasattr(x, "dtype")) or isinstance(x, nn.meta.AxisMetadata)
+
+
+def _unbox(x: Any) -> Any:
+    """The array in a variable slot (``nn.Partitioned`` and other metadata boxes opened)."""
+    return x.unbox() if isinstance(x, nn.meta.AxisMetadata) else x
+
+
+def _rebox(old: Any, new: Any) -> Any:
+    """``new`` in ``old``'s metadata box, if it had one."""
+    return old.replace_boxed(new) if isinstance(old, nn.meta.AxisMetadata) else new
 
 
 def _natural(key: str) -> list[Any]:
@@ -143,6 +153,8 @@ def _static_leaves(module: Any) -> list[tuple[str, str, tuple[int | None, ...]]]
 def _bound_children(module: Any, variables: dict[str, Any] | None) -> dict[str, Any]:
     """Submodules a module defines in ``setup`` (bound clones), by name."""
     if not isinstance(module, nn.Module) or isinstance(module, nn.Sequential):
+        return {}
+    if type(module).setup is nn.Module.setup:  # no setup: nothing to bind for
         return {}
     try:
         bound = module if module.scope is not None else module.bind(variables or {})
@@ -192,7 +204,8 @@ class LinenHandle(Handle):
         return self._node("", self._module, ())
 
     def _node(self, key: str, module: Any, scope: VarPath) -> Node:
-        if not isinstance(module, nn.Module) and scope not in self._scopes():
+        has_vars = any(_has(t, scope) for t in (self._vars or {}).values())
+        if not isinstance(module, nn.Module) and not has_vars:
             # a function layer (nn.relu) or a Sequential slot without variables
             return Node(key=key, native=module, type_name=getattr(module, "__name__", ""))
         return Node(
@@ -202,20 +215,6 @@ class LinenHandle(Handle):
             children=self._children(module, scope),
             type_name=type(module).__name__ if module is not None else "",
         )
-
-    def _scopes(self) -> set[VarPath]:
-        """Every scope that has variables."""
-        out: set[VarPath] = set()
-
-        def walk(tree: Any, path: VarPath) -> None:
-            if isinstance(tree, dict):
-                out.add(path)
-                for k, v in tree.items():
-                    walk(v, (*path, k))
-
-        for coll in (self._vars or {}).values():
-            walk(coll, ())
-        return out
 
     def _children(self, module: Any, scope: VarPath) -> list[Node]:
         if isinstance(module, nn.Sequential):
@@ -286,34 +285,38 @@ class LinenHandle(Handle):
 
     # -- leaves -------------------------------------------------------------
 
-    def _array(self, leaf: Leaf, action: str) -> jax.Array:
+    def _lookup(self, leaf: Leaf) -> jax.Array | None:
+        """The array of ``leaf``'s storage, ``None`` before ``module.init``."""
         path = self._resolve(leaf.ref.path)
         if self._vars is None or not _has(self._vars, path):
+            return None
+        return _unbox(_get(self._vars, path))  # type: ignore[no-any-return]
+
+    def _array(self, leaf: Leaf, action: str) -> jax.Array:
+        found = self._lookup(leaf)
+        if found is None:
             raise NotInitializedError(
                 f"initialized variables to {action} {leaf.native_name!r}",
                 "a linen module wrapped without variables",
                 "call m.materialize(x) with an example input (it runs module.init)",
             )
-        return _get(self._vars, path)
+        return found
 
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
-        ref: VarRef = leaf.ref
-        path = self._resolve(ref.path)
-        if self._vars is not None and _has(self._vars, path):
-            return tuple(int(d) for d in _get(self._vars, path).shape)
-        return ref.static_shape
+        found = self._lookup(leaf)
+        if found is None:
+            return leaf.ref.static_shape  # type: ignore[no-any-return]
+        return tuple(int(d) for d in found.shape)
 
     def dtype(self, leaf: Leaf) -> np.dtype:
-        path = self._resolve(leaf.ref.path)
-        if self._vars is not None and _has(self._vars, path):
-            return np.dtype(_get(self._vars, path).dtype)
-        return np.dtype(leaf.ref.static_dtype or np.float32)
+        found = self._lookup(leaf)
+        if found is None:
+            return np.dtype(leaf.ref.static_dtype or np.float32)
+        return np.dtype(found.dtype)
 
     def device(self, leaf: Leaf) -> str:
-        path = self._resolve(leaf.ref.path)
-        if self._vars is not None and _has(self._vars, path):
-            return device_of(_get(self._vars, path))
-        return "cpu"
+        found = self._lookup(leaf)
+        return "cpu" if found is None else device_of(found)
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
         return host_array(self._array(leaf, "read"), copy)
@@ -326,7 +329,7 @@ class LinenHandle(Handle):
         """Store arrays at storage slots, and in every slot tied to them."""
         new = self._vars or {}
         for path, arr in values.items():
-            new = _set(new, path, arr)
+            new = _set(new, path, _rebox(_get(new, path), arr) if _has(new, path) else arr)
         for target in self._ties:
             source = self._resolve(target)
             if source in values and _has(new, source):
@@ -347,10 +350,8 @@ class LinenHandle(Handle):
     def native_of(self, leaf: Leaf) -> Any:
         """``p.native``: the array in the variables (its :class:`VarRef` while
         the module is not initialized)."""
-        path = self._resolve(leaf.ref.path)
-        if self._vars is not None and _has(self._vars, path):
-            return _get(self._vars, path)
-        return leaf.ref
+        found = self._lookup(leaf)
+        return leaf.ref if found is None else found
 
     def grad(self, leaf: Leaf) -> np.ndarray | None:
         g = self._grads.get(self._resolve(leaf.ref.path))
@@ -493,7 +494,7 @@ class LinenHandle(Handle):
         kept = {self._resolve(leaf.ref.path) for leaf in self._subtree_leaves(path)}
         for p in kept:  # gradients add up over backward passes, as in PyTorch
             if p[0] == "params" and _has(grads, p[1:]):
-                g = _get(grads, p[1:])
+                g = _unbox(_get(grads, p[1:]))
                 self._grads[p] = g if p not in self._grads else self._grads[p] + g
         self._update(updates)
         return float(value)
@@ -547,14 +548,14 @@ class LinenHandle(Handle):
                 fresh = None
         values: dict[VarPath, jax.Array] = {}
         for i, (slot, leaf) in enumerate(leaves.items()):
-            old = _get(self._vars, slot)
+            old = _unbox(_get(self._vars, slot))
             if fresh is not None and _has(fresh, slot):
-                new = _get(fresh, slot)
+                new = _unbox(_get(fresh, slot))
             else:
                 init = default_init(owners[slot], slot[-1], leaf.kind)
                 if init is None:
                     continue
-                new = init(jax.random.fold_in(key, i), old.shape, old.dtype)
+                new = _unbox(init(jax.random.fold_in(key, i), old.shape, old.dtype))
             values[slot] = from_numpy(np.asarray(new, dtype=old.dtype), old)
         self._put(values)
 
