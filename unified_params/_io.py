@@ -97,25 +97,136 @@ def save(m: Any, path: str | os.PathLike[str]) -> Path:
     return target
 
 
+#: safetensors' own limit on the JSON header (its ``MAX_HEADER_SIZE``).
+MAX_HEADER_BYTES = 100_000_000
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+_MAGIC = {b"PK\x03\x04": "a zip archive (a torch.save or .npz file?)", b"\x89HDF": "an HDF5 file (Keras .h5?)",
+          b"\x93NUMPY": "a .npy file", b"\x80": "a Python pickle", b"{": "a JSON text", b"\x1f\x8b": "a gzip file"}
+_LAYOUT = "a safetensors file: an 8-byte little-endian header length, a JSON header, then the tensors' bytes"
+
+
+def _what_it_looks_like(head: bytes) -> str:
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            return f"; it looks like {what}"
+    return ""
+
+
+def _check_header(p: Path, fh: Any, size: int) -> None:
+    """Validate the framing and the header before safetensors maps the file,
+    so that every defect gets a message naming it (safetensors' own errors
+    are terse, and a header length of 2**64 would be an allocation)."""
+    where = repr(str(p))
+    fix = "the file is damaged or of another format; save the model again with up.save(m, path)"
+    head = fh.read(8)
+    if size < 8:
+        raise FileFormatError(_LAYOUT, f"{where} holds only {size} bytes{_what_it_looks_like(head)}",
+                              "it is empty or cut short; save the model again with up.save(m, path)")
+    n = int.from_bytes(head, "little")
+    if n > MAX_HEADER_BYTES:
+        raise FileFormatError(
+            f"a safetensors header of at most {MAX_HEADER_BYTES} bytes",
+            f"{where} declares a header of {n} bytes{_what_it_looks_like(head)}",
+            fix,
+        )
+    if 8 + n > size:
+        raise FileFormatError(
+            f"{8 + n} bytes or more: the 8-byte length and the {n}-byte header it declares",
+            f"{where} holds {size} bytes{_what_it_looks_like(head)}",
+            "the file is truncated (an interrupted copy or download?); copy or save it again",
+        )
+    raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError(f"a JSON {type(header).__name__}, not an object")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FileFormatError(
+            "a JSON object as the safetensors header",
+            f"an unreadable header in {where} ({exc}){_what_it_looks_like(head)}",
+            fix,
+        ) from None
+    data_len = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise FileFormatError("'__metadata__' as a map of strings to strings",
+                                      f"{info!r:.200} in {where}", fix)
+            continue
+        ok = (
+            isinstance(info, dict)
+            and isinstance(info.get("dtype"), str)
+            and isinstance(info.get("shape"), list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in info["shape"])
+            and isinstance(info.get("data_offsets"), list)
+            and len(info["data_offsets"]) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in info["data_offsets"])
+        )
+        if not ok:
+            raise FileFormatError(
+                "each tensor's entry as {'dtype': str, 'shape': [int >= 0, ...], 'data_offsets': [begin, end]}",
+                f"{key!r}: {info!r:.200} in {where}",
+                fix,
+            )
+        begin, end = info["data_offsets"]
+        if not 0 <= begin <= end <= data_len:
+            raise FileFormatError(
+                f"data offsets of {key!r} within the {data_len} bytes of data after the header",
+                f"data_offsets [{begin}, {end}] in {where}",
+                "the file is truncated or its header corrupted; save or copy it again",
+            )
+        itemsize = _ITEMSIZE.get(info["dtype"])
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        if itemsize is not None and end - begin != count * itemsize:
+            raise FileFormatError(
+                f"{count * itemsize} bytes for {key!r} ({info['dtype']} of shape {tuple(info['shape'])})",
+                f"data_offsets [{begin}, {end}] ({end - begin} bytes) in {where}",
+                fix,
+            )
+
+
 def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file, as NumPy arrays."""
+    """All tensors and the metadata of a safetensors file, as NumPy arrays.
+
+    The framing, the header and every tensor's offsets are checked before
+    safetensors reads the data, so a truncated, corrupted, oversized or
+    foreign file raises ``FileFormatError`` saying which of these it is.
+    """
     from safetensors import safe_open
 
     p = Path(path)
+    where = repr(str(p))
     if p.is_dir():
-        raise FileFormatError("a safetensors file", f"the directory {str(p)!r}", "name a file inside it")
-    if not p.exists():
-        raise FileFormatError("an existing safetensors file", f"{str(p)!r} does not exist", "check the path")
+        raise FileFormatError("a safetensors file", f"the directory {where}", "name a file inside it")
+    try:
+        with open(p, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            _check_header(p, fh, size)
+    except FileFormatError:
+        raise
+    except FileNotFoundError:
+        raise FileFormatError("an existing safetensors file", f"{where} does not exist",
+                              "check the path (and the current directory)") from None
+    except NotADirectoryError:
+        raise FileFormatError("a path whose folders are folders", f"{where}: a part of it is a file",
+                              "check the path") from None
+    except PermissionError as exc:
+        raise FileFormatError("a file this process may read", f"{where}: {exc.strerror}",
+                              "fix its permissions or run as a user who may read it") from None
+    except OSError as exc:
+        raise FileFormatError("a readable file", f"{where}: {exc}", "check the path and the device") from None
     try:
         with safe_open(str(p), framework="numpy") as fh:
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     except PermissionError as exc:
-        raise FileFormatError("a readable file", f"{str(p)!r}: {exc}", "fix its permissions") from None
+        raise FileFormatError("a file this process may read", f"{where}: {exc.strerror}",
+                              "fix its permissions") from None
     except Exception as exc:  # safetensors raises its own SafetensorError and others
         raise FileFormatError(
             "a valid safetensors file",
-            f"{str(p)!r}: {type(exc).__name__}: {exc}",
+            f"{where}: {type(exc).__name__}: {exc}",
             "the file is truncated, corrupted or of another format; save it again with up.save",
         ) from None
     return tensors, meta
