@@ -498,3 +498,26 @@ def test_backends_lists_torch_without_importing_it():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_backward_refuses_bad_losses_with_our_errors():
+    up = _up()
+    m = up.wrap(nn.Linear(4, 2))
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(up.ShapeMismatchError, match="one number"):
+        m.backward(x, loss=lambda out: out * 2)
+    with pytest.raises(up.UnifiedParamsError, match="torch operations"):
+        m.backward(x, loss=lambda out: 1.0)
+    assert m.params["weight"].grad is None
+
+
+def test_meta_device_is_refused_not_skipped():
+    up = _up()
+    with torch.device("meta"):
+        model = nn.Linear(4, 2)
+    m = up.wrap(model)
+    assert m.params["weight"].shape == (2, 4) and m.params["weight"].device == "meta"
+    with pytest.raises(up.NotInitializedError, match="meta"):
+        m.params["weight"].value
+    with pytest.raises(up.NotInitializedError, match="to_empty"):
+        m.params["weight"].fill(1.0)

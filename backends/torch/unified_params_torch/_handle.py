@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from unified_params._adapter import CANONICAL, Backend, Handle, Leaf, Node
+from unified_params._errors import NotInitializedError, ShapeMismatchError, UnifiedParamsError
 
 __all__ = ["Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
 
@@ -45,6 +46,18 @@ class Slot:
     @property
     def table(self) -> dict[str, Any]:
         return self.module._parameters if self.kind == "param" else self.module._buffers
+
+    def data(self, action: str) -> torch.Tensor:
+        """The tensor in the slot, refusing one without data (the meta device),
+        which torch would silently skip on a write."""
+        t = self.tensor
+        if t.device.type == "meta":
+            raise NotInitializedError(
+                f"a parameter with data to {action}",
+                f"{self.name!r} of a {type(self.module).__name__} lives on the meta device",
+                "allocate the model first, e.g. model.to_empty(device='cpu'), then initialize it",
+            )
+        return t
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -240,14 +253,14 @@ class TorchHandle(Handle):
         return str(leaf.ref.tensor.device)
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
-        t = leaf.ref.tensor
+        t = leaf.ref.data("read")
         arr = _host_array(t)
         if copy and t.device.type == "cpu":
             arr = arr.copy()
         return arr
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
-        t = leaf.ref.tensor
+        t = leaf.ref.data("write")
         src = _from_numpy(value)
         with torch.no_grad():
             t.copy_(src.to(device=t.device))
@@ -286,10 +299,24 @@ class TorchHandle(Handle):
         with torch.enable_grad():
             out = self.forward(path, x)
             value = out.sum() if loss is None else loss(out)
-            if not isinstance(value, torch.Tensor):
-                value = torch.as_tensor(value)
+            if not isinstance(value, torch.Tensor) or value.grad_fn is None:
+                raise UnifiedParamsError(
+                    "a loss computed from the output tensor with torch operations, "
+                    "in a model with parameters that require grad",
+                    f"a {type(value).__name__}"
+                    + ("" if isinstance(value, torch.Tensor) else " that is not a torch tensor")
+                    + " with no autograd history",
+                    "write the loss with torch operations on the output it receives, "
+                    "and check that the parameters have requires_grad=True",
+                )
+            if value.numel() != 1:
+                raise ShapeMismatchError(
+                    "a loss that is one number",
+                    f"a tensor of shape {tuple(value.shape)}",
+                    "reduce it in the loss function, e.g. with .sum() or .mean()",
+                )
             value.backward()
-        return float(value.detach())
+        return float(value.detach().reshape(()))
 
     def zero_grad(self, path: tuple[str, ...]) -> None:
         for p in self._block(path).parameters():
