@@ -521,3 +521,22 @@ def test_meta_device_is_refused_not_skipped():
         m.params["weight"].value
     with pytest.raises(up.NotInitializedError, match="to_empty"):
         m.params["weight"].fill(1.0)
+
+
+def test_forward_converts_numpy_for_lazy_and_float64_models():
+    up = _up()
+    lazy = up.wrap(nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)))
+    lazy.materialize(np.zeros((2, 4)))  # float64 input, float32 model
+    assert lazy(np.ones((1, 4))).dtype == torch.float32
+    double = up.wrap(nn.Linear(4, 1).double())
+    assert double(np.ones((1, 4), np.float32)).dtype == torch.float64
+    emb = up.wrap(nn.Embedding(5, 3))
+    assert emb(np.array([0, 4])).shape == (2, 3)  # integer inputs keep their dtype
+
+
+def test_forward_errors_are_ours_and_still_runtime_errors():
+    up = _up()
+    m = up.wrap(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)))
+    with pytest.raises(up.UnifiedParamsError, match=r"shape \(2, 3\)") as info:
+        m(np.ones((2, 3), np.float32))
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, RuntimeError)

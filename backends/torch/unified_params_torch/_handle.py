@@ -32,7 +32,7 @@ from torch.nn.parameter import is_lazy
 from unified_params._adapter import CANONICAL, Backend, Handle, Leaf, Node
 from unified_params._errors import NotInitializedError, ShapeMismatchError, UnifiedParamsError
 
-__all__ = ["Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
+__all__ = ["ForwardError", "Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,11 +181,24 @@ def _node(key: str, module: nn.Module) -> Node:
 
 
 def _first_tensor(module: nn.Module) -> torch.Tensor | None:
-    """A concrete floating-point parameter or buffer of ``module``: where its inputs go."""
+    """A floating-point parameter or buffer of ``module`` (lazy ones know
+    their dtype and device too): where its inputs go."""
     for t in (*module.parameters(), *module.buffers()):
-        if not is_lazy(t) and t.is_floating_point():
+        if t.is_floating_point():
             return t
     return None
+
+
+class ForwardError(UnifiedParamsError, RuntimeError):
+    """torch refused the forward pass (still a ``RuntimeError``, as torch's own)."""
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, tuple):
+        return "(" + ", ".join(_describe(item) for item in x) + ")"
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}"
+    return f"a {type(x).__name__}"
 
 
 def _post_order(module: nn.Module, seen: set[int] | None = None) -> Iterator[nn.Module]:
@@ -293,7 +306,16 @@ class TorchHandle(Handle):
     def forward(self, path: tuple[str, ...], x: Any) -> Any:
         block = self._block(path)
         x = self._convert(block, x)
-        return block(*x) if isinstance(x, tuple) else block(x)
+        try:
+            return block(*x) if isinstance(x, tuple) else block(x)
+        except RuntimeError as exc:
+            if isinstance(exc, UnifiedParamsError):
+                raise
+            raise ForwardError(
+                f"an input the {type(block).__name__} at {'.'.join(path) or 'the root'} accepts",
+                f"{_describe(x)}; torch says: {exc}",
+                "check the input's shape (a batch dimension first) and its dtype",
+            ) from exc
 
     def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
         with torch.enable_grad():
