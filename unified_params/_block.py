@@ -446,16 +446,111 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def write_atomic(items: list[tuple[Param, np.ndarray]]) -> None:
-    """Write canonical values (already checked with ``_check_value``) to
-    distinct storages; if any write fails, restore every storage written."""
+class Deferred:
+    """A value read only when it is written (a tensor of a file, a port's
+    source): its shape and dtype are known up front, so every check runs
+    before the first write, and one such value at a time is in memory."""
+
+    __slots__ = ("shape", "dtype", "_get")
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, get: Callable[[], np.ndarray]):
+        self.shape, self.dtype, self._get = tuple(shape), np.dtype(dtype), get
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        v = np.asarray(self._get())
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+
+def _check_deferred(p: Param, value: Deferred, where: str) -> Deferred | np.ndarray:
+    """``_check_value`` on a Deferred's shape and dtype; its data is read now
+    only where the check needs it (floats into an integer storage)."""
+    if np.issubdtype(p.dtype, np.integer) and value.dtype.kind == "f":
+        return _check_value(p, np.asarray(value), where)
+    if value.shape != p.shape or not np.can_cast(value.dtype, p.dtype, casting="same_kind"):
+        _check_value(p, np.broadcast_to(np.zeros((), value.dtype), value.shape), where)  # raises
+    return value
+
+
+#: Above this many bytes, host-memory storages are written without backups
+#: (see ``write_atomic``), and saves, loads and ports show a progress bar.
+LARGE_BYTES = 256 << 20
+
+
+def progress_bar(progress: bool | None, total: int, desc: str) -> Any:
+    """A tqdm bar over ``total`` bytes when asked for (``progress=True``) or,
+    with ``progress=None``, when the work is large and stderr a terminal;
+    tqdm is imported only then."""
+    if progress is False or (progress is None and total <= LARGE_BYTES):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        if progress:
+            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False,
+                disable=None if progress is None else False)
+
+
+def _nbytes(p: Param) -> int:
+    return int(p.size or 0) * p.dtype.itemsize
+
+
+class _HeldInterrupts:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it, so that an
+    interrupt never lands between two writes of one atomic operation. A no-op
+    outside the main thread or where someone else handles SIGINT."""
+
+    def __enter__(self) -> _HeldInterrupts:
+        import signal
+        import threading
+
+        self.got: list[int] = []
+        self.old: Any = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.old = signal.signal(signal.SIGINT, lambda s, f: self.got.append(s))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            if self.got and exc[0] is None:
+                raise KeyboardInterrupt
+
+
+def write_atomic(
+    items: list[tuple[Param, np.ndarray | Deferred]], *, what: str = "write", progress: bool | None = False
+) -> None:
+    """Write canonical values (checked with ``_check_value`` or
+    ``_check_deferred``) to distinct storages; if a write fails, restore
+    every storage written.
+
+    Backups cost a copy of the model, so they are kept where a write can
+    still fail once every value is checked: storages off the host (device
+    memory, transfers), and every storage when the whole write is small
+    (``LARGE_BYTES``). A large write into host memory copies checked values
+    in place, which only the interpreter itself (MemoryError, a bug in an
+    adapter) can interrupt midway; Ctrl-C is held until the last write.
+    """
     for p, _ in items:
         p._require_concrete("write")
+    sizes = [_nbytes(p) for p, _ in items]
+    small = sum(sizes) <= LARGE_BYTES
+    bar = progress_bar(progress, sum(sizes), what)
     backups: list[tuple[Param, np.ndarray]] = []
     try:
-        for p, v in items:
-            backups.append((p, p.read(copy=True)))
-            p._write_canonical(v)
+        with _HeldInterrupts():
+            for (p, v), size in zip(items, sizes):
+                if small or p.device != "cpu":
+                    backups.append((p, p.read(copy=True)))
+                if isinstance(v, Deferred):
+                    v = _check_value(p, np.asarray(v), what)
+                p._write_canonical(v)
+                if bar is not None:
+                    bar.update(size)
     except BaseException:
         for p, old in backups:
             try:
@@ -463,6 +558,9 @@ def write_atomic(items: list[tuple[Param, np.ndarray]]) -> None:
             except Exception:  # noqa: S112 - best effort; the original error matters
                 continue
         raise
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # --------------------------------------------------------------------------
@@ -767,7 +865,9 @@ class Block:
         return tree_text(self)
 
 
-def load_into(block: Block, state: Mapping[str, Any], *, strict: bool, what: str) -> LoadReport:
+def load_into(
+    block: Block, state: Mapping[str, Any], *, strict: bool, what: str, progress: bool | None = False
+) -> LoadReport:
     """Shared by ``load_state``, ``up.load`` and ``up.port``."""
     allp = block._all()
     report = LoadReport()
@@ -791,10 +891,10 @@ def load_into(block: Block, state: Mapping[str, Any], *, strict: bool, what: str
                     "give one name of the tie group, or equal values",
                 )
         chosen[allp[first].storage] = (first, state[first])
-    items: list[tuple[Param, np.ndarray]] = []
+    items: list[tuple[Param, Any]] = []
     for storage, (name, value) in chosen.items():
         p = allp[name]
-        arr = np.asarray(value)
+        arr = value if isinstance(value, Deferred) else np.asarray(value)
         if p.deferred:
             raise NotInitializedError(
                 f"a concrete model to {what} into",
@@ -813,8 +913,9 @@ def load_into(block: Block, state: Mapping[str, Any], *, strict: bool, what: str
             "fix the names or shapes, or pass strict=False to load what matches",
             report=report,
         )
-    checked = [(p, _check_value(p, v, what)) for p, v in items]
-    write_atomic(checked)
+    checked = [(p, _check_deferred(p, v, what) if isinstance(v, Deferred) else _check_value(p, v, what))
+               for p, v in items]
+    write_atomic(checked, what=what, progress=progress)
     return report
 
 

@@ -13,14 +13,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._block import Block, LoadReport, Param, _check_value, load_into, write_atomic
-from ._errors import DTypeError, FileFormatError, NotInitializedError, PortError
+from ._block import (
+    LARGE_BYTES,
+    Block,
+    Deferred,
+    LoadReport,
+    Param,
+    _check_deferred,
+    load_into,
+    progress_bar,
+    write_atomic,
+)
+from ._errors import DTypeError, FileFormatError, PortError
 
 __all__ = ["save", "load", "port", "PortReport", "FORMAT_VERSION"]
 
@@ -36,15 +47,24 @@ def _as_block(m: Any, what: str) -> Block:
     return wrap(m)
 
 
-def _metadata(block: Block) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+_SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+def _metadata(block: Block) -> tuple[dict[str, Param], dict[str, str]]:
+    """The storages to write (first name -> Param) and the file's metadata."""
     allp = block._all()
     first: dict[Any, str] = {}
-    tensors: dict[str, np.ndarray] = {}
+    storages: dict[str, Param] = {}
     names: dict[str, dict[str, str]] = {}
     for n, p in allp.items():
         if p.storage not in first:
             first[p.storage] = n
-            tensors[n] = np.ascontiguousarray(p.read(copy=False))
+            p._require_concrete("save")
+            storages[n] = p
         names[n] = {"role": p.role, "kind": "param" if n in block.params else "buffer", "storage": first[p.storage]}
     meta = {
         "format": "unified_params",
@@ -53,19 +73,55 @@ def _metadata(block: Block) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         "names": json.dumps(names),
         "ties": json.dumps([list(g) for g in block.tied()]),
     }
-    return tensors, meta
+    return storages, meta
 
 
-def save(m: Any, path: str | os.PathLike[str]) -> Path:
+def _write_stream(storages: dict[str, Param], meta: dict[str, str], fh: Any, progress: bool | None) -> bool:
+    """Write a safetensors file storage by storage from zero-copy views, so
+    the file's bytes are never all in memory; False (nothing written) when a
+    dtype has no safetensors code of ours (the caller falls back to
+    safetensors' own writer)."""
+    header: dict[str, Any] = {"__metadata__": meta}
+    offset = 0
+    for n, p in storages.items():
+        code = _SAFETENSORS_DTYPES.get(p.dtype.name)
+        if code is None:
+            return False
+        size = int(p.size or 0) * p.dtype.itemsize
+        header[n] = {"dtype": code, "shape": list(p.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes
+    fh.write(len(raw).to_bytes(8, "little"))
+    fh.write(raw)
+    bar = progress_bar(progress, offset, "save")
+    try:
+        for p in storages.values():
+            v = np.ascontiguousarray(p.read(copy=False))
+            if v.dtype.byteorder == ">":
+                v = v.astype(v.dtype.newbyteorder("<"))
+            fh.write(memoryview(v.reshape(-1).view(np.uint8)))
+            if bar is not None:
+                bar.update(v.nbytes)
+    finally:
+        if bar is not None:
+            bar.close()
+    return True
+
+
+def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) -> Path:
     """Write every storage of ``m`` once to a safetensors file, atomically.
+
+    The storages are streamed to a temporary file beside ``path`` (one at a
+    time, from zero-copy views where the framework allows), which then
+    replaces ``path``. ``progress``: a tqdm bar (default: for models over
+    256 MiB when stderr is a terminal).
 
     >>> import unified_params as up, tempfile, os
     >>> from unified_params import reference as ref
     >>> m = up.wrap(ref.Sequential(ref.Dense(2, in_units=3)))
     >>> f = up.save(m, os.path.join(tempfile.mkdtemp(), "m.safetensors"))
     """
-    from safetensors.numpy import save_file
-
     block = _as_block(m, "save")
     target = Path(path)
     if target.is_dir():
@@ -75,15 +131,20 @@ def save(m: Any, path: str | os.PathLike[str]) -> Path:
     if not folder.is_dir():
         raise FileFormatError("an existing folder to save into", f"{str(folder)!r} does not exist",
                               "create it first")
-    try:
-        tensors, meta = _metadata(block)
-    except NotInitializedError:
-        raise
+    storages, meta = _metadata(block)
     fd, tmp = None, None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        save_file(tensors, tmp, metadata=meta)
+        with os.fdopen(fd, "wb") as fh:
+            # small models go through safetensors' own writer (it holds the
+            # file's bytes in memory once, which costs nothing there)
+            large = sum(int(p.size or 0) * p.dtype.itemsize for p in storages.values()) > LARGE_BYTES
+            streamed = (large or bool(progress)) and _write_stream(storages, meta, fh, progress)
+        if not streamed:
+            from safetensors.numpy import save_file
+
+            save_file({n: np.ascontiguousarray(p.read(copy=False)) for n, p in storages.items()}, tmp,
+                      metadata=meta)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -249,11 +310,80 @@ def expand_ties(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> dict[st
     return state
 
 
-def load(m: Any, path: str | os.PathLike[str], strict: bool = True) -> LoadReport:
-    """``load_state`` from a safetensors file (any safetensors file)."""
+def _checked_file(path: str | os.PathLike[str]) -> Path:
+    """The checks ``read_file`` makes before reading any data (path, framing,
+    header, offsets), with the same FileFormatErrors."""
+    p = Path(path)
+    where = repr(str(p))
+    if p.is_dir():
+        raise FileFormatError("a safetensors file", f"the directory {where}", "name a file inside it")
+    try:
+        with open(p, "rb") as fh:
+            _check_header(p, fh, os.fstat(fh.fileno()).st_size)
+    except FileFormatError:
+        raise
+    except FileNotFoundError:
+        raise FileFormatError("an existing safetensors file", f"{where} does not exist",
+                              "check the path (and the current directory)") from None
+    except NotADirectoryError:
+        raise FileFormatError("a path whose folders are folders", f"{where}: a part of it is a file",
+                              "check the path") from None
+    except PermissionError as exc:
+        raise FileFormatError("a file this process may read", f"{where}: {exc.strerror}",
+                              "fix its permissions or run as a user who may read it") from None
+    except OSError as exc:
+        raise FileFormatError("a readable file", f"{where}: {exc}", "check the path and the device") from None
+    return p
+
+
+def _numpy_dtypes() -> dict[str, np.dtype]:
+    out = {code: np.dtype(name) for name, code in _SAFETENSORS_DTYPES.items() if hasattr(np, name)}
+    return out
+
+
+_NUMPY_DTYPES = _numpy_dtypes()
+
+
+def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors of a safetensors file as ``Deferred`` values (read one at a
+    time when written) and its metadata; the file is checked as ``read_file``
+    checks it and stays open until ``stack`` closes."""
+    from safetensors import safe_open
+
+    p = _checked_file(path)
+    try:
+        fh = stack.enter_context(safe_open(str(p), framework="numpy"))
+        meta = fh.metadata() or {}
+        tensors: dict[str, Any] = {}
+        for k in fh.keys():  # noqa: SIM118
+            sl = fh.get_slice(k)
+            dtype = _NUMPY_DTYPES.get(sl.get_dtype())
+            if dtype is None:  # a dtype we do not map: read it now
+                tensors[k] = fh.get_tensor(k)
+            else:
+                tensors[k] = Deferred(tuple(sl.get_shape()), dtype, lambda k=k: fh.get_tensor(k))
+    except PermissionError as exc:
+        raise FileFormatError("a file this process may read", f"{str(p)!r}: {exc.strerror}",
+                              "fix its permissions") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError and others
+        raise FileFormatError(
+            "a valid safetensors file",
+            f"{str(p)!r}: {type(exc).__name__}: {exc}",
+            "the file is truncated, corrupted or of another format; save it again with up.save",
+        ) from None
+    return tensors, meta
+
+
+def load(m: Any, path: str | os.PathLike[str], strict: bool = True, *, progress: bool | None = None) -> LoadReport:
+    """``load_state`` from a safetensors file (any safetensors file).
+
+    Every name, shape and dtype is checked from the file's header before the
+    first write; then the tensors are read and written one at a time.
+    """
     block = _as_block(m, "load")
-    tensors, meta = read_file(path)
-    return load_into(block, expand_ties(tensors, meta), strict=strict, what="load")
+    with ExitStack() as stack:
+        tensors, meta = _deferred_file(path, stack)
+        return load_into(block, expand_ties(tensors, meta), strict=strict, what="load", progress=progress)
 
 
 @dataclass
@@ -276,14 +406,18 @@ def _portable(block: Block) -> tuple[list[Param], list[Param]]:
     return params, buffers
 
 
-def port(src: Any, dst: Any) -> PortReport:
+def port(src: Any, dst: Any, *, progress: bool | None = None) -> PortReport:
     """Copy every value of ``src`` into ``dst`` (any two backends), pairing
     parameters by order and canonical shape; running statistics are paired
     the same way among themselves. Atomic: a mismatch changes nothing.
+
+    Everything is checked first; then each storage is read (a zero-copy view
+    where the framework allows) and written, one at a time. ``progress``: a
+    tqdm bar (default: for models over 256 MiB when stderr is a terminal).
     """
     s, d = _as_block(src, "port"), _as_block(dst, "port")
     report = PortReport(src_backend=s.backend, dst_backend=d.backend)
-    items: list[tuple[Param, np.ndarray]] = []
+    items: list[tuple[Param, Any]] = []
     for what, sl, dl in zip(("parameters", "running statistics"), _portable(s), _portable(d)):
         for i in range(max(len(sl), len(dl))):
             sp = sl[i] if i < len(sl) else None
@@ -309,7 +443,8 @@ def port(src: Any, dst: Any) -> PortReport:
                     "port between models of the same architecture (pairs go by order, then shape)",
                 )
             try:
-                items.append((dp, _check_value(dp, sp.read(copy=False), "port")))
+                value = Deferred(sp._concrete_shape(), sp.dtype, lambda sp=sp: sp.read(copy=False))
+                items.append((dp, _check_deferred(dp, value, "port")))
             except DTypeError as exc:
                 raise PortError(
                     f"{what} #{i} of compatible dtypes",
@@ -317,5 +452,5 @@ def port(src: Any, dst: Any) -> PortReport:
                     str(exc),
                 ) from None
             report.pairs.append((sp.name, dp.name, tuple(sp.shape)))  # type: ignore[arg-type]
-    write_atomic(items)
+    write_atomic(items, what="port", progress=progress)
     return report

@@ -1,0 +1,223 @@
+"""Native code for each framework: the side the unified layer is measured against.
+
+Each ``Native`` builds the benchmark model (``depth`` dense layers of
+``width x width``, float32, zeros so that building costs no random draw) and
+does, in the framework's own idiom, what the unified call does: list, read to
+NumPy, write back, save and load with ``safetensors``' own framework
+functions, and initialize with the framework's own normal initializer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import unified_params as up
+
+
+class Native:
+    name = ""
+
+    def build(self, width: int, depth: int) -> tuple[Any, up.Block]:
+        raise NotImplementedError
+
+    def listing(self, net: Any) -> list[tuple[str, tuple[int, ...], Any]]:
+        raise NotImplementedError
+
+    def read(self, net: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def write(self, net: Any, values: dict[str, np.ndarray]) -> Any:
+        raise NotImplementedError
+
+    def save(self, net: Any, path: str) -> None:
+        raise NotImplementedError
+
+    def load(self, net: Any, path: str) -> Any:
+        raise NotImplementedError
+
+    def init(self, net: Any, seed: int) -> Any:
+        raise NotImplementedError
+
+
+class Torch(Native):
+    name = "torch"
+
+    def build(self, width: int, depth: int) -> tuple[Any, up.Block]:
+        import torch
+        from torch import nn
+
+        layers = [nn.Linear(width, width, device="meta") for _ in range(depth)]
+        net = nn.Sequential(*layers).to_empty(device="cpu")
+        with torch.no_grad():
+            for p in net.parameters():
+                p.zero_()
+        return net, up.wrap(net)
+
+    def listing(self, net: Any) -> list[tuple[str, tuple[int, ...], Any]]:
+        return [(n, tuple(p.shape), p.dtype) for n, p in net.named_parameters()]
+
+    def read(self, net: Any) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+
+    def write(self, net: Any, values: dict[str, np.ndarray]) -> Any:
+        import torch
+
+        return net.load_state_dict({k: torch.from_numpy(v) for k, v in values.items()})
+
+    def save(self, net: Any, path: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file(net.state_dict(), path)
+
+    def load(self, net: Any, path: str) -> Any:
+        from safetensors.torch import load_file
+
+        return net.load_state_dict(load_file(path))
+
+    def init(self, net: Any, seed: int) -> Any:
+        import torch
+
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in net.parameters():
+                torch.nn.init.normal_(p, 0.0, 0.01)
+
+
+class TensorFlow(Native):
+    name = "tensorflow"
+
+    def build(self, width: int, depth: int) -> tuple[Any, up.Block]:
+        import keras
+
+        net = keras.Sequential([keras.Input((width,))] + [
+            keras.layers.Dense(width, kernel_initializer="zeros") for _ in range(depth)])
+        return net, up.wrap(net)
+
+    def listing(self, net: Any) -> list[tuple[str, tuple[int, ...], Any]]:
+        return [(v.path, tuple(v.shape), v.dtype) for v in net.weights]
+
+    def read(self, net: Any) -> dict[str, np.ndarray]:
+        return {v.path: w for v, w in zip(net.weights, net.get_weights())}
+
+    def write(self, net: Any, values: dict[str, np.ndarray]) -> Any:
+        net.set_weights(list(values.values()))
+
+    def save(self, net: Any, path: str) -> None:
+        from safetensors.tensorflow import save_file
+
+        save_file({v.path: v.value for v in net.weights}, path)
+
+    def load(self, net: Any, path: str) -> Any:
+        from safetensors.tensorflow import load_file
+
+        values = load_file(path)
+        for v in net.weights:
+            v.assign(values[v.path])
+
+    def init(self, net: Any, seed: int) -> Any:
+        import keras
+
+        for i, v in enumerate(net.weights):
+            v.assign(keras.initializers.RandomNormal(0.0, 0.01, seed=seed + i)(tuple(v.shape)))
+
+
+class Jax(Native):
+    """Flax linen: the model is ``(module, variables)``; writes make new variables."""
+
+    name = "jax"
+
+    def build(self, width: int, depth: int) -> tuple[Any, up.Block]:
+        import jax
+        import jax.numpy as jnp
+        from flax import linen as nn
+
+        module = nn.Sequential([nn.Dense(width, kernel_init=nn.initializers.zeros) for _ in range(depth)])
+        variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, width), jnp.float32))
+        m = up.wrap(module, variables)
+        return m, m  # the Block holds the variables (natively, the user does)
+
+    def listing(self, net: Any) -> list[tuple[str, tuple[int, ...], Any]]:
+        from flax.traverse_util import flatten_dict
+
+        return [(".".join(k), tuple(v.shape), v.dtype) for k, v in flatten_dict(net.variables).items()]
+
+    def read(self, net: Any) -> dict[str, np.ndarray]:
+        from flax.traverse_util import flatten_dict
+
+        return {".".join(k): np.array(v) for k, v in flatten_dict(net.variables).items()}
+
+    def write(self, net: Any, values: dict[str, np.ndarray]) -> Any:
+        import jax
+        from flax.traverse_util import unflatten_dict
+
+        return unflatten_dict({tuple(k.split(".")): jax.device_put(v) for k, v in values.items()})
+
+    def save(self, net: Any, path: str) -> None:
+        from flax.traverse_util import flatten_dict
+        from safetensors.flax import save_file
+
+        save_file({".".join(k): v for k, v in flatten_dict(net.variables).items()}, path)
+
+    def load(self, net: Any, path: str) -> Any:
+        from flax.traverse_util import unflatten_dict
+        from safetensors.flax import load_file
+
+        return unflatten_dict({tuple(k.split(".")): v for k, v in load_file(path).items()})
+
+    def init(self, net: Any, seed: int) -> Any:
+        import jax
+        from flax.traverse_util import flatten_dict, unflatten_dict
+
+        flat = flatten_dict(net.variables)
+        keys = jax.random.split(jax.random.key(seed), len(flat))
+        out = {k: jax.random.normal(key, v.shape, v.dtype) * 0.01 for key, (k, v) in zip(keys, flat.items())}
+        jax.block_until_ready(list(out.values()))
+        return unflatten_dict(out)
+
+
+class MXNet(Native):
+    name = "mxnet"
+
+    def build(self, width: int, depth: int) -> tuple[Any, up.Block]:
+        import mxnet as mx
+        from mxnet.gluon import nn
+
+        net = nn.Sequential()
+        for _ in range(depth):
+            net.add(nn.Dense(width, in_units=width))
+        net.initialize(mx.init.Zero())
+        return net, up.wrap(net)
+
+    def listing(self, net: Any) -> list[tuple[str, tuple[int, ...], Any]]:
+        return [(k, tuple(p.shape), p.dtype) for k, p in net.collect_params().items()]
+
+    def read(self, net: Any) -> dict[str, np.ndarray]:
+        return {k: p.data().asnumpy() for k, p in net.collect_params().items()}
+
+    def write(self, net: Any, values: dict[str, np.ndarray]) -> Any:
+        import mxnet as mx
+
+        for (_, p), v in zip(net.collect_params().items(), values.values()):
+            p.set_data(mx.nd.array(v, dtype=v.dtype))
+
+    def save(self, net: Any, path: str) -> None:  # safetensors has no MXNet flavour: its NumPy one
+        from safetensors.numpy import save_file
+
+        save_file(self.read(net), path)
+
+    def load(self, net: Any, path: str) -> Any:
+        from safetensors.numpy import load_file
+
+        self.write(net, load_file(path))
+
+    def init(self, net: Any, seed: int) -> Any:
+        import mxnet as mx
+
+        mx.random.seed(seed)
+        net.initialize(mx.init.Normal(0.01), force_reinit=True)
+        mx.nd.waitall()
+
+
+NATIVES: dict[str, type[Native]] = {c.name: c for c in (Torch, TensorFlow, Jax, MXNet)}
