@@ -1,15 +1,42 @@
-"""The ``unified-params`` command: tour, backends, inspect.
+"""The ``unified-params`` command (also ``python -m unified_params``).
 
-Exit codes: 0 success, 1 a failure while running, 2 a usage error.
+Commands: ``tour``, ``backends``, ``inspect``, ``plot``; ``--help`` on each.
+Exit codes: 0 success, 1 a failure while running (a bad file, a backend that
+fails to import: the contract's error message, no traceback), 2 a usage error.
+
+Design constraints: importing this module imports no framework and neither
+rich nor matplotlib; output is plain text unless stdout is a terminal, where
+tables and trees are drawn with rich (when installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import struct
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from ._errors import FileFormatError, UnifiedParamsError
 
 DEFAULT_ORDER = ("torch", "jax", "tensorflow", "mxnet", "numpy")
+MODELS = ("mlp", "nested", "shared", "cnn")
+_PROG = "unified-params"
+
+#: safetensors dtype codes -> NumPy-style names.
+_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+    "C64": "complex64", "C128": "complex128",
+}  # fmt: skip
+
+
+class UsageError(Exception):
+    """A command line that asks for something impossible (exit code 2)."""
 
 
 def default_backend() -> str:
@@ -21,90 +48,314 @@ def default_backend() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unified-params", description="One interface to the parameters of any "
-                                "framework's model.")
+    p = argparse.ArgumentParser(
+        prog=_PROG,
+        description="One interface to the parameters of any framework's model.",
+        epilog="Examples: unified-params tour --backend all | unified-params inspect model.safetensors | "
+        "unified-params plot --backend torch --model mlp -o mlp.png",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    t = sub.add_parser("tour", help="walk the Parameter Management chapter on a backend")
-    t.add_argument("--backend", default=None, help="a backend name, or 'all' (default: first installed of "
-                   + ", ".join(DEFAULT_ORDER) + ")")
+    t = sub.add_parser(
+        "tour",
+        help="walk the Parameter Management chapter on a backend",
+        description="Walk the Parameter Management chapter (access, initialization, ties, training, files) "
+        "through the unified API. With --backend all, every installed backend runs and their numbers are "
+        "shown side by side.",
+    )
+    t.add_argument("--backend", default=None, metavar="NAME|all",
+                   help="a backend name, or 'all' (default: first installed of " + ", ".join(DEFAULT_ORDER) + ")")
     t.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
-    sub.add_parser("backends", help="installed backends and their versions")
-    i = sub.add_parser("inspect", help="the parameters in a safetensors file")
-    i.add_argument("file")
+    b = sub.add_parser("backends", help="installed backends, framework and adapter versions",
+                   description="List the installed backends with their framework and adapter versions and "
+                   "capabilities (imports each framework).")
+    i = sub.add_parser("inspect", help="the parameters in a safetensors file",
+                       description="Names, shapes, dtypes, counts and tie groups of a safetensors file, and the "
+                       "backend that saved it (files from up.save; any other safetensors file too).")
+    i.add_argument("file", help="a .safetensors file")
+    pl = sub.add_parser(
+        "plot",
+        help="histograms and norms of parameters, as a PNG",
+        description="Draw one histogram per parameter and the norm of each, from a safetensors FILE or from a "
+        "zoo model of a backend (its framework's own initialization). Needs matplotlib: "
+        "pip install 'unified-params[plot]'.",
+    )
+    pl.add_argument("file", nargs="?", help="a .safetensors file (or give --backend and --model)")
+    pl.add_argument("--backend", metavar="NAME", help="build a zoo model of this backend")
+    pl.add_argument("--model", choices=MODELS, help="which zoo model (with --backend; default mlp)")
+    pl.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the PNG to write")
+    for sp in (t, b, i, pl):
+        sp.set_defaults(subparser=sp)
     return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _check_backend(name: str) -> None:
+    from ._registry import names
+
+    installed = names()
+    if name not in installed:
+        raise UsageError(f"backend {name!r} is not installed; installed: {', '.join(installed)}. "
+                         f"Install its adapter: pip install unified-params-{name}")
+
+
+# -- tour ---------------------------------------------------------------------
 
 
 def _tour(backend: str | None, seed: int) -> int:
     from ._registry import names
-    from ._tour import tour
+    from ._report import show
+    from ._tour import side_by_side, tour
 
-    installed = names()
-    chosen = installed if backend == "all" else [backend or default_backend()]
-    for b in chosen:
-        if b not in installed:
-            print(f"unified-params: error: backend {b!r} is not installed; installed: {', '.join(installed)}. "
-                  f"Install its adapter: pip install unified-params-{b}", file=sys.stderr)
-            return 2
-    results = {}
-    for b in chosen:
-        results[b] = tour(b, seed=seed)
-    if len(chosen) > 1:
-        import numpy as np
+    if backend != "all":
+        name = backend or default_backend()
+        _check_backend(name)
+        tour(name, seed=seed, out=lambda x: show(x))
+        return 0
+    results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for name in names():
+        try:
+            results[name] = tour(name, seed=seed, out=lambda x: None)
+            print(f"walked the chapter on {name}")
+        except Exception as exc:  # one backend's failure must not hide the others
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            print(f"{_PROG}: error: the tour failed on {name}: {failed[name]}", file=sys.stderr)
+    if not results:
+        return 1
+    reference = "numpy" if "numpy" in results else next(iter(results))
+    header, rows = side_by_side(results, reference)
+    print(f"\nSide by side, seed {seed}: each backend's numbers against {reference}'s "
+          f"(same: equal to float32 precision)")
+    _print_table(header, rows, title=f"tour --backend all --seed {seed}")
+    differ = any(cell.startswith("DIFF") for row in rows for cell in row[2:])
+    if differ:
+        print(f"{_PROG}: error: some numbers differ between backends", file=sys.stderr)
+    return 1 if failed or differ else 0
 
-        print("\n# Side by side (same seed, same numbers)")
-        ref = results[chosen[0]]
-        for b in chosen:
-            same = all(np.allclose(results[b][k], ref[k], rtol=1e-4, atol=1e-5) for k in ref if k in results[b])
-            print(f"{b:12s} mlp out {np.round(results[b]['mlp_out'].ravel(), 4)}  agrees with {chosen[0]}: {same}")
-    return 0
+
+# -- backends -------------------------------------------------------------------
 
 
 def _backends() -> int:
     from importlib import metadata
 
-    from ._registry import backends
+    from ._registry import _discover, get_backend, names
 
-    for name, version in backends().items():
+    rows, broken = [], []
+    eps = _discover()
+    for name in names():
+        if name == "numpy":
+            adapter = f"unified-params {_version()} (built in)"
+        else:
+            dist = getattr(eps[name], "dist", None)
+            try:
+                adapter = f"{dist.name} {dist.version}" if dist is not None else "?"
+            except (AttributeError, metadata.PackageNotFoundError):
+                adapter = "?"
         try:
-            adapter = metadata.version(f"unified-params-{name}") if name != "numpy" else metadata.version(
-                "unified-params")
-        except metadata.PackageNotFoundError:
-            adapter = "?"
-        print(f"{name:12s} framework {version:10s} adapter {adapter}")
-    return 0
+            be = get_backend(name)
+            framework, caps = be.version(), ", ".join(sorted(be.capabilities))
+        except Exception as exc:  # report every backend; fail at the end
+            framework, caps = f"not importable: {type(exc).__name__}", "-"
+            broken.append(f"{name}: {exc}")
+        rows.append([name, framework, adapter, caps])
+    _print_table(["backend", "framework", "adapter", "capabilities"], rows, title="installed backends")
+    for line in broken:
+        print(f"{_PROG}: error: {line}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+# -- inspect --------------------------------------------------------------------
+
+
+def read_header(path: str) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
+    """The tensor table and metadata of a safetensors file, and its size,
+    without reading the tensors (any dtype, any size)."""
+    how = "the file is truncated, corrupted or of another format; save it again with up.save"
+    if os.path.isdir(path):
+        raise FileFormatError("a safetensors file", f"the directory {path!r}", "name a file inside it")
+    if not os.path.exists(path):
+        raise FileFormatError("an existing safetensors file", f"{path!r} does not exist", "check the path")
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise FileFormatError("a valid safetensors file", f"{path!r}: {size} bytes, no header", how)
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100 << 20):
+                raise FileFormatError("a valid safetensors file",
+                                      f"{path!r}: a header of {n} bytes in a file of {size}", how)
+            header = json.loads(fh.read(n))
+    except PermissionError as exc:
+        raise FileFormatError("a readable file", f"{path!r}: {exc}", "fix its permissions") from None
+    except (UnicodeDecodeError, ValueError):
+        raise FileFormatError("a valid safetensors file", f"{path!r}: the header is not JSON", how) from None
+    if not isinstance(header, dict):
+        raise FileFormatError("a valid safetensors file", f"{path!r}: the header is not a JSON object", how)
+    meta = header.pop("__metadata__", None) or {}
+    data = size - 8 - n
+    for name, info in header.items():
+        try:
+            begin, end = info["data_offsets"]
+            shape = [int(d) for d in info["shape"]]
+            ok = isinstance(info["dtype"], str) and 0 <= begin <= end <= data and min(shape, default=0) >= 0
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise FileFormatError("a valid safetensors file",
+                                  f"{path!r}: the entry of tensor {name!r} is broken or past the end of the file", how)
+    return header, {str(k): str(v) for k, v in meta.items()}, size
 
 
 def _inspect(path: str) -> int:
-    import json
+    from ._report import _fmt_shape
 
-    import numpy as np
-
-    from ._io import read_file
-
-    tensors, meta = read_file(path)
-    names = json.loads(meta.get("names", "{}")) if meta.get("names") else {}
-    print(f"{path}: {len(tensors)} tensors, source backend: {meta.get('backend', 'unknown')}, "
-          f"format {meta.get('format', 'safetensors')} {meta.get('format_version', '')}".rstrip())
-    total = 0
-    for k, v in tensors.items():
-        aliases = [n for n, info in names.items() if info.get("storage") == k and n != k]
-        total += int(np.prod(v.shape))
-        extra = f"  tied: {', '.join(aliases)}" if aliases else ""
-        print(f"  {k:30s} {str(v.shape):16s} {str(v.dtype):9s} {int(np.prod(v.shape)):>10,}{extra}")
-    print(f"total: {total:,} elements")
+    entries, meta, size = read_header(path)
+    names: dict[str, dict[str, str]] = {}
+    ties: list[list[str]] = []
+    if meta.get("format") == "unified_params":
+        try:
+            names = json.loads(meta.get("names", "{}"))
+            ties = json.loads(meta.get("ties", "[]"))
+        except ValueError:
+            raise FileFormatError("unified_params metadata as JSON", f"{path!r}: an unreadable 'names' entry",
+                                  "the file's metadata is corrupted; save it again") from None
+        source = f"{meta.get('backend', 'unknown')} (unified_params format {meta.get('format_version', '?')})"
+    else:
+        source = "unknown: a plain safetensors file, without unified_params metadata"
+    aliases: dict[str, list[str]] = {}
+    for n, info in names.items():
+        if info.get("storage", n) != n:
+            aliases.setdefault(info["storage"], []).append(n)
+    rows, total = [], 0
+    ordered = sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    if names:  # the model's order, as saved
+        rank = {n: i for i, n in enumerate(names)}
+        ordered = sorted(ordered, key=lambda kv: rank.get(kv[0], len(rank)))
+    for name, info in ordered:
+        count = 1
+        for d in info["shape"]:
+            count *= int(d)
+        total += count
+        role = names.get(name, {}).get("role", "")
+        kind = names.get(name, {}).get("kind", "")
+        rows.append([name, role + (" (buffer)" if kind == "buffer" else ""), _fmt_shape(tuple(info["shape"])),
+                     _DTYPES.get(info["dtype"], info["dtype"]), f"{count:,}", ", ".join(aliases.get(name, []))])
+    print(f"{path}: safetensors, {len(entries)} tensors, {total:,} elements, {size:,} bytes")
+    print(f"source backend: {source}")
+    extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "backend", "names", "ties")}
+    if extra:
+        print("metadata: " + ", ".join(f"{k}={v[:40]}" for k, v in extra.items()))
+    header = ["name", "role", "shape", "dtype", "count", "tied with"]
+    if not names:  # a plain file: no roles, no ties to show
+        header, rows = header[:1] + header[2:5], [r[:1] + r[2:5] for r in rows]
+    _print_table(header, rows, title=os.path.basename(path), right=("count",))
+    if ties:
+        print("tie groups (one storage each):")
+        for group in ties:
+            print("  " + " = ".join(group))
+    else:
+        print("tie groups: none" if names else "tie groups: unknown (no unified_params metadata)")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from ._errors import UnifiedParamsError
+# -- plot -----------------------------------------------------------------------
 
+
+def _plot(file: str | None, backend: str | None, model: str | None, output: str) -> int:
+    import numpy as np
+
+    from ._plot import _require_matplotlib, plot_tensors
+
+    if model is not None and backend is None:
+        raise UsageError("--model builds a zoo model: it needs --backend NAME")
+    if (file is None) == (backend is None):
+        raise UsageError("give a FILE or --backend NAME (with --model), not both and not neither")
+    _require_matplotlib()  # before anything slow
+    if file is not None:
+        from ._io import read_file
+
+        tensors, meta = read_file(file)
+        try:
+            table = json.loads(meta.get("names", "{}")) if meta.get("format") == "unified_params" else {}
+        except ValueError:
+            table = {}
+        also: dict[str, list[str]] = {}
+        for n, info in table.items():
+            if isinstance(info, dict) and info.get("storage", n) != n:
+                also.setdefault(info["storage"], []).append(n)
+        rank = {n: i for i, n in enumerate(table)}  # the model's order, as saved
+        order = sorted(tensors, key=lambda n: rank.get(n, len(rank)))
+        tensors = {_label(n, also.get(n, ())): tensors[n] for n in order}
+        title = f"{os.path.basename(file)} (saved by {meta.get('backend', 'unknown')})"
+    else:
+        from ._registry import get_backend
+
+        assert backend is not None
+        _check_backend(backend)
+        model = model or "mlp"
+        m = getattr(get_backend(backend).zoo(), model)()
+        tensors = {_label(n, p.tied_with): p.value for n, p in m.params.distinct().items()}
+        tensors.update({_label(n, p.tied_with): p.value for n, p in m.buffers.distinct().items()
+                        if np.issubdtype(p.dtype, np.floating)})
+        title = f"{backend} zoo '{model}' (the framework's own initialization)"
+    out = plot_tensors(tensors, output, title=title)
+    print(f"wrote {out} ({len(tensors)} tensors)")
+    return 0
+
+
+def _label(name: str, tied_with: Sequence[str]) -> str:
+    return f"{name} (= {', '.join(tied_with)})" if tied_with else name
+
+
+# -- output ---------------------------------------------------------------------
+
+
+def _print_table(header: list[str], rows: list[list[str]], *, title: str = "", right: Sequence[str] = ()) -> None:
+    """A table: rich where stdout is a terminal and rich is installed, plain otherwise."""
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            pass
+        else:
+            table = Table(title=title)
+            for h in header:
+                table.add_column(h, justify="right" if h in right else "left")
+            for row in rows:
+                table.add_row(*row)
+            Console().print(table)
+            return
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(cells, widths, header)).rstrip()
+
+    print(line(header))
+    print(line(["-" * w for w in widths]))
+    for row in rows:
+        print(line(row))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage)."""
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    except SystemExit as exc:  # --help (0) and usage errors (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print(f"{_PROG}: error: a command is required (tour, backends, inspect, plot); see {_PROG} --help",
+              file=sys.stderr)
         return 2
     try:
         if args.command == "tour":
@@ -113,7 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backends()
         if args.command == "inspect":
             return _inspect(args.file)
+        if args.command == "plot":
+            return _plot(args.file, args.backend, args.model, args.output)
+    except UsageError as exc:
+        args.subparser.print_usage(sys.stderr)
+        print(f"{_PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except UnifiedParamsError as exc:
-        print(f"unified-params: error: {exc}", file=sys.stderr)
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
         return 1
     return 2

@@ -1,18 +1,21 @@
 """``print(m)`` and ``m.summary()``: plain text always, rich where asked.
 
 Plain text is the default so that doctests, logs and tests read the same
-everywhere; ``Summary.rich()`` renders a rich table for a terminal.
+everywhere; ``Summary.rich()`` (also ``rich.print(summary)``) renders a rich
+table and ``tree_rich(m)`` a rich tree, and ``show`` picks rich only when the
+stream is a terminal and rich is installed. rich is imported lazily.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._block import Block
 
-__all__ = ["Summary", "summarize", "tree_text"]
+__all__ = ["Summary", "summarize", "tree_text", "tree_rich", "show"]
 
 _COLUMNS = ("name", "shape", "dtype", "count", "device", "tied_with")
 
@@ -51,7 +54,10 @@ class Summary:
     def __str__(self) -> str:
         cells = self._cells()
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(_COLUMNS)]
-        line = lambda row: "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()  # noqa: E731
+        count = _COLUMNS.index("count")
+        line = lambda row: "  ".join(  # noqa: E731
+            x.rjust(w) if i == count else x.ljust(w) for i, (x, w) in enumerate(zip(row, widths))
+        ).rstrip()
         out = [line(list(_COLUMNS)), line(["-" * w for w in widths])]
         out += [line(row) for row in cells]
         out.append(
@@ -66,10 +72,15 @@ class Summary:
         """A ``rich.table.Table`` of the summary."""
         from rich.table import Table
 
-        table = Table(*_COLUMNS, title=f"{self.backend} model", caption=str(self).splitlines()[-1])
+        table = Table(title=f"{self.backend} model", caption=str(self).splitlines()[-1])
+        for col in _COLUMNS:
+            table.add_column(col, justify="right" if col == "count" else "left")
         for row in self._cells():
             table.add_row(*row)
         return table
+
+    def __rich__(self) -> Any:
+        return self.rich()
 
 
 def summarize(block: Block) -> Summary:
@@ -100,23 +111,71 @@ def summarize(block: Block) -> Summary:
     return out
 
 
-def tree_text(block: Block) -> str:
-    """The tree of blocks with their own parameters' names and shapes."""
+def _tree(block: Block) -> list[tuple[int, str, str]]:
+    """``(depth, label, detail)`` lines of the tree; a storage met again is
+    marked with the name it was first met under (a tie)."""
     from ._block import _find, _sorted_leaves
     from ._layout import shape_to_canonical
 
     handle = block._handle
     root = _find(handle.tree(), block._path)
-    lines = [f"{block.backend} {root.type_name or type(root.native).__name__}"]
+    out = [(0, f"{block.backend} {root.type_name or type(root.native).__name__}", "")]
+    first: dict[Any, str] = {}
 
-    def walk(node: Any, indent: str) -> None:
+    def walk(node: Any, depth: int, prefix: str) -> None:
         for leaf in _sorted_leaves(node):
             shape = shape_to_canonical(handle.shape(leaf), leaf.layout)
-            tag = "" if leaf.kind == "param" else " (buffer)"
-            lines.append(f"{indent}{leaf.role}: {_fmt_shape(shape)} {handle.dtype(leaf)}{tag}")
+            name = prefix + leaf.role
+            tags = [] if leaf.kind == "param" else ["buffer"]
+            if leaf.storage in first:
+                tags.append(f"tied to {first[leaf.storage]}")
+            else:
+                first[leaf.storage] = name
+            detail = f"{_fmt_shape(shape)} {handle.dtype(leaf)}" + (f" ({'; '.join(tags)})" if tags else "")
+            out.append((depth, f"{leaf.role}:", detail))
         for child in node.children:
-            lines.append(f"{indent}({child.key}): {child.type_name or type(child.native).__name__}")
-            walk(child, indent + "  ")
+            out.append((depth, f"({child.key}):", child.type_name or type(child.native).__name__))
+            walk(child, depth + 1, f"{prefix}{child.key}.")
 
-    walk(root, "  ")
-    return "\n".join(lines)
+    walk(root, 1, "")
+    return out
+
+
+def tree_text(block: Block) -> str:
+    """The tree of blocks with their own parameters' names and shapes."""
+    return "\n".join("  " * depth + (f"{label} {detail}" if detail else label) for depth, label, detail in _tree(block))
+
+
+def tree_rich(block: Block) -> Any:
+    """The same tree as a ``rich.tree.Tree``."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    lines = _tree(block)
+    root = Tree(f"[bold]{escape(lines[0][1])}[/bold]")
+    stack: list[Any] = [root]
+    for depth, label, detail in lines[1:]:
+        del stack[depth:]
+        style = "cyan" if label.startswith("(") else "green"
+        node = stack[-1].add(f"[{style}]{escape(label)}[/{style}] {escape(detail)}")
+        stack.append(node)
+    return root
+
+
+def show(obj: Any, file: IO[str] | None = None, *, use_rich: bool | None = None) -> None:
+    """Print a Block (its tree), a Summary or text: rich where ``file`` is a
+    terminal and rich is installed (or ``use_rich=True``), plain otherwise."""
+    from ._block import Block
+
+    file = file if file is not None else sys.stdout
+    if use_rich is None:
+        use_rich = bool(getattr(file, "isatty", lambda: False)())
+    if use_rich:
+        try:
+            from rich.console import Console
+        except ImportError:
+            use_rich = False
+    if not use_rich:
+        print(tree_text(obj) if isinstance(obj, Block) else str(obj), file=file)
+        return
+    Console(file=file).print(tree_rich(obj) if isinstance(obj, Block) else obj)

@@ -16,13 +16,42 @@ import numpy as np
 
 import unified_params as up
 
-__all__ = ["tour", "STEPS"]
+__all__ = ["tour", "side_by_side", "STEPS", "QUANTITIES"]
 
-Printer = Callable[[str], None]
+#: Prints a line of text, or a Summary (which a terminal may render with rich).
+Printer = Callable[[Any], None]
+
+#: The numbers ``side_by_side`` compares: result key -> what it is.
+QUANTITIES = {
+    "mlp_out": "mlp(X), seeded Normal(0, 0.1)",
+    "nested_out": "rgnet(X)",
+    "normal_w0": "Normal(0, 0.01): first weight row",
+    "xavier_w0": "XavierUniform: first weight row",
+    "custom_w": "custom init: first weights",
+    "tied_grad": "tied weight: gradient (sum of uses)",
+    "tied_loss": "shared net: loss",
+    "train_losses": "SGD with a shared layer: losses",
+    "trained_w": "after training: shared weight",
+}
 
 
 def _fmt(a: Any) -> str:
     return np.array2string(np.asarray(a), precision=4, suppress_small=True, max_line_width=100)
+
+
+def _like(t: np.ndarray, y: Any) -> Any:
+    """``t`` as a tensor of ``y``'s framework: PyTorch and MXNet tensors do not
+    take NumPy arrays in arithmetic; NumPy, JAX and TensorFlow do."""
+    framework = type(y).__module__.split(".")[0]
+    if framework == "torch":
+        import torch
+
+        return torch.as_tensor(t, device=y.device)
+    if framework == "mxnet":
+        import mxnet as mx
+
+        return mx.nd.array(t, ctx=y.context, dtype=t.dtype)
+    return t
 
 
 def tour(backend: str, seed: int = 0, out: Printer = print) -> dict[str, Any]:
@@ -128,6 +157,31 @@ def tour(backend: str, seed: int = 0, out: Printer = print) -> dict[str, Any]:
     else:
         out(f"{backend} has no real ties (capability 'tie' missing)")
 
+    step("Exercise: plain SGD on the shared-layer network")
+    if "grad" in be.capabilities:
+        net2 = zoo.shared()
+        net2.initialize({r".*\.weight": up.init.XavierUniform(), r".*\.bias": up.init.Zeros()}, seed=seed)
+        target = np.array([[1.0], [-1.0]], np.float32)
+        loss_fn = lambda y: ((y - _like(target, y)) ** 2).mean()
+        losses = []
+        for i in range(4):
+            net2.zero_grad()
+            losses.append(net2.backward(X, loss_fn))
+            out(f"step {i}: loss {losses[-1]:.6f}")
+            for name, prm in net2.params.distinct().items():
+                tied = f" (= {', '.join(prm.tied_with)})" if prm.tied_with else ""
+                norms = f"|p| {np.linalg.norm(prm.value):8.4f}   |grad| {np.linalg.norm(prm.grad):8.4f}"
+                out(f"  {name + tied:<28s} {norms}")
+            for prm in net2.params.distinct().values():
+                prm -= 0.1 * prm.grad
+        results["train_losses"] = np.array(losses)
+        shared_name = net2.tied()[0][0]
+        results["trained_w"] = net2.params[shared_name].value
+        out(f"{shared_name} after training: norm {np.linalg.norm(results['trained_w']):.6f}, "
+            f"row 1 {_fmt(results['trained_w'][1])}")
+    else:
+        out(f"{backend} computes no gradients (capability 'grad' missing)")
+
     step("Saving and loading")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "mlp.safetensors")
@@ -136,8 +190,49 @@ def tour(backend: str, seed: int = 0, out: Printer = print) -> dict[str, Any]:
         report = up.load(clone, path)
         same = np.allclose(up.asnumpy(clone(X)), up.asnumpy(net(X)))
         out(f"saved {len(net.params.distinct())} tensors; load: {report}; same outputs: {same}")
-    out("\n" + str(net.summary()))
+    out("")
+    out(net.summary())
     return results
 
 
-STEPS = ("model", "access", "targeted", "all", "nested", "init", "custom", "set", "tied", "files")
+def side_by_side(results: dict[str, dict[str, Any]], reference: str) -> tuple[list[str], list[list[str]]]:
+    """A table comparing every backend's key numbers with ``reference``'s:
+    ``(header, rows)``; a cell is ``same`` (to float32 precision), ``DIFF`` with
+    the largest difference, or ``-`` where the backend skipped the step."""
+    names = list(results)
+    header = ["quantity", f"{reference} (first values)"] + [n for n in names if n != reference]
+    rows = []
+    for key, label in QUANTITIES.items():
+        ref = results[reference].get(key)
+        shown = "-" if ref is None else _short(ref)
+        row = [label, shown]
+        for n in header[2:]:
+            got = results[n].get(key)
+            if ref is None or got is None:
+                row.append("-")
+                continue
+            a, b = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+            if a.shape != b.shape:
+                row.append(f"DIFF shape {a.shape}")
+            elif np.allclose(a, b, rtol=1e-4, atol=1e-5):
+                row.append("same")
+            else:
+                row.append(f"DIFF {np.max(np.abs(a - b)):.2g}")
+        rows.append(row)
+    last = ["largest |difference|", ""]
+    for n in header[2:]:
+        diffs = [float(np.max(np.abs(np.asarray(results[n][k], np.float64) - np.asarray(results[reference][k]))))
+                 for k in QUANTITIES if k in results[n] and k in results[reference]
+                 and np.shape(results[n][k]) == np.shape(results[reference][k])]
+        last.append(f"{max(diffs):.1e}" if diffs else "-")
+    rows.append(last)
+    return header, rows
+
+
+def _short(a: Any, n: int = 3) -> str:
+    flat = np.asarray(a, np.float64).ravel()
+    text = " ".join(f"{v:.4g}" for v in flat[:n])
+    return text + (" ..." if flat.size > n else "")
+
+
+STEPS = ("model", "access", "targeted", "all", "nested", "init", "custom", "set", "tied", "exercise", "files")
