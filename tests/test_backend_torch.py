@@ -71,6 +71,7 @@ def _models():
         "cnn_bn": nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(3, 3, bias=False)),
         "custom": _Custom(),
         "transformer": nn.TransformerEncoderLayer(8, 2, dim_feedforward=16),
+        "weight_norm": nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 3)), nn.ReLU()),
     }
 
 
