@@ -128,7 +128,11 @@ def _from_numpy(value: np.ndarray) -> torch.Tensor:
         value = np.array(value, order="C", copy=True)
     if value.dtype.kind == "V":  # ml_dtypes types (bfloat16, float8)
         for torch_dtype, view_as in _VIEW_AS.items():
-            if value.dtype == numpy_dtype(torch_dtype):
+            try:
+                known = numpy_dtype(torch_dtype)
+            except AttributeError:  # an ml_dtypes too old to know this float8
+                continue
+            if value.dtype == known:
                 return torch.from_numpy(value.view(_RAW_NUMPY[view_as])).view(torch_dtype)
     return torch.from_numpy(value)
 
