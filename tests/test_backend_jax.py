@@ -104,6 +104,24 @@ def test_linen_shared_layer_is_one_slot_under_two_keys() -> None:
     )
 
 
+def test_linen_module_held_in_two_fields_is_a_tie() -> None:
+    class Pair(nn.Module):
+        a: nn.Module
+        b: nn.Module
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return self.b(nn.relu(self.a(x)))
+
+    dense = nn.Dense(4)
+    net = Pair(a=dense, b=dense)
+    variables = net.init(jax.random.key(0), jnp.ones((1, 4)))
+    assert list(variables["params"]) == ["a"]  # Flax names it once
+    m = up.wrap(net, variables)
+    assert list(m.children()) == ["a", "b"] and m["b"].native is dense
+    assert m.tied() == [("a.weight", "b.weight"), ("a.bias", "b.bias")]
+    np.testing.assert_allclose(np.asarray(m["b"](X)), np.asarray(m["a"](X)))
+
+
 def test_linen_block_tie_shares_one_array_and_sums_gradients() -> None:
     net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(4), nn.relu, nn.Dense(1)])
     m = up.wrap(net, net.init(jax.random.key(1), jnp.zeros((2, 4))))

@@ -8,9 +8,10 @@ Design constraints of this module:
   rebuilding only the dicts along the changed path: the dicts and arrays a
   user passed in are never modified.
 * A leaf's ``ref`` is its :class:`VarRef`, the path of its slot in the
-  variables (``('params', 'layers_0', 'kernel')``). A Sequential layer reused
-  at two indices is one scope in Flax (named after its first index): both keys
-  are listed and their leaves point to that one slot, which is the tie.
+  variables (``('params', 'layers_0', 'kernel')``). A layer reused (at two
+  indices of a Sequential, in two fields) is one scope in Flax, named after
+  its first place: both keys are listed and their leaves point to that one
+  slot, which is the tie.
 * ``Handle.tie`` keeps a map ``target slot -> source slot``. Both slots hold
   the very same array in ``variables`` (so ``module.apply(m.variables, x)``
   works as is), writes go to every slot of a storage, and the function that
@@ -19,14 +20,16 @@ Design constraints of this module:
 * Gradients are kept by storage slot and add up over backward passes until
   ``zero_grad`` (as PyTorch's ``.grad``).
 * Children are found without running the model where Flax allows it:
-  ``nn.Sequential`` from its ``layers`` (the parameterless ones included, so
-  ``m[1]`` is the ReLU), ``setup`` submodules by binding, and ``@compact``
+  submodules held in dataclass fields (``nn.Sequential``'s ``layers``, the
+  parameterless ones included, so ``m[1]`` is the ReLU; an object held twice
+  is one scope under both keys), ``setup`` submodules by binding, and ``@compact``
   submodules from the variables (ordered naturally, ``Dense_2`` before
   ``Dense_10``) until a forward pass records their objects and call order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -150,6 +153,31 @@ def _static_leaves(module: Any) -> list[tuple[str, str, tuple[int | None, ...]]]
     return out
 
 
+def _field_children(module: Any) -> list[tuple[str, Any, str]]:
+    """``(key, object, flax name)`` of the submodules a module holds in its
+    dataclass fields, as Flax names them: ``field`` or ``field_<i>`` for a
+    list (function entries included, as ``nn.Sequential``'s ``nn.relu``). An
+    object held twice keeps the name of its first place: that is a tie."""
+    if not isinstance(module, nn.Module):
+        return []
+    out: list[tuple[str, Any, str]] = []
+    first: dict[int, str] = {}
+    for f in dataclasses.fields(module):
+        if f.name in ("parent", "name"):
+            continue
+        value = getattr(module, f.name, None)
+        if isinstance(value, nn.Module):
+            items = [(f.name, value)]
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, nn.Module) for v in value):
+            items = [(f"{f.name}_{i}", v) for i, v in enumerate(value)]
+        else:
+            continue
+        for key, obj in items:
+            name = first.setdefault(id(obj), key) if isinstance(obj, nn.Module) else key
+            out.append((key, obj, name))
+    return out
+
+
 def _bound_children(module: Any, variables: dict[str, Any] | None) -> dict[str, Any]:
     """Submodules a module defines in ``setup`` (bound clones), by name."""
     if not isinstance(module, nn.Module) or isinstance(module, nn.Sequential):
@@ -216,16 +244,15 @@ class LinenHandle(Handle):
             type_name=type(module).__name__ if module is not None else "",
         )
 
-    def _children(self, module: Any, scope: VarPath) -> list[Node]:
+    def _entries(self, module: Any, scope: VarPath) -> list[tuple[str, Any, VarPath]]:
+        """``(key, native, scope)`` of the children of the block at ``scope``:
+        submodules held in dataclass fields first (a ``Sequential``'s layers),
+        then those a forward pass recorded, ``setup`` made, or the variables
+        show."""
+        entries = [(k, obj, (*scope, name)) for k, obj, name in _field_children(module)]
         if isinstance(module, nn.Sequential):
-            nodes = []
-            for i, layer in enumerate(module.layers):
-                if isinstance(layer, nn.Module):
-                    first = next(j for j, other in enumerate(module.layers) if other is layer)
-                    nodes.append(self._node(f"layers_{i}", layer, (*scope, f"layers_{first}")))
-                else:
-                    nodes.append(self._node(f"layers_{i}", layer, (*scope, f"layers_{i}")))
-            return nodes
+            return entries
+        covered = {child[-1] for _, _, child in entries}
         sub_vars = None
         if self._vars is not None:
             sub_vars = {c: _get(t, scope) for c, t in self._vars.items() if _has(t, scope)}
@@ -233,19 +260,17 @@ class LinenHandle(Handle):
         names = list(self._order.get(scope, []))
         names += [n for n in natives if n not in names]
         from_vars: list[str] = []
-        for coll in (self._vars or {}).values():
-            if _has(coll, scope):
-                sub = _get(coll, scope)
-                from_vars += [
-                    k for k, v in sub.items() if isinstance(v, dict) and k not in from_vars
-                ]
+        for coll in (sub_vars or {}).values():
+            from_vars += [k for k, v in coll.items() if isinstance(v, dict) and k not in from_vars]
         names += sorted((n for n in from_vars if n not in names), key=_natural)
-        nodes = []
         for name in names:
-            child_scope = (*scope, name)
-            native = self._seen.get(child_scope, natives.get(name))
-            nodes.append(self._node(name, native, child_scope))
-        return nodes
+            if name not in covered:
+                child = (*scope, name)
+                entries.append((name, self._seen.get(child, natives.get(name)), child))
+        return entries
+
+    def _children(self, module: Any, scope: VarPath) -> list[Node]:
+        return [self._node(k, obj, child) for k, obj, child in self._entries(module, scope)]
 
     def _leaves(self, module: Any, scope: VarPath) -> Iterator[Leaf]:
         static = {(c, n): s for c, n, s in _static_leaves(module)}
@@ -370,26 +395,7 @@ class LinenHandle(Handle):
         module: Any = self._module
         scope: VarPath = ()
         for key in path:
-            if isinstance(module, nn.Sequential):
-                i = int(key.removeprefix("layers_"))
-                layer = module.layers[i]
-                if isinstance(layer, nn.Module):
-                    first = next(j for j, o in enumerate(module.layers) if o is layer)
-                    scope = (*scope, f"layers_{first}")
-                else:
-                    scope = (*scope, key)
-                module = layer
-                continue
-            scope = (*scope, key)
-            child = self._seen.get(scope)
-            if child is None:
-                sub_vars = None
-                if self._vars is not None:
-                    sub_vars = {
-                        c: _get(t, scope[:-1]) for c, t in self._vars.items() if _has(t, scope[:-1])
-                    }
-                child = _bound_children(module, sub_vars).get(key)
-            module = child
+            module, scope = next((o, c) for k, o, c in self._entries(module, scope) if k == key)
         return module, scope
 
     def _record(self) -> Any:
