@@ -186,16 +186,17 @@ def read_header(path: str) -> tuple[dict[str, dict[str, Any]], dict[str, str], i
     try:
         with open(path, "rb") as fh:
             raw = fh.read(8)
-            if len(raw) < 8:
-                raise FileFormatError("a valid safetensors file", f"{path!r}: {size} bytes, no header", how)
-            (n,) = struct.unpack("<Q", raw)
-            if n > min(size - 8, 100 << 20):
-                raise FileFormatError("a valid safetensors file",
-                                      f"{path!r}: a header of {n} bytes in a file of {size}", how)
-            header = json.loads(fh.read(n))
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            text = fh.read(n) if 0 <= n <= min(size - 8, 100 << 20) else b""
     except PermissionError as exc:
         raise FileFormatError("a readable file", f"{path!r}: {exc}", "fix its permissions") from None
-    except (UnicodeDecodeError, ValueError):
+    if n < 0:
+        raise FileFormatError("a valid safetensors file", f"{path!r}: {size} bytes, no header", how)
+    if n > min(size - 8, 100 << 20):
+        raise FileFormatError("a valid safetensors file", f"{path!r}: a header of {n} bytes in a file of {size}", how)
+    try:
+        header = json.loads(text)
+    except ValueError:  # UnicodeDecodeError included
         raise FileFormatError("a valid safetensors file", f"{path!r}: the header is not JSON", how) from None
     if not isinstance(header, dict):
         raise FileFormatError("a valid safetensors file", f"{path!r}: the header is not a JSON object", how)
@@ -250,7 +251,8 @@ def _inspect(path: str) -> int:
                      _DTYPES.get(info["dtype"], info["dtype"]), f"{count:,}", ", ".join(aliases.get(name, []))])
     print(f"{path}: safetensors, {len(entries)} tensors, {total:,} elements, {size:,} bytes")
     print(f"source backend: {source}")
-    extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "backend", "names", "ties")}
+    ours = ("format", "format_version", "backend", "names", "ties") if meta.get("format") == "unified_params" else ()
+    extra = {k: v for k, v in meta.items() if k not in ours}
     if extra:
         print("metadata: " + ", ".join(f"{k}={v[:40]}" for k, v in extra.items()))
     header = ["name", "role", "shape", "dtype", "count", "tied with"]
@@ -278,6 +280,8 @@ def _plot(file: str | None, backend: str | None, model: str | None, output: str)
         raise UsageError("--model builds a zoo model: it needs --backend NAME")
     if (file is None) == (backend is None):
         raise UsageError("give a FILE or --backend NAME (with --model), not both and not neither")
+    if backend is not None:
+        _check_backend(backend)
     _require_matplotlib()  # before anything slow
     if file is not None:
         from ._io import read_file
@@ -299,7 +303,6 @@ def _plot(file: str | None, backend: str | None, model: str | None, output: str)
         from ._registry import get_backend
 
         assert backend is not None
-        _check_backend(backend)
         model = model or "mlp"
         m = getattr(get_backend(backend).zoo(), model)()
         tensors = {_label(n, p.tied_with): p.value for n, p in m.params.distinct().items()}
