@@ -73,7 +73,7 @@ def plot_tensors(
     if not names:
         raise UnifiedParamsError("at least one tensor to draw", "an empty model or file", "check the input")
     shown = names[:MAX_HISTOGRAMS]
-    cols = min(4, len(shown))
+    cols = len(shown) if len(shown) <= 4 else (3 if len(shown) in (5, 6, 9) else 4)  # few empty panels
     rows = math.ceil(len(shown) / cols)
     norm_height = 0.6 + 0.22 * len(names)
     fig = Figure(figsize=(3.0 * cols + 0.5, 2.3 * rows + norm_height + 0.8), dpi=dpi, layout="constrained")
