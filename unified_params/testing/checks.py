@@ -596,7 +596,7 @@ def check_save_load_file(be: Backend) -> None:
                 meta = fh.metadata()
             assert sorted(keys) == sorted(m.params.distinct()) + sorted(
                 n for n in m.buffers.distinct())
-            assert meta["backend"] == be.name and meta["format"] == "unified_params"
+            assert meta["backend"] == m.backend and meta["format"] == "unified_params"
             assert [f for f in os.listdir(d)] == ["m.safetensors"]  # no temporary left
             m2 = getattr(be.zoo(), arch)()
             m2.initialize(up.init.Zeros())
