@@ -136,6 +136,7 @@ def test_tour_all_side_by_side(capsys: Any, monkeypatch: Any) -> None:
         if others:
             assert rows[quantity].rstrip().endswith("same"), rows[quantity]
     assert "largest |difference|" in out
+    assert ("nothing to compare it with" in out) == (not others)
 
 
 def test_tour_all_reports_a_failing_backend(capsys: Any, monkeypatch: Any) -> None:
@@ -305,6 +306,7 @@ def test_plot_without_matplotlib_says_what_to_install(capsys: Any, tmp_path: Pat
 
 
 def test_python_dash_m_in_a_subprocess(tmp_path: Path, shared_file: Path) -> None:
+    """The installed command as a user runs it; a closed pipe (``| head``) ends it quietly."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     ok = subprocess.run([sys.executable, "-m", "unified_params", "inspect", str(shared_file)],
                         capture_output=True, text=True, env=env, timeout=120)
@@ -318,6 +320,9 @@ def test_python_dash_m_in_a_subprocess(tmp_path: Path, shared_file: Path) -> Non
     usage = subprocess.run([sys.executable, "-m", "unified_params"], capture_output=True, text=True, env=env,
                            timeout=120)
     assert usage.returncode == 2 and "a command is required" in usage.stderr
+    head = subprocess.run(f"{sys.executable} -m unified_params tour --backend numpy | head -n 1", shell=True,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert head.stdout.startswith("# Parameter management on numpy") and "Traceback" not in head.stderr
 
 
 # -- print(m), m.summary(), rich -------------------------------------------------------------

@@ -129,6 +129,9 @@ def _tour(backend: str | None, seed: int) -> int:
     if not results:
         return 1
     reference = "numpy" if "numpy" in results else next(iter(results))
+    if len(results) == 1 and not failed:
+        print(f"only {reference} is installed: nothing to compare it with. Install an adapter, e.g. "
+              "pip install unified-params-torch torch")
     header, rows = side_by_side(results, reference)
     print(f"\nSide by side, seed {seed}: each backend's numbers against {reference}'s "
           f"(same: equal to float32 precision)")
@@ -378,5 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `unified-params tour | head`: the reader left; stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        except (OSError, ValueError, AttributeError):
+            pass
         return 1
     return 2

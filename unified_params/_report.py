@@ -168,6 +168,9 @@ def show(obj: Any, file: IO[str] | None = None, *, use_rich: bool | None = None)
     from ._block import Block
 
     file = file if file is not None else sys.stdout
+    if isinstance(obj, str):  # text as it is: rich would read "[...]" in it as markup
+        print(obj, file=file)
+        return
     if use_rich is None:
         use_rich = bool(getattr(file, "isatty", lambda: False)())
     if use_rich:
