@@ -3,9 +3,10 @@ they are applied with) and Flax NNX modules.
 
 Design constraints of this module: it is what the entry points
 ``unified_params.backends: jax`` and ``jax-nnx`` load, so it must not import
-jax or flax at import time. They are imported by :meth:`JaxBackend.version`,
-:meth:`JaxBackend.owns` (only called when flax is already in ``sys.modules``),
-:meth:`JaxBackend.open`, :meth:`JaxBackend.to_numpy` and the zoos.
+jax or flax at import time (nor does :meth:`JaxBackend.version`). They are
+imported by :meth:`JaxBackend.owns` (only called when flax is already in
+``sys.modules``), :meth:`JaxBackend.open`, :meth:`JaxBackend.to_numpy` and
+the zoos.
 
 Two entry points, one backend: ``jax`` owns every Flax model (linen and NNX,
 ``m.backend == 'jax'``) and its zoo is the linen one; ``jax-nnx`` owns nothing
@@ -41,10 +42,17 @@ class JaxBackend(Backend):
     install: ClassVar[str] = "pip install unified-params-jax"
 
     def version(self) -> str:
-        import flax
-        import jax
+        """jax's version and flax's, read from the installed distributions
+        (nothing is imported), or from the modules when not installed as such."""
+        from importlib import metadata
 
-        return f"{jax.__version__} (flax {flax.__version__})"
+        try:
+            return f"{metadata.version('jax')} (flax {metadata.version('flax')})"
+        except metadata.PackageNotFoundError:
+            import flax
+            import jax
+
+            return f"{jax.__version__} (flax {flax.__version__})"
 
     def owns(self, obj: Any) -> bool:
         from flax import linen, nnx

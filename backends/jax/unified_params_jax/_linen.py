@@ -404,7 +404,7 @@ class LinenHandle(Handle):
         def interceptor(fn: Callable[..., Any], args: Any, kwargs: Any, ctx: Any) -> Any:
             mod = ctx.module
             path = tuple(mod.path) if mod.path is not None else ()
-            if path and path not in self._seen and ctx.method_name == "__call__":
+            if path and path not in self._seen and ctx.method_name != "setup":
                 self._seen[path] = mod.clone(parent=None)
                 order = self._order.setdefault(path[:-1], [])
                 if path[-1] not in order:
@@ -527,7 +527,10 @@ class LinenHandle(Handle):
                 self._vars = _copy_tree(self._module.init(random_key(None), *args))
                 self._sync()
             else:
-                jax.eval_shape(lambda v: self._module.apply(v, *args, mutable=True), self._vars)
+                try:  # only to learn the call order: a module needing rngs may refuse
+                    jax.eval_shape(lambda v: self._module.apply(v, *args, mutable=True), self._vars)
+                except Exception:
+                    pass
 
     def reset(self, path: tuple[str, ...], seed: int | None) -> None:
         """Flax's default initializers for the block's variables: ``module.init``

@@ -240,11 +240,10 @@ class NnxHandle(Handle):
         obj = root
         try:
             for key in path:
-                obj = (
-                    obj[key]
-                    if isinstance(key, int) or not isinstance(obj, nnx.Module)
-                    else getattr(obj, key)
-                )
+                if isinstance(key, str) and hasattr(obj, key):
+                    obj = getattr(obj, key)
+                else:
+                    obj = obj[key]
         except (AttributeError, IndexError, KeyError, TypeError):
             return None
         return obj if isinstance(obj, nnx.Variable) else None
