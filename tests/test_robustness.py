@@ -224,14 +224,82 @@ def test_complex_into_float_is_refused(be: Any) -> None:
     _assert_unchanged(m, before)
 
 
+def _native_int_model(name: str) -> Any:
+    """A small native model holding an integer storage (a counter), built in
+    the framework itself; ``None`` for the backends whose zoo has one or that
+    use the kit."""
+    if name == "tensorflow":
+        import keras
+
+        class Counted(keras.layers.Layer):
+            def build(self, shape: Any) -> None:
+                self.count = self.add_weight(shape=(3,), dtype="int32", initializer="zeros", trainable=False,
+                                             name="count")
+
+            def call(self, x: Any) -> Any:
+                return x
+
+        net = keras.Sequential([keras.layers.Dense(3), Counted()])
+        net.build((None, 2))
+        return net
+    if name == "jax":
+        import jax
+        import jax.numpy as jnp
+        from flax import linen
+
+        class LinenCounted(linen.Module):
+            @linen.compact
+            def __call__(self, x: Any) -> Any:
+                self.variable("batch_stats", "count", lambda: jnp.zeros((3,), jnp.int32))
+                return linen.Dense(3)(x)
+
+        mod = LinenCounted()
+        return up.wrap(mod, mod.init(jax.random.key(0), jnp.zeros((1, 2))))
+    if name == "jax-nnx":
+        import jax.numpy as jnp
+        from flax import nnx
+
+        class NnxCounted(nnx.Module):
+            def __init__(self) -> None:
+                self.dense = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+                self.count = nnx.BatchStat(jnp.zeros((3,), jnp.int32))
+
+            def __call__(self, x: Any) -> Any:
+                return self.dense(x)
+
+        return NnxCounted()
+    if name == "mxnet":
+        from mxnet.gluon import nn
+
+        class GluonCounted(nn.Block):
+            def __init__(self) -> None:
+                super().__init__()
+                self.dense = nn.Dense(3, in_units=2)
+                self.count = self.params.get("count", shape=(3,), dtype="int32", grad_req="null", init="zeros")
+
+            def forward(self, x: Any) -> Any:
+                return self.dense(x)
+
+        net = GluonCounted()
+        net.initialize()
+        return net
+    return None
+
+
 def _int_buffer_model(be: Any) -> tuple[up.Block, up.Param]:
-    """The zoo's norm model where it holds an integer buffer (PyTorch's
-    ``num_batches_tracked``), else an integer buffer built with the kit."""
+    """An integer storage on the backend: the zoo's norm model where it holds
+    one (PyTorch's ``num_batches_tracked``), a native counter, or the kit's."""
+    candidates = []
     if "buffers" in be.capabilities:
-        m = be.zoo().norm()
-        ints = [p for p in m.buffers.values() if np.issubdtype(p.dtype, np.integer)]
+        candidates.append(be.zoo().norm())
+    native = _native_int_model(be.name)
+    if native is not None:
+        candidates.append(native if isinstance(native, up.Block) else up.wrap(native))
+    for m in candidates:
+        ints = [p for p in {**m.params, **m.buffers}.values() if np.issubdtype(p.dtype, np.integer)]
         if ints:
             return m, ints[0]
+    assert be.name == "numpy", f"no integer storage built for backend {be.name!r}"
     layer = ref.Dense(3, in_units=2)
     layer.register_buffer("count", ref.Parameter((3,), np.int64))
     m = up.wrap(ref.Sequential(layer))
@@ -240,6 +308,7 @@ def _int_buffer_model(be: Any) -> tuple[up.Block, up.Param]:
 
 def test_nan_into_an_integer_buffer_is_refused(be: Any) -> None:
     m, p = _int_buffer_model(be)
+    assert m.backend == getattr(be, "reports_as", be.name)
     p.set(np.full(p.shape, 7))
     before = _snapshot(m)
     nan = np.full(p.shape, np.nan)
