@@ -38,7 +38,7 @@ from ._layout import shape_to_canonical, to_canonical, to_native
 __all__ = ["Block", "Param", "ParamDict", "LoadReport"]
 
 Path = tuple[str, ...]
-_ROLE_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
+_ROLE_PAIRS = (("weight", "bias"), ("running_mean", "running_var"))
 
 
 # --------------------------------------------------------------------------
@@ -53,7 +53,19 @@ class _Entry:
 
 
 def _sorted_leaves(node: Node) -> list[Leaf]:
-    return sorted(node.leaves, key=lambda lf: _ROLE_RANK.get(lf.role, 4))
+    """The native order, except that ``weight`` comes before ``bias`` and
+    ``running_mean`` before ``running_var`` (contract 1.3), so that PyTorch
+    names keep ``named_parameters``' order and Flax's sorted dicts do not put
+    ``bias`` first."""
+    leaves = list(node.leaves)
+    roles = [lf.role for lf in leaves]
+    for first, second in _ROLE_PAIRS:
+        if first in roles and second in roles:
+            i, j = roles.index(first), roles.index(second)
+            if j < i:
+                leaves[i], leaves[j] = leaves[j], leaves[i]
+                roles[i], roles[j] = roles[j], roles[i]
+    return leaves
 
 
 def _find(root: Node, path: Path) -> Node:

@@ -97,7 +97,7 @@ def _write_stream(storages: dict[str, Param], meta: dict[str, str], fh: Any, pro
     bar = progress_bar(progress, offset, "save")
     try:
         for p in storages.values():
-            v = np.ascontiguousarray(p.read(copy=False))
+            v = np.asarray(p.read(copy=False), order="C")
             if v.dtype.byteorder == ">":
                 v = v.astype(v.dtype.newbyteorder("<"))
             fh.write(memoryview(v.reshape(-1).view(np.uint8)))
@@ -143,7 +143,7 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
         if not streamed:
             from safetensors.numpy import save_file
 
-            save_file({n: np.ascontiguousarray(p.read(copy=False)) for n, p in storages.items()}, tmp,
+            save_file({n: np.asarray(p.read(copy=False), order="C") for n, p in storages.items()}, tmp,
                       metadata=meta)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
