@@ -250,33 +250,20 @@ def _check_header(p: Path, fh: Any, size: int) -> None:
 def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All tensors and the metadata of a safetensors file, as NumPy arrays.
 
-    The framing, the header and every tensor's offsets are checked before
-    safetensors reads the data, so a truncated, corrupted, oversized or
-    foreign file raises ``FileFormatError`` saying which of these it is.
+    The path, the framing, the header and every tensor's offsets are checked
+    (``_checked_file``) before safetensors reads the data, so a truncated,
+    corrupted, oversized or foreign file raises ``FileFormatError`` saying
+    which of these it is.
     """
     from safetensors import safe_open
 
-    p = Path(path)
-    where = repr(str(p))
-    if p.is_dir():
-        raise FileFormatError("a safetensors file", f"the directory {where}", "name a file inside it")
     try:
-        with open(p, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            _check_header(p, fh, size)
-    except FileFormatError:
-        raise
-    except FileNotFoundError:
-        raise FileFormatError("an existing safetensors file", f"{where} does not exist",
-                              "check the path (and the current directory)") from None
-    except NotADirectoryError:
-        raise FileFormatError("a path whose folders are folders", f"{where}: a part of it is a file",
-                              "check the path") from None
-    except PermissionError as exc:
-        raise FileFormatError("a file this process may read", f"{where}: {exc.strerror}",
-                              "fix its permissions or run as a user who may read it") from None
-    except OSError as exc:
-        raise FileFormatError("a readable file", f"{where}: {exc}", "check the path and the device") from None
+        path = os.fsdecode(path)
+    except TypeError:
+        raise FileFormatError("a path to a safetensors file (a str or an os.PathLike)", f"{path!r}",
+                              "pass the file's path, e.g. 'model.safetensors'") from None
+    p = _checked_file(path)
+    where = repr(str(p))
     try:
         with safe_open(str(p), framework="numpy") as fh:
             meta = fh.metadata() or {}
