@@ -235,21 +235,17 @@ _SAVER = textwrap.dedent(
     import numpy as np, unified_params as up
     from unified_params import reference as ref
 
-    target, stage, layers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    target, stage, layers, stream = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "stream"
 
     def stall(*args, **kwargs):
         print("stalled", flush=True)
         time.sleep(120)
 
-    if stage == "mid-write":  # the data half written, then the kill
-        import safetensors.numpy as stn
-        real = stn.save_file
-        def half(tensors, path, metadata=None):
-            real(tensors, path, metadata=metadata)
-            with open(path, "r+b") as fh:
-                fh.truncate(os.path.getsize(path) // 2)
+    if stage == "mid-write":  # half the bytes on disk, then the kill (whichever writer ran)
+        def half(fd):
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)
             stall()
-        stn.save_file = half
+        os.fsync = half
     elif stage == "before-rename":  # the temporary file complete, not yet renamed
         os.replace = stall
     elif stage == "before-write":  # the values read, no file opened yet
@@ -264,17 +260,17 @@ _SAVER = textwrap.dedent(
 
     m = up.wrap(ref.Sequential(*[Big(i) for i in range(layers)]))
     print("ready", flush=True)
-    up.save(m, target)
+    up.save(m, target, progress=True) if stream else up.save(m, target)  # progress=True streams
     print("done", flush=True)
     """
 )
 
 
-def _kill_during_save(target: Path, stage: str, layers: int, delay: float | None) -> None:
+def _kill_during_save(target: Path, stage: str, layers: int, delay: float | None, writer: str) -> None:
     """Start a save of ``layers`` MiB-sized float32 storages over ``target``
     and SIGKILL it: after ``delay`` seconds, or when it reports the stage."""
-    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(target), stage, str(layers)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(target), stage, str(layers), writer],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         if delay is None:
@@ -286,6 +282,7 @@ def _kill_during_save(target: Path, stage: str, layers: int, delay: float | None
         proc.wait()
 
 
+@pytest.mark.parametrize("writer", ["plain", "stream"])
 @pytest.mark.parametrize(
     ("stage", "layers", "delay"),
     [("before-write", 4, None), ("mid-write", 4, None), ("before-rename", 4, None),
@@ -293,7 +290,7 @@ def _kill_during_save(target: Path, stage: str, layers: int, delay: float | None
     ids=["before-write", "mid-write", "before-rename", "timed-0.1s", "timed-0.25s", "timed-0.5s", "done"],
 )
 def test_interrupted_save_leaves_the_previous_file(tmp_path: Path, stage: str, layers: int,
-                                                   delay: float | None) -> None:
+                                                   delay: float | None, writer: str) -> None:
     """SIGKILL a process saving over a file: the target is always either the
     old file, loadable, or the whole new one, never a mixture."""
     from unified_params import reference as ref
@@ -302,7 +299,7 @@ def test_interrupted_save_leaves_the_previous_file(tmp_path: Path, stage: str, l
     target = tmp_path / "model.safetensors"
     up.save(small, target)
     old = target.read_bytes()
-    _kill_during_save(target, stage, layers, delay)
+    _kill_during_save(target, stage, layers, delay, writer)
     leftovers = list(tmp_path.glob(".model.safetensors.*.tmp"))
     tensors, _ = read_file(target)
     if target.read_bytes() == old:
