@@ -20,6 +20,7 @@ from ._errors import (
     BackendNotInstalledError,
     DTypeError,
     FileFormatError,
+    ForwardError,
     NotInitializedError,
     ParamNotFoundError,
     PortError,
@@ -61,6 +62,7 @@ __all__ = [
     "StateError",
     "FileFormatError",
     "PortError",
+    "ForwardError",
 ]
 
 

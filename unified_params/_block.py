@@ -26,6 +26,7 @@ from . import init as _init
 from ._adapter import Handle, Leaf, Node
 from ._errors import (
     DTypeError,
+    ForwardError,
     NotInitializedError,
     ParamNotFoundError,
     ShapeMismatchError,
@@ -831,19 +832,24 @@ class Block:
     def materialize(self, x: Any) -> Block:
         """Run what the framework needs (a forward pass, ``build``,
         ``module.init``) so that every parameter is concrete."""
-        self._handle.materialize(x)
+        with _framework_errors(self, "materialize", x):
+            self._handle.materialize(x)
         return self
 
     # -- running ------------------------------------------------------------
     def __call__(self, x: Any) -> Any:
-        return self._handle.forward(self._path, x)
+        with _framework_errors(self, "run", x):
+            return self._handle.forward(self._path, x)
 
     def backward(self, x: Any, loss: Callable[[Any], Any] | None = None) -> float:
         """Gradients of ``loss(self(x))`` (default: the sum of the outputs)
-        with the framework's autodiff, kept for ``p.grad``; returns the loss."""
+        with the framework's autodiff, kept for ``p.grad`` and added to the
+        gradients already there (as PyTorch does) until ``zero_grad()``;
+        returns the loss."""
         for p in self.params.values():
             p._require_concrete("differentiate")
-        return float(self._handle.backward(self._path, x, loss))
+        with _framework_errors(self, "differentiate", x):
+            return float(self._handle.backward(self._path, x, loss))
 
     def zero_grad(self) -> None:
         self._handle.zero_grad(self._path)
@@ -875,6 +881,30 @@ class Block:
         from ._report import tree_text
 
         return tree_text(self)
+
+
+class _framework_errors:
+    """Re-raise a framework's exception from a forward, backward or
+    materialize as a ForwardError that names the block and the input, with
+    the framework's exception chained as its cause."""
+
+    def __init__(self, block: Block, action: str, x: Any):
+        self.block, self.action, self.x = block, action, x
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: Any, exc: Any, tb: Any) -> bool:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, UnifiedParamsError):
+            return False
+        shape = getattr(self.x, "shape", None)
+        what = f"an input of shape {tuple(shape)}" if shape is not None else f"a {type(self.x).__name__}"
+        where = self.block.path or "the root"
+        raise ForwardError(
+            f"an input (and loss) the {self.block.backend} block at {where} can {self.action} with",
+            f"{what}; {type(exc).__name__}: {exc}",
+            "check the input's shape (batch first) and dtype, and that the loss returns a scalar",
+        ) from exc
 
 
 def load_into(

@@ -17,6 +17,7 @@ __all__ = [
     "StateError",
     "FileFormatError",
     "PortError",
+    "ForwardError",
 ]
 
 
@@ -78,3 +79,9 @@ class FileFormatError(UnifiedParamsError, ValueError):
 
 class PortError(UnifiedParamsError, ValueError):
     """Two models whose parameters do not pair up by order and shape."""
+
+
+class ForwardError(UnifiedParamsError, RuntimeError):
+    """The framework refused a forward or backward pass (still a
+    ``RuntimeError``, as most frameworks' own); the framework's exception is
+    chained as the cause."""

@@ -193,8 +193,7 @@ def _first_tensor(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
-class ForwardError(UnifiedParamsError, RuntimeError):
-    """torch refused the forward pass (still a ``RuntimeError``, as torch's own)."""
+from unified_params import ForwardError  # noqa: E402  (re-exported for compatibility)
 
 
 def _describe(x: Any) -> str:
