@@ -210,7 +210,7 @@ def test_file_is_plain_safetensors(name: str, tmp_path: Path) -> None:
     and the metadata names the source backend, the names and their roles."""
     from safetensors.numpy import load_file
 
-    m = kit.build(name, "cnn")
+    m = kit.build(name, "norm" if kit.supports(name, "norm") else "cnn")
     kit.seed_model(m, SEED + 3)
     f = up.save(m, tmp_path / "m.safetensors")
     arrays = load_file(str(f))
@@ -230,7 +230,8 @@ def test_torch_file_reads_with_safetensors_numpy(tmp_path: Path) -> None:
     """The issue's "done when": a file written by ``up.save`` from a plain
     torch model loads with ``safetensors.numpy.load_file`` and gives the
     model's own ``state_dict`` arrays (PyTorch's layout is the canonical one),
-    a reused layer stored once; loaded back by name, it restores the outputs."""
+    a reused layer stored once, running statistics included; loaded back by
+    name, it restores the outputs."""
     torch = pytest.importorskip("torch")
     from safetensors.numpy import load_file
 
@@ -239,10 +240,13 @@ def test_torch_file_reads_with_safetensors_numpy(tmp_path: Path) -> None:
         shared = torch.nn.Linear(8, 8)
         return torch.nn.Sequential(
             torch.nn.Conv1d(2, 4, 3), torch.nn.Flatten(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
-            shared, torch.nn.ReLU(), shared, torch.nn.Linear(8, 1)
-        )
+            shared, torch.nn.ReLU(), shared, torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1)
+        ).eval()
 
     a = net(0)
+    a[7].running_mean.uniform_(-1, 1)
+    a[7].running_var.uniform_(0.5, 2)
+    a[7].num_batches_tracked.fill_(3)  # a 0-d storage keeps its shape in the file
     f = up.save(up.wrap(a), tmp_path / "torch.safetensors")
     arrays = load_file(str(f))
     expected = {k: v.detach().numpy() for k, v in a.state_dict().items()}
