@@ -36,6 +36,29 @@ import kit  # noqa: E402  (a sibling module, not a package)
 SEEDS = {"numpy": 101, "torch": 102, "tensorflow": 103, "jax": 104, "jax-nnx": 105, "mxnet": 106}
 
 
+def _same(a: Path, b: Path) -> bool:
+    """Equal tensors and metadata (safetensors writes its metadata in no
+    fixed order, so equal files may differ in bytes)."""
+    from safetensors import safe_open
+
+    if not b.exists():
+        return False
+    with safe_open(str(a), framework="numpy") as fa, safe_open(str(b), framework="numpy") as fb:
+        if fa.metadata() != fb.metadata() or sorted(fa.keys()) != sorted(fb.keys()):
+            return False
+        return all(np.array_equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())  # noqa: SIM118
+
+
+def _keep_or_replace(tmp: Path, target: Path) -> Path:
+    """Replace ``target`` only when the content changed, so regenerating
+    leaves git clean."""
+    if _same(tmp, target):
+        tmp.unlink()
+    else:
+        tmp.replace(target)
+    return target
+
+
 def write(backend: str, folder: Path = kit.GOLDEN) -> list[Path]:
     """Write ``backend``'s golden files; return their paths."""
     from safetensors.numpy import save_file
@@ -52,7 +75,8 @@ def write(backend: str, folder: Path = kit.GOLDEN) -> list[Path]:
             continue
         m = kit.build(backend, arch)
         kit.seed_model(m, seed)
-        written.append(up.save(m, out / f"{arch}.safetensors"))
+        tmp = up.save(m, out / f".{arch}.new.safetensors")
+        written.append(_keep_or_replace(tmp, out / f"{arch}.safetensors"))
         x = kit.canonical_input(arch)
         expected[f"{arch}.input"] = x
         expected[f"{arch}.output"] = kit.forward(backend, m, arch, x)
@@ -62,8 +86,8 @@ def write(backend: str, folder: Path = kit.GOLDEN) -> list[Path]:
         "unified_params": up.__version__,
         "seed": str(seed),
     }
-    save_file(expected, str(out / "expected.safetensors"), metadata=meta)
-    written.append(out / "expected.safetensors")
+    save_file(expected, str(out / ".expected.new.safetensors"), metadata=meta)
+    written.append(_keep_or_replace(out / ".expected.new.safetensors", out / "expected.safetensors"))
     return written
 
 
