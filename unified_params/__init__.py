@@ -17,6 +17,7 @@ from typing import Any
 from . import init
 from ._block import Block, LoadReport, Param, ParamDict
 from ._errors import (
+    ArgumentError,
     BackendNotInstalledError,
     DTypeError,
     FileFormatError,
@@ -63,6 +64,7 @@ __all__ = [
     "FileFormatError",
     "PortError",
     "ForwardError",
+    "ArgumentError",
 ]
 
 

@@ -217,6 +217,11 @@ class Backend(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     #: The command a user runs to install this adapter.
     install: ClassVar[str] = ""
+    #: Other registered backends that test more model families of this one
+    #: (``jax`` -> ``jax-nnx``); ``--backend NAME`` runs them too.
+    variants: ClassVar[tuple[str, ...]] = ()
+    #: The name a variant's models report as ``m.backend`` (``jax``).
+    reports_as: ClassVar[str | None] = None
 
     @abstractmethod
     def version(self) -> str:

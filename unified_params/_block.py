@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from . import init as _init
 from ._adapter import Handle, Leaf, Node
 from ._errors import (
+    ArgumentError,
     DTypeError,
     ForwardError,
     NotInitializedError,
@@ -109,7 +110,20 @@ def _dtype_name(dt: np.dtype) -> str:
 def _check_value(p: Param, value: Any, where: str) -> np.ndarray:
     """Cast-and-shape check shared by every write; returns the canonical array
     in the storage's dtype."""
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ShapeMismatchError(
+            f"an array-like of canonical shape {p.shape} for {p.name!r}",
+            f"a {type(value).__name__} NumPy cannot make an array of ({exc}) in {where}",
+            "pass a NumPy array or a nested list of equal-length rows",
+        ) from None
+    if arr.dtype.kind in "OUSV":
+        raise DTypeError(
+            f"numbers that cast safely (same_kind) to {p.dtype} for {p.name!r}",
+            f"an array of dtype {arr.dtype} in {where}",
+            "pass numeric values",
+        )
     dtype = p.dtype
     if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
         raise DTypeError(
@@ -294,14 +308,20 @@ class Param:
     def _inplace(self, op: Callable[[np.ndarray, Any], np.ndarray], other: Any, sym: str) -> Param:
         self._require_concrete("write")
         cur = self.value
-        other = other.value if isinstance(other, Param) else np.asarray(other)
         try:
+            other = other.value if isinstance(other, Param) else np.asarray(other)
             res = op(cur, other)
         except ValueError as exc:
             raise ShapeMismatchError(
                 f"an operand that broadcasts to {self.shape} for {self.name!r}",
                 f"shape {np.shape(other)} ({exc})",
                 "check the operand's shape",
+            ) from None
+        except TypeError as exc:
+            raise DTypeError(
+                f"a numeric operand for p {sym}= ... on {self.name!r} ({self.dtype})",
+                f"a {type(other).__name__} ({exc})",
+                "pass a number or a numeric array",
             ) from None
         self._write_canonical(_check_value(self, res, f"p {sym}= ..."))
         return self
@@ -535,7 +555,7 @@ class _HeldInterrupts:
 
 
 def write_atomic(
-    items: list[tuple[Param, np.ndarray | Deferred]], *, what: str = "write", progress: bool | None = False
+    items: Sequence[tuple[Param, np.ndarray | Deferred]], *, what: str = "write", progress: bool | None = False
 ) -> None:
     """Write canonical values (checked with ``_check_value`` or
     ``_check_deferred``) to distinct storages; if a write fails, restore
@@ -646,7 +666,11 @@ class Block:
                 f"{key!r}",
                 f"did you mean {close}?" if close else f"its children are {keys}",
             )
-        raise TypeError(f"an int or str index. Received: {type(key).__name__}")
+        raise ArgumentError(
+            "an int (position) or str (key) index of a child block",
+            f"{key!r} of type {type(key).__name__}",
+            f"use m[0] or m[{keys[0]!r}]" if keys else "this block has no children",
+        )
 
     def _block_paths(self, node: Node | None = None) -> dict[str, Path]:
         """Dotted relative name -> absolute path, for every sub-block."""
@@ -707,6 +731,12 @@ class Block:
     def tie(self, target: str, source: str) -> None:
         """Make every parameter of ``target`` the storage of the matching one
         of ``source`` (sub-block or parameter names, relative to this block)."""
+        if not isinstance(target, str) or not isinstance(source, str):
+            raise TieError(
+                "two names (str) of sub-blocks or parameters",
+                f"target={target!r}, source={source!r}",
+                "name them as m.children() and m.params do, e.g. m.tie('block 1', 'block 0')",
+            )
         blocks = self._block_paths()
         params = self._all()
         if target == source:
@@ -788,6 +818,9 @@ class Block:
         >>> m.params['0.bias'].value
         array([0., 0.], dtype=float32)
         """
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ArgumentError("a seed that is a non-negative int, or None", f"seed={seed!r}",
+                                "pass e.g. seed=0")
         if init is None:
             self._handle.reset(self._path, seed)
             return
@@ -803,9 +836,10 @@ class Block:
             rules = [(re.compile(".*"), init)]
         for _, fn in rules:
             if not callable(fn):
-                raise TypeError(
-                    "an initializer: an up.init.Initializer or a callable (shape, rng, param). "
-                    f"Received: {fn!r}"
+                raise ArgumentError(
+                    "an initializer: an up.init.Initializer or a callable (shape, rng, param)",
+                    f"{fn!r}",
+                    "pass e.g. up.init.Zeros() or up.init.Normal(0, 0.01)",
                 )
         params = self.params
         groups: dict[Any, list[str]] = {}
@@ -825,8 +859,7 @@ class Block:
                       for i, p, fn in plan]
             write_atomic(values)
             return
-        for i, p, fn in plan:  # stream: one storage drawn and written at a time
-            v = _init.draw(fn, p._concrete_shape(), p.dtype, seed, i, p)
+        for p, v in _init.stream(plan, seed):  # one storage drawn and written at a time
             p._write_canonical(v.astype(p.dtype, copy=False))
 
     def materialize(self, x: Any) -> Block:
@@ -882,6 +915,12 @@ class Block:
 
         return tree_text(self)
 
+    def __rich__(self) -> Any:
+        """The tree as a ``rich.tree.Tree`` (``rich.print(m)``)."""
+        from ._report import tree_rich
+
+        return tree_rich(self)
+
 
 class _framework_errors:
     """Re-raise a framework's exception from a forward, backward or
@@ -894,7 +933,7 @@ class _framework_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, tp: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, tp: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc is None or not isinstance(exc, Exception) or isinstance(exc, UnifiedParamsError):
             return False
         shape = getattr(self.x, "shape", None)
@@ -911,6 +950,12 @@ def load_into(
     block: Block, state: Mapping[str, Any], *, strict: bool, what: str, progress: bool | None = False
 ) -> LoadReport:
     """Shared by ``load_state``, ``up.load`` and ``up.port``."""
+    if not isinstance(state, Mapping):
+        raise StateError(
+            "a mapping {name: array} (what m.state() returns)",
+            f"a {type(state).__name__}",
+            "pass a dict of canonical arrays keyed by parameter names",
+        )
     allp = block._all()
     report = LoadReport()
     groups: dict[Any, list[str]] = {}

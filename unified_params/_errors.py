@@ -18,6 +18,7 @@ __all__ = [
     "FileFormatError",
     "PortError",
     "ForwardError",
+    "ArgumentError",
 ]
 
 
@@ -85,3 +86,8 @@ class ForwardError(UnifiedParamsError, RuntimeError):
     """The framework refused a forward or backward pass (still a
     ``RuntimeError``, as most frameworks' own); the framework's exception is
     chained as the cause."""
+
+
+class ArgumentError(UnifiedParamsError, TypeError, ValueError):
+    """An argument of the wrong type or value (an index, an initializer, a
+    seed); both a ``TypeError`` and a ``ValueError`` so that either catches it."""

@@ -100,7 +100,7 @@ def _write_stream(storages: dict[str, Param], meta: dict[str, str], fh: Any, pro
             v = np.asarray(p.read(copy=False), order="C")
             if v.dtype.byteorder == ">":
                 v = v.astype(v.dtype.newbyteorder("<"))
-            fh.write(memoryview(v.reshape(-1).view(np.uint8)))
+            fh.write(memoryview(v.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
             if bar is not None:
                 bar.update(v.nbytes)
     finally:
@@ -123,7 +123,7 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
     >>> f = up.save(m, os.path.join(tempfile.mkdtemp(), "m.safetensors"))
     """
     block = _as_block(m, "save")
-    target = Path(path)
+    target = _as_path(path, "save to")
     if target.is_dir():
         raise FileFormatError("a file path to save to", f"the directory {str(target)!r}",
                               "add a file name, e.g. model.safetensors")
@@ -149,9 +149,10 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         tmp = None
-    except PermissionError as exc:
-        raise FileFormatError("a folder this process may write to", f"{str(folder)!r}: {exc}",
-                              "choose another path or fix its permissions") from None
+    except OSError as exc:  # permissions, a read-only file system, a full disk
+        raise FileFormatError("a folder this process may write a file into", f"{str(folder)!r}: {exc}",
+                              "choose another path, free space, or fix its permissions; the old file is intact"
+                              ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -297,10 +298,17 @@ def expand_ties(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> dict[st
     return state
 
 
+def _as_path(path: Any, action: str) -> Path:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise FileFormatError(f"a file path (str or os.PathLike) to {action}", f"{path!r}",
+                              "pass e.g. 'model.safetensors'")
+    return Path(os.fsdecode(path))
+
+
 def _checked_file(path: str | os.PathLike[str]) -> Path:
     """The checks ``read_file`` makes before reading any data (path, framing,
     header, offsets), with the same FileFormatErrors."""
-    p = Path(path)
+    p = _as_path(path, "read")
     where = repr(str(p))
     if p.is_dir():
         raise FileFormatError("a safetensors file", f"the directory {where}", "name a file inside it")
@@ -348,7 +356,7 @@ def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict
             if dtype is None:  # a dtype we do not map: read it now
                 tensors[k] = fh.get_tensor(k)
             else:
-                tensors[k] = Deferred(tuple(sl.get_shape()), dtype, lambda k=k: fh.get_tensor(k))
+                tensors[k] = Deferred(tuple(sl.get_shape()), dtype, lambda k=k: fh.get_tensor(k))  # type: ignore[misc]
     except PermissionError as exc:
         raise FileFormatError("a file this process may read", f"{str(p)!r}: {exc.strerror}",
                               "fix its permissions") from None
@@ -430,7 +438,7 @@ def port(src: Any, dst: Any, *, progress: bool | None = None) -> PortReport:
                     "port between models of the same architecture (pairs go by order, then shape)",
                 )
             try:
-                value = Deferred(sp._concrete_shape(), sp.dtype, lambda sp=sp: sp.read(copy=False))
+                value = Deferred(sp._concrete_shape(), sp.dtype, lambda sp=sp: sp.read(copy=False))  # type: ignore[misc]
                 items.append((dp, _check_deferred(dp, value, "port")))
             except DTypeError as exc:
                 raise PortError(

@@ -18,10 +18,18 @@ __all__ = ["CHECKS", "iter_checks", "requires", "run", "selected_backends"]
 
 
 def selected_backends(requested: list[str] | None = None) -> list[str]:
-    """The backends a run covers: those requested, or every installed one."""
-    from .._registry import names
+    """The backends a run covers: those requested with their variants (the
+    ``jax`` backend brings ``jax-nnx``, its NNX zoo), or every installed one."""
+    from .._registry import get_backend, names
 
-    return list(requested) if requested else names()
+    if not requested:
+        return names()
+    out: list[str] = []
+    for name in requested:  # a backend's variants (jax -> jax-nnx) come with it
+        for n in (name, *getattr(get_backend(name), "variants", ())):
+            if n not in out:
+                out.append(n)
+    return out
 
 
 def run(backend: str) -> dict[str, str]:

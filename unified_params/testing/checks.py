@@ -493,7 +493,7 @@ def check_bad_ties_change_nothing(be: Backend) -> None:
 @check
 def check_backward_and_grads(be: Backend) -> None:
     """6.2: backward returns the loss, grads are canonical and match finite
-    differences; a custom loss; zero_grad clears them."""
+    differences; they add up over calls; a custom loss; zero_grad clears them."""
     m = be.zoo().mlp()
     m.initialize(up.init.Uniform(-1, 1), seed=3)
     for p in m.params.values():
@@ -507,6 +507,10 @@ def check_backward_and_grads(be: Backend) -> None:
         np.testing.assert_allclose(m.params[w].grad[idx], _fd_grad(m, x, w, idx), rtol=2e-2, atol=2e-3)  # type: ignore[index]
     bias = list(m.params)[-1]
     np.testing.assert_allclose(m.params[bias].grad, [6.0], rtol=1e-6)  # d sum / d last bias = batch size
+    first = {n: p.grad for n, p in m.params.items()}
+    m.backward(x)  # gradients add up until zero_grad, as in PyTorch
+    for n, p in m.params.items():
+        np.testing.assert_allclose(p.grad, 2 * first[n], rtol=1e-5, atol=1e-6, err_msg=f"{n} accumulates")
     m.zero_grad()
     for p in m.params.values():
         assert p.grad is None or not np.any(p.grad)

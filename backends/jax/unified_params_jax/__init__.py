@@ -40,6 +40,7 @@ class JaxBackend(Backend):
         {"deferred", "buffers", "grad", "tie", "zero_copy"}
     )
     install: ClassVar[str] = "pip install unified-params-jax"
+    variants: ClassVar[tuple[str, ...]] = ("jax-nnx",)
 
     def version(self) -> str:
         """jax's version and flax's, read from the installed distributions
@@ -87,6 +88,7 @@ class NnxBackend(JaxBackend):
     report ``m.backend == 'jax'``; select it with ``--backend jax-nnx``."""
 
     name: ClassVar[str] = "jax-nnx"
+    variants: ClassVar[tuple[str, ...]] = ()
     #: What ``m.backend`` says for the models it wraps.
     reports_as: ClassVar[str] = "jax"
     #: NNX creates every variable with its shape: no model is deferred.

@@ -337,7 +337,16 @@ class MXNetHandle(Handle):
                 "the loss must return an MXNet array computed from the model's output "
                 f"(inside autograd.record()); Received: {type(value).__name__}"
             )
+        # Gluon overwrites gradients (grad_req='write'); the contract adds
+        # them up until zero_grad, as PyTorch does, so keep what was there.
+        kept = {}
+        for p in _params(block):
+            if _is_ready(p) and p._grad is not None and p in _HAS_GRAD and p.grad_req == "write":
+                kept[p] = [g.copy() for g in p._grad]
         value.backward()
+        for p, olds in kept.items():
+            for g, old in zip(p._grad, olds):
+                g[:] += old
         for p in _params(block):
             if _is_ready(p) and p._grad is not None:
                 _HAS_GRAD.add(p)
