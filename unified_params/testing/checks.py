@@ -120,7 +120,7 @@ def check_names_order_and_roles(be: Backend) -> None:
     """1.1-1.3: structural dotted names ending in a unified role, definition
     order, weight before bias, the same canonical shapes on every backend."""
     m = be.zoo().mlp()
-    assert m.backend == getattr(be, "reports_as", be.name)
+    assert m.backend == (be.reports_as or be.name)
     names = list(m.params)
     assert _shapes(m.params) == MLP_SHAPES
     assert [m.params[n].role for n in names] == ["weight", "bias", "weight", "bias"]
