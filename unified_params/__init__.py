@@ -82,7 +82,15 @@ def wrap(model: Any, variables: Any = None) -> Block:
     if isinstance(model, Block):
         return model
     backend = backend_for(model)
-    return Block(backend.open(model, variables))
+    handle = backend.open(model, variables)
+    if variables is not None and not hasattr(handle, "variables"):
+        raise ArgumentError(
+            f"variables only for functional models that keep their parameters apart (Flax linen); a "
+            f"{backend.name} model holds its own",
+            f"variables of type {type(variables).__name__}",
+            "call up.wrap(model) and, to set values, m.load_state(state)",
+        )
+    return Block(handle)
 
 
 def asnumpy(x: Any) -> Any:
