@@ -859,7 +859,8 @@ class Block:
                       for i, p, fn in plan]
             write_atomic(values)
             return
-        for p, v in _init.stream(plan, seed):  # one storage drawn and written at a time
+        for i, p, fn in plan:  # stream: one storage drawn and written at a time
+            v = _init.draw(fn, p._concrete_shape(), p.dtype, seed, i, p)
             p._write_canonical(v.astype(p.dtype, copy=False))
 
     def materialize(self, x: Any) -> Block:
