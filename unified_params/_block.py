@@ -118,6 +118,12 @@ def _check_value(p: Param, value: Any, where: str) -> np.ndarray:
             f"a {type(value).__name__} NumPy cannot make an array of ({exc}) in {where}",
             "pass a NumPy array or a nested list of equal-length rows",
         ) from None
+    if arr.dtype == object and isinstance(value, (list, tuple)):  # NumPy < 1.24 makes ragged lists objects
+        raise ShapeMismatchError(
+            f"an array-like of canonical shape {p.shape} for {p.name!r}",
+            f"a ragged {type(value).__name__} in {where}",
+            "pass a NumPy array or a nested list of equal-length rows",
+        )
     if arr.dtype.kind in "OUSV":
         raise DTypeError(
             f"numbers that cast safely (same_kind) to {p.dtype} for {p.name!r}",
