@@ -402,3 +402,22 @@ def test_sharded_arrays_read_and_write() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+def test_compact_submodules_keep_call_order_before_any_forward() -> None:
+    """Contract 1.3: definition (forward) order, before and after m(x)."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):  # type: ignore[no-untyped-def]
+            return nn.Dense(2)(nn.LayerNorm()(nn.Dense(5)(x)))
+
+    net = Net()
+    x = jnp.zeros((1, 3))
+    m = up.wrap(net, net.init(jax.random.key(0), x))
+    order = ["Dense_1.weight", "Dense_1.bias", "LayerNorm_0.weight", "LayerNorm_0.bias", "Dense_0.weight",
+             "Dense_0.bias"]
+    assert list(m.params) == order
+    assert [p.shape for p in m.params.values()] == [(5, 3), (5,), (5,), (5,), (2, 5), (2,)]
+    m(x)
+    assert list(m.params) == order

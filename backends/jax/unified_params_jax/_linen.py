@@ -262,7 +262,13 @@ class LinenHandle(Handle):
         from_vars: list[str] = []
         for coll in (sub_vars or {}).values():
             from_vars += [k for k, v in coll.items() if isinstance(v, dict) and k not in from_vars]
-        names += sorted((n for n in from_vars if n not in names), key=_natural)
+        rest = [n for n in from_vars if n not in names]
+        if rest == sorted(rest):
+            # keys sorted by jax's tree utilities: natural order (Dense_2 before
+            # Dense_10); otherwise keep the insertion order module.init gave,
+            # which is the call order of @compact submodules
+            rest.sort(key=_natural)
+        names += rest
         for name in names:
             if name not in covered:
                 child = (*scope, name)
