@@ -542,6 +542,21 @@ def check_state_roundtrip_and_views(be: Backend) -> None:
     np.testing.assert_array_equal(_out(m, _x()), _out(m2, _x()))
 
 
+@requires("zero_copy")
+@check
+def check_zero_copy_views(be: Backend) -> None:
+    """7.1: state(copy=False) returns views of the framework's host memory
+    (two calls share memory), read-only; state() returns fresh copies."""
+    m = be.zoo().mlp()
+    a, b = m.state(copy=False), m.state(copy=False)
+    for n in a:
+        assert np.shares_memory(a[n], b[n]), f"{n}: state(copy=False) copied"
+        assert not a[n].flags.writeable
+    c = m.state()
+    for n in a:
+        assert not np.shares_memory(c[n], a[n]), f"{n}: state() did not copy"
+
+
 @check
 def check_strict_load_failures_change_nothing(be: Backend) -> None:
     """7.2, 10: strict loads with missing, unexpected or mismatched entries
