@@ -89,8 +89,12 @@ class TensorFlow(Native):
     name = "tensorflow"
 
     def build(self, width: int, depth: int) -> tuple[Any, up.Block]:
+        import sys
+
         import keras
 
+        # Keras builds a Sequential's graph recursively, a few frames a layer
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * depth + 1000))
         net = keras.Sequential([keras.Input((width,))] + [
             keras.layers.Dense(width, kernel_initializer="zeros") for _ in range(depth)])
         return net, up.wrap(net)
@@ -199,8 +203,9 @@ class MXNet(Native):
     def write(self, net: Any, values: dict[str, np.ndarray]) -> Any:
         import mxnet as mx
 
-        for (_, p), v in zip(net.collect_params().items(), values.values()):
-            p.set_data(mx.nd.array(v, dtype=v.dtype))
+        params = net.collect_params()
+        for k, v in values.items():
+            params[k].set_data(mx.nd.array(v, dtype=v.dtype))
 
     def save(self, net: Any, path: str) -> None:  # safetensors has no MXNet flavour: its NumPy one
         from safetensors.numpy import save_file

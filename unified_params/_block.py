@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import init as _init
-from ._adapter import Handle, Leaf, Node
+from ._adapter import CANONICAL, Handle, Leaf, Node
 from ._errors import (
     ArgumentError,
     DTypeError,
@@ -35,7 +35,7 @@ from ._errors import (
     TieError,
     UnifiedParamsError,
 )
-from ._layout import shape_to_canonical, to_canonical, to_native
+from ._layout import contiguous, shape_to_canonical, to_canonical, to_native
 
 __all__ = ["Block", "Param", "ParamDict", "LoadReport"]
 
@@ -239,11 +239,12 @@ class Param:
         """The value in canonical layout; ``copy=False`` may return a
         read-only view of host memory."""
         self._require_concrete("read")
+        layout = self._leaf.layout
+        if copy and layout != CANONICAL:  # one copy: the transpose (a view read first)
+            return contiguous(to_canonical(self._handle.read(self._leaf, copy=False), layout), copy=True)
         raw = self._handle.read(self._leaf, copy=copy)
-        value = to_canonical(raw, self._leaf.layout)
+        value = to_canonical(raw, layout)
         if copy:
-            if value is not raw:
-                value = np.array(value, order="C", copy=True)
             return value
         if value.flags.writeable:
             value = value.view()

@@ -32,6 +32,7 @@ from ._block import (
     write_atomic,
 )
 from ._errors import DTypeError, FileFormatError, PortError
+from ._layout import contiguous
 
 __all__ = ["save", "load", "port", "PortReport", "FORMAT_VERSION"]
 
@@ -97,7 +98,7 @@ def _write_stream(storages: dict[str, Param], meta: dict[str, str], fh: Any, pro
     bar = progress_bar(progress, offset, "save")
     try:
         for p in storages.values():
-            v = np.asarray(p.read(copy=False), order="C")
+            v = contiguous(np.asarray(p.read(copy=False)))  # kernel-last: a tiled transpose
             if v.dtype.byteorder == ">":
                 v = v.astype(v.dtype.newbyteorder("<"))
             fh.write(memoryview(v.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]

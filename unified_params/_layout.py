@@ -45,4 +45,31 @@ def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
 
 def to_native(value: np.ndarray, layout: str) -> np.ndarray:
     perm = _perm(value.ndim, layout)
-    return value if perm is None else np.ascontiguousarray(value.transpose(_inverse(perm)))
+    return value if perm is None else contiguous(value.transpose(_inverse(perm)))
+
+
+#: Tiles of about this many elements a side: a tile of the source and one of
+#: the result both stay in cache while it is copied.
+_TILE = 128
+
+
+def contiguous(value: np.ndarray, copy: bool = False) -> np.ndarray:
+    """``value`` as a C-contiguous array (a new one if ``copy``).
+
+    A large transposed view (a layout conversion) is copied tile by tile
+    over its first two axes: NumPy's own strided copy walks the source a
+    column at a time, a cache (and TLB) miss per element, about 4x slower on
+    a 4096 x 4096 float32 matrix.
+    """
+    if value.flags.c_contiguous or value.ndim < 2 or value.nbytes < (1 << 20):
+        return np.array(value, order="C", copy=True) if copy else np.ascontiguousarray(value)
+    rest = int(np.prod(value.shape[2:]))
+    b = max(8, int(_TILE / max(1, rest) ** 0.5))
+    n, m = value.shape[:2]
+    if n < b or m < b:
+        return np.array(value, order="C", copy=True)
+    out = np.empty(value.shape, value.dtype)
+    for i in range(0, n, b):
+        for j in range(0, m, b):
+            out[i : i + b, j : j + b] = value[i : i + b, j : j + b]
+    return out

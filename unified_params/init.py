@@ -112,6 +112,15 @@ class Initializer:
     ) -> np.ndarray:
         raise NotImplementedError
 
+    def _fill_into(self, rng: np.random.Generator, out: np.ndarray, fan: tuple[int, int]) -> None:
+        """``out[...] = self._fill(rng, out.size, out.dtype, fan)``; built-ins
+        draw straight into ``out`` (same numbers, no temporary)."""
+        out[...] = self._fill(rng, out.size, out.dtype, fan)
+
+    def _own(self, cls: type) -> bool:
+        """Whether ``_fill`` is ``cls``'s (a subclass overriding it keeps its own)."""
+        return type(self)._fill is cls._fill  # type: ignore[attr-defined]
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
@@ -127,6 +136,11 @@ class Constant(Initializer):
 
     def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
         return np.full(n, self.value, dtype=dtype)
+
+    def _fill_into(self, rng: np.random.Generator, out: np.ndarray, fan: tuple[int, int]) -> None:
+        if not self._own(Constant):
+            return super()._fill_into(rng, out, fan)
+        out.fill(self.value)
 
 
 class Zeros(Constant):
@@ -157,11 +171,18 @@ class Normal(Initializer):
         return self.std
 
     def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
-        out = rng.standard_normal(n, dtype=dtype)
+        out = np.empty(n, dtype)
+        self._fill_into(rng, out, fan)
+        return out
+
+    def _fill_into(self, rng: np.random.Generator, out: np.ndarray, fan: tuple[int, int]) -> None:
+        if not self._own(Normal):
+            return super()._fill_into(rng, out, fan)
+        dtype = out.dtype
+        rng.standard_normal(dtype=dtype, out=out)
         out *= dtype.type(self._std(fan))
         if self.mean:
             out += dtype.type(self.mean)
-        return out
 
 
 class Uniform(Initializer):
@@ -176,11 +197,18 @@ class Uniform(Initializer):
         return self.low, self.high
 
     def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
+        out = np.empty(n, dtype)
+        self._fill_into(rng, out, fan)
+        return out
+
+    def _fill_into(self, rng: np.random.Generator, out: np.ndarray, fan: tuple[int, int]) -> None:
+        if not self._own(Uniform):
+            return super()._fill_into(rng, out, fan)
         low, high = self._bounds(fan)
-        out = rng.random(n, dtype=dtype)
+        dtype = out.dtype
+        rng.random(dtype=dtype, out=out)
         out *= dtype.type(high - low)
         out += dtype.type(low)
-        return out
 
 
 class XavierUniform(Uniform):
@@ -306,7 +334,9 @@ def draw(
     index: int,
     param: Any,
 ) -> np.ndarray:
-    """Values of one storage (canonical ``shape``) by the recipe above."""
+    """Values of one storage (canonical ``shape``) by the recipe above; the
+    chunks are drawn straight into the result, in threads (NumPy releases
+    the GIL in bulk draws)."""
     draw_dtype = _draw_dtype(dtype)
     if isinstance(init, Initializer) and init.elementwise:
         n = int(np.prod(shape))
@@ -318,7 +348,7 @@ def draw(
         def one(j: int) -> None:
             ss = np.random.SeedSequence(root.entropy, spawn_key=(index, j))
             lo, hi = j * CHUNK, min(n, (j + 1) * CHUNK)
-            out[lo:hi] = init._fill(np.random.Generator(np.random.PCG64(ss)), hi - lo, draw_dtype, fan)
+            init._fill_into(np.random.Generator(np.random.PCG64(ss)), out[lo:hi], fan)
 
         if n_chunks == 1:
             one(0)

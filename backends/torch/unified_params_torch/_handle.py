@@ -20,6 +20,7 @@ Design constraints of this module:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,11 +122,25 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _from_numpy(value: np.ndarray) -> torch.Tensor:
-    """A CPU tensor holding ``value`` (bfloat16/float8 reinterpreted from integers)."""
+def _from_numpy(value: np.ndarray, source: bool = False) -> torch.Tensor:
+    """A CPU tensor holding ``value`` (bfloat16/float8 reinterpreted from integers).
+
+    ``source``: the tensor is only copied from (a write), so a read-only or
+    strided array (positive strides: a transposed view, a JAX array's
+    buffer) is wrapped as it is and ``copy_`` makes the one copy.
+    """
     value = np.asarray(value)
-    if not (value.flags.c_contiguous and value.flags.writeable):
+    wrap_as_is = source and value.size > 0 and all(st >= 0 and st % value.itemsize == 0 for st in value.strides)
+    if not wrap_as_is and not (value.flags.c_contiguous and value.flags.writeable):
         value = np.array(value, order="C", copy=True)
+    if not value.flags.writeable:  # torch warns that it cannot mark the tensor read-only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return _wrap(value)
+    return _wrap(value)
+
+
+def _wrap(value: np.ndarray) -> torch.Tensor:
     if value.dtype.kind == "V":  # ml_dtypes types (bfloat16, float8)
         for torch_dtype, view_as in _VIEW_AS.items():
             try:
@@ -277,7 +292,7 @@ class TorchHandle(Handle):
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         t = leaf.ref.data("write")
-        src = _from_numpy(value)
+        src = _from_numpy(value, source=True)
         with torch.no_grad():
             t.copy_(src.to(device=t.device))
 
