@@ -47,7 +47,7 @@ _ROLE_PAIRS = (("weight", "bias"), ("running_mean", "running_var"))
 # Walking the adapter's tree
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry:
     name: str  # relative to the block the listing was made for
     leaf: Leaf
@@ -60,6 +60,8 @@ def _sorted_leaves(node: Node) -> list[Leaf]:
     names keep ``named_parameters``' order and Flax's sorted dicts do not put
     ``bias`` first."""
     leaves = list(node.leaves)
+    if len(leaves) < 2:
+        return leaves
     roles = [lf.role for lf in leaves]
     for first, second in _ROLE_PAIRS:
         if first in roles and second in roles:
@@ -181,7 +183,9 @@ class Param:
 
     @property
     def shape(self) -> tuple[int | None, ...]:
-        return shape_to_canonical(self.native_shape, self._leaf.layout)
+        leaf = self._leaf
+        native = self._handle.shape(leaf)
+        return tuple(native) if leaf.layout == CANONICAL else shape_to_canonical(native, leaf.layout)
 
     @property
     def deferred(self) -> bool:
@@ -710,8 +714,10 @@ class Block:
             groups.setdefault(e.leaf.storage, []).append(e.name)
         out: dict[str, Param] = {}
         for e in entries:
-            others = tuple(n for n in groups[e.leaf.storage] if n != e.name)
-            out.setdefault(e.name, Param(self._handle, e.leaf, e.name, others, e.node_path))
+            group = groups[e.leaf.storage]
+            others = () if len(group) == 1 else tuple(n for n in group if n != e.name)
+            if e.name not in out:
+                out[e.name] = Param(self._handle, e.leaf, e.name, others, e.node_path)
         return ParamDict(out)
 
     @property
