@@ -340,24 +340,37 @@ def _numpy_dtypes() -> dict[str, np.dtype]:
 _NUMPY_DTYPES = _numpy_dtypes()
 
 
+def _file_view(p: Path, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:
+    """A read-only memory map of one tensor's bytes: the write that follows
+    is the only copy (safetensors' NumPy ``get_tensor`` copies first)."""
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(p, dtype=dtype.newbyteorder("<"), mode="r", offset=offset, shape=shape)
+
+
 def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict[str, Any], dict[str, str]]:
-    """The tensors of a safetensors file as ``Deferred`` values (read one at a
-    time when written) and its metadata; the file is checked as ``read_file``
-    checks it and stays open until ``stack`` closes."""
+    """The tensors of a safetensors file as ``Deferred`` values (mapped one
+    at a time when written) and its metadata; the file is checked as
+    ``read_file`` checks it and stays open until ``stack`` closes."""
     from safetensors import safe_open
 
     p = _checked_file(path)
     try:
         fh = stack.enter_context(safe_open(str(p), framework="numpy"))
         meta = fh.metadata() or {}
+        with open(p, "rb") as raw:  # offsets (checked by _checked_file) to map tensors without a copy
+            n = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(n).decode("utf-8"))
         tensors: dict[str, Any] = {}
         for k in fh.keys():  # noqa: SIM118
-            sl = fh.get_slice(k)
-            dtype = _NUMPY_DTYPES.get(sl.get_dtype())
+            info = header[k]
+            dtype = _NUMPY_DTYPES.get(info["dtype"])
             if dtype is None:  # a dtype we do not map: read it now
                 tensors[k] = fh.get_tensor(k)
             else:
-                tensors[k] = Deferred(tuple(sl.get_shape()), dtype, lambda k=k: fh.get_tensor(k))  # type: ignore[misc]
+                shape = tuple(info["shape"])
+                offset = 8 + n + info["data_offsets"][0]
+                tensors[k] = Deferred(shape, dtype, lambda d=dtype, s=shape, o=offset: _file_view(p, d, s, o))
     except PermissionError as exc:
         raise FileFormatError("a file this process may read", f"{str(p)!r}: {exc.strerror}",
                               "fix its permissions") from None
