@@ -341,11 +341,14 @@ _NUMPY_DTYPES = _numpy_dtypes()
 
 
 def _file_view(p: Path, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:
-    """A read-only memory map of one tensor's bytes: the write that follows
-    is the only copy (safetensors' NumPy ``get_tensor`` copies first)."""
+    """A memory map of one tensor's bytes: the write that follows is the only
+    copy (safetensors' NumPy ``get_tensor`` copies first). Private
+    (copy-on-write): a framework that keeps the buffer instead of copying it
+    (JAX on CPU aliases 64-byte-aligned host memory) may write to it without
+    touching the file, and a later save that replaces the file leaves it be."""
     if int(np.prod(shape, dtype=np.int64)) == 0:
         return np.empty(shape, dtype)
-    return np.memmap(p, dtype=dtype.newbyteorder("<"), mode="r", offset=offset, shape=shape)
+    return np.memmap(p, dtype=dtype.newbyteorder("<"), mode="c", offset=offset, shape=shape)
 
 
 def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict[str, Any], dict[str, str]]:
