@@ -421,3 +421,19 @@ def test_compact_submodules_keep_call_order_before_any_forward() -> None:
     assert [p.shape for p in m.params.values()] == [(5, 3), (5,), (5,), (5,), (2, 5), (2,)]
     m(x)
     assert list(m.params) == order
+
+
+@pytest.mark.parametrize("arch", ["linen", "nnx"])
+def test_a_written_array_is_not_aliased(arch: str) -> None:
+    """p.set(a); a[:] = 0 must not change the parameter (the CPU device may
+    alias aligned host memory)."""
+    be = up.get_backend("jax" if arch == "linen" else "jax-nnx")
+    for _ in range(20):
+        m = be.zoo().mlp()
+        p = m.params[list(m.params)[0]]
+        a = np.full(p.shape, 3.0, np.float32)
+        p.set(a)
+        a[:] = 0
+        np.testing.assert_array_equal(p.value, 3.0)
+        m.load_state({n: np.full(q.shape, 2.0, np.float32) for n, q in m.params.items()})
+        np.testing.assert_array_equal(p.value, 2.0)

@@ -73,7 +73,10 @@ def from_numpy(value: np.ndarray, like: Any) -> jax.Array:
     """A new array holding ``value`` where ``like`` lives (its sharding), never
     aliasing ``value``'s memory (the caller may reuse it)."""
     sharding = getattr(like, "sharding", None)
-    return jax.device_put(np.asarray(value), sharding, may_alias=False)
+    # device_put(..., may_alias=False) still aliases aligned host memory on
+    # the CPU (jax 0.10): hand it a private copy, so that the caller's array
+    # can change afterwards without changing the parameter.
+    return jax.device_put(np.array(value, copy=True), sharding)
 
 
 def as_input(x: Any) -> Any:
