@@ -430,7 +430,8 @@ def test_a_written_array_is_not_aliased(arch: str) -> None:
     be = up.get_backend("jax" if arch == "linen" else "jax-nnx")
     for _ in range(20):
         m = be.zoo().mlp()
-        p = m.params[list(m.params)[0]]
+        p = m.params[list(m.params)[1]]  # a bias: canonical layout, written without a transpose
+        assert p.role == "bias"
         a = np.full(p.shape, 3.0, np.float32)
         p.set(a)
         a[:] = 0
