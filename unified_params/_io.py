@@ -31,7 +31,7 @@ from ._block import (
     progress_bar,
     write_atomic,
 )
-from ._errors import DTypeError, FileFormatError, PortError
+from ._errors import ArgumentError, DTypeError, FileFormatError, PortError
 from ._layout import contiguous
 
 __all__ = ["save", "load", "port", "PortReport", "FORMAT_VERSION"]
@@ -373,7 +373,7 @@ def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict
             else:
                 shape = tuple(info["shape"])
                 offset = 8 + n + info["data_offsets"][0]
-                tensors[k] = Deferred(shape, dtype, lambda d=dtype, s=shape, o=offset: _file_view(p, d, s, o))
+                tensors[k] = Deferred(shape, dtype, lambda d=dtype, s=shape, o=offset: _file_view(p, d, s, o))  # type: ignore[misc]
     except PermissionError as exc:
         raise FileFormatError("a file this process may read", f"{str(p)!r}: {exc.strerror}",
                               "fix its permissions") from None
@@ -386,16 +386,73 @@ def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict
     return tensors, meta
 
 
-def load(m: Any, path: str | os.PathLike[str], strict: bool = True, *, progress: bool | None = None) -> LoadReport:
+def load(
+    m: Any,
+    path: str | os.PathLike[str],
+    strict: bool = True,
+    *,
+    match: str = "name",
+    progress: bool | None = None,
+) -> LoadReport:
     """``load_state`` from a safetensors file (any safetensors file).
 
-    Every name, shape and dtype is checked from the file's header before the
-    first write; then the tensors are read and written one at a time.
+    ``match="name"`` pairs the file's names with the model's. ``match="order"``
+    pairs storages by order and canonical shape as ``port`` does, so a file
+    saved from another framework (``layers_0.weight`` in Flax, ``0.weight`` in
+    PyTorch) loads into the same architecture; it needs the file's
+    unified_params metadata. Every name, shape and dtype is checked from the
+    file's header before the first write; then the tensors are read and
+    written one at a time.
     """
+    if match not in ("name", "order"):
+        raise ArgumentError("match='name' or match='order'", f"match={match!r}",
+                            "use 'order' for a file saved from another framework")
     block = _as_block(m, "load")
     with ExitStack() as stack:
         tensors, meta = _deferred_file(path, stack)
+        if match == "order":
+            state = _pair_by_order(block, tensors, meta, path)
+            report = load_into(block, state, strict=False, what="load", progress=progress)
+            report.missing = []  # state only one framework keeps (num_batches_tracked) is not ported
+            return report
         return load_into(block, expand_ties(tensors, meta), strict=strict, what="load", progress=progress)
+
+
+def _pair_by_order(
+    block: Block, tensors: dict[str, Any], meta: dict[str, str], path: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """``{model name: file tensor}`` paired as ``port`` pairs two models."""
+    try:
+        table: dict[str, dict[str, str]] = json.loads(meta["names"])
+    except (KeyError, ValueError, TypeError):
+        raise FileFormatError(
+            "a file saved by up.save (its metadata gives the model order)",
+            f"{str(path)!r} without unified_params metadata",
+            "load it by name (match='name'), or save it again with up.save",
+        ) from None
+    stored = [n for n, info in table.items() if info.get("storage", n) == n and n in tensors]
+    fparams = [n for n in stored if table[n].get("kind") == "param"]
+    fstats = [n for n in stored if table[n].get("kind") == "buffer" and table[n].get("role") in _PORT_BUFFER_ROLES]
+    dparams, dstats = _portable(block)
+    state: dict[str, Any] = {}
+    for what, fl, dl in (("parameters", fparams, dparams), ("running statistics", fstats, dstats)):
+        if len(fl) != len(dl):
+            raise PortError(
+                f"the same number of distinct {what} in the file and the model",
+                f"{len(fl)} in {str(path)!r} ({meta.get('backend', 'unknown')}) and {len(dl)} in the "
+                f"{block.backend} model",
+                "load a file saved from the same architecture",
+            )
+        for i, (fn, dp) in enumerate(zip(fl, dl)):
+            shape = tuple(np.shape(tensors[fn]) if not hasattr(tensors[fn], "shape") else tensors[fn].shape)
+            if shape != dp.shape:
+                raise PortError(
+                    f"{what} #{i} of matching canonical shapes",
+                    f"file {fn!r} {shape} vs model {dp.name!r} {dp.shape}",
+                    "load a file saved from the same architecture (pairs go by order, then shape)",
+                )
+            state[dp.name] = tensors[fn]
+    return state
 
 
 @dataclass
