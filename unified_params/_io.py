@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,27 +260,29 @@ def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict
     """
     from safetensors import safe_open
 
-    try:
-        path = os.fsdecode(path)
-    except TypeError:
-        raise FileFormatError("a path to a safetensors file (a str or an os.PathLike)", f"{path!r}",
-                              "pass the file's path, e.g. 'model.safetensors'") from None
     p = _checked_file(path)
-    where = repr(str(p))
+    with _reading(p), safe_open(str(p), framework="numpy") as fh:
+        meta = fh.metadata() or {}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    return tensors, meta
+
+
+@contextmanager
+def _reading(p: Path) -> Iterator[None]:
+    """What reading a checked file can still raise, as FileFormatErrors."""
     try:
-        with safe_open(str(p), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        yield
     except PermissionError as exc:
-        raise FileFormatError("a file this process may read", f"{where}: {exc.strerror}",
+        raise FileFormatError("a file this process may read", f"{str(p)!r}: {exc.strerror}",
                               "fix its permissions") from None
+    except FileFormatError:
+        raise
     except Exception as exc:  # safetensors raises its own SafetensorError and others
         raise FileFormatError(
             "a valid safetensors file",
-            f"{where}: {type(exc).__name__}: {exc}",
+            f"{str(p)!r}: {type(exc).__name__}: {exc}",
             "the file is truncated, corrupted or of another format; save it again with up.save",
         ) from None
-    return tensors, meta
 
 
 def expand_ties(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> dict[str, np.ndarray]:
@@ -358,7 +361,7 @@ def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict
     from safetensors import safe_open
 
     p = _checked_file(path)
-    try:
+    with _reading(p):
         fh = stack.enter_context(safe_open(str(p), framework="numpy"))
         meta = fh.metadata() or {}
         with open(p, "rb") as raw:  # offsets (checked by _checked_file) to map tensors without a copy
@@ -374,15 +377,6 @@ def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict
                 shape = tuple(info["shape"])
                 offset = 8 + n + info["data_offsets"][0]
                 tensors[k] = Deferred(shape, dtype, lambda d=dtype, s=shape, o=offset: _file_view(p, d, s, o))  # type: ignore[misc]
-    except PermissionError as exc:
-        raise FileFormatError("a file this process may read", f"{str(p)!r}: {exc.strerror}",
-                              "fix its permissions") from None
-    except Exception as exc:  # safetensors raises its own SafetensorError and others
-        raise FileFormatError(
-            "a valid safetensors file",
-            f"{str(p)!r}: {type(exc).__name__}: {exc}",
-            "the file is truncated, corrupted or of another format; save it again with up.save",
-        ) from None
     return tensors, meta
 
 
