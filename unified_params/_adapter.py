@@ -55,7 +55,7 @@ CAPABILITIES = frozenset(
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Leaf:
     """One native parameter or buffer as seen from its owning block.
 
@@ -73,7 +73,7 @@ class Leaf:
     layout: str = CANONICAL
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """A block of the native model: its key in its parent, the native object,
     its own leaves (in native order) and its children (in definition order)."""

@@ -36,7 +36,7 @@ from unified_params._errors import NotInitializedError, ShapeMismatchError, Unif
 __all__ = ["ForwardError", "Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Slot:
     """Where a leaf lives: ``module._parameters[name]`` or ``module._buffers[name]``."""
 
@@ -271,7 +271,7 @@ class TorchHandle(Handle):
         t = slot.tensor
         if is_lazy(t):
             return _lazy_shape(slot.module, slot.name, t)
-        return tuple(int(d) for d in t.shape)
+        return tuple(t.shape)
 
     def native_of(self, leaf: Leaf) -> nn.Parameter | torch.Tensor:
         """The ``Parameter`` (or buffer tensor) in the leaf's slot now."""
