@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors  # noqa: F401  (a test dependency: missing is a failure, never a skip)
 
 import unified_params as up
 from unified_params import _registry
 from unified_params._cli import main
 from unified_params._report import show, tree_rich
-
-pytest.importorskip("safetensors")
 
 
 def run(capsys: Any, *argv: str) -> tuple[int, str, str]:
@@ -346,7 +345,8 @@ def test_summary_is_a_plain_table() -> None:
 
 
 def test_rich_where_a_terminal_is(capsys: Any, monkeypatch: Any, shared_file: Path) -> None:
-    pytest.importorskip("rich")
+    import rich  # noqa: F401  (in the cli extra every tox env installs)
+
     m = up.get_backend("numpy").zoo().shared()
     show(m.summary(), use_rich=True)
     show(m, use_rich=True)
