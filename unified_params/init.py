@@ -283,14 +283,16 @@ class TruncatedNormal(Initializer):
 
     def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
         out = rng.standard_normal(n, dtype=dtype) * dtype.type(self.std) + dtype.type(self.mean)
-        bad = np.flatnonzero((out < self.a) | (out > self.b))
+        # bounds in the draw's dtype, so NumPy 1.x and 2.x compare alike
+        lo, hi = dtype.type(self.a), dtype.type(self.b)
+        bad = np.flatnonzero((out < lo) | (out > hi))
         for _ in range(1000):
             if bad.size == 0:
                 break
             out[bad] = rng.standard_normal(bad.size, dtype=dtype) * dtype.type(self.std) + dtype.type(self.mean)
-            bad = bad[(out[bad] < self.a) | (out[bad] > self.b)]
+            bad = bad[(out[bad] < lo) | (out[bad] > hi)]
         if bad.size:  # a vanishing interval: fall back to clipping
-            np.clip(out, self.a, self.b, out=out)
+            np.clip(out, lo, hi, out=out)
         return out
 
 
