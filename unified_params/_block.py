@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import _limits
 from . import init as _init
 from ._adapter import CANONICAL, Handle, Leaf, Node
 from ._errors import (
@@ -515,16 +516,15 @@ def _check_deferred(p: Param, value: Deferred, where: str) -> Deferred | np.ndar
     return value
 
 
-#: Above this many bytes, host-memory storages are written without backups
-#: (see ``write_atomic``), and saves, loads and ports show a progress bar.
-LARGE_BYTES = 256 << 20
+#: Kept for compatibility; the threshold read at call time is ``_limits.LARGE_BYTES``.
+LARGE_BYTES = _limits.LARGE_BYTES
 
 
 def progress_bar(progress: bool | None, total: int, desc: str) -> Any:
     """A tqdm bar over ``total`` bytes when asked for (``progress=True``) or,
     with ``progress=None``, when the work is large and stderr a terminal;
     tqdm is imported only then."""
-    if progress is False or (progress is None and total <= LARGE_BYTES):
+    if progress is False or (progress is None and total <= _limits.LARGE_BYTES):
         return None
     try:
         from tqdm import tqdm
@@ -566,7 +566,12 @@ class _HeldInterrupts:
 
 
 def write_atomic(
-    items: Sequence[tuple[Param, np.ndarray | Deferred]], *, what: str = "write", progress: bool | None = False
+    items: Sequence[tuple[Param, np.ndarray | Deferred]],
+    *,
+    what: str = "write",
+    progress: bool | None = False,
+    backup: bool | None = None,
+    verify: Callable[[], None] | None = None,
 ) -> None:
     """Write canonical values (checked with ``_check_value`` or
     ``_check_deferred``) to distinct storages; if a write fails, restore
@@ -578,23 +583,30 @@ def write_atomic(
     (``LARGE_BYTES``). A large write into host memory copies checked values
     in place, which only the interpreter itself (MemoryError, a bug in an
     adapter) can interrupt midway; Ctrl-C is held until the last write.
+
+    ``backup=True`` keeps backups whatever the size (a source that can
+    still fail midway, such as a file another program may change);
+    ``backup=False`` keeps none. ``verify`` runs after the last write, inside
+    the transaction: an exception from it restores every storage.
     """
     for p, _ in items:
         p._require_concrete("write")
     sizes = [_nbytes(p) for p, _ in items]
-    small = sum(sizes) <= LARGE_BYTES
+    small = sum(sizes) <= _limits.LARGE_BYTES if backup is None else backup
     bar = progress_bar(progress, sum(sizes), what)
     backups: list[tuple[Param, np.ndarray]] = []
     try:
         with _HeldInterrupts():
             for (p, v), size in zip(items, sizes):
-                if small or p.device != "cpu":
+                if small or (backup is None and p.device != "cpu"):
                     backups.append((p, p.read(copy=True)))
                 if isinstance(v, Deferred):
                     v = _check_value(p, np.asarray(v), what)
                 p._write_canonical(v)
                 if bar is not None:
                     bar.update(size)
+            if verify is not None:
+                verify()
     except BaseException:
         for p, old in backups:
             try:

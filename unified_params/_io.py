@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _limits
 from ._block import (
-    LARGE_BYTES,
     Block,
     Deferred,
     LoadReport,
@@ -140,7 +140,7 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
         with os.fdopen(fd, "wb") as fh:
             # small models go through safetensors' own writer (it holds the
             # file's bytes in memory once, which costs nothing there)
-            large = sum(int(p.size or 0) * p.dtype.itemsize for p in storages.values()) > LARGE_BYTES
+            large = sum(int(p.size or 0) * p.dtype.itemsize for p in storages.values()) > _limits.LARGE_BYTES
             streamed = (large or bool(progress)) and _write_stream(storages, meta, fh, progress)
         if not streamed:
             from safetensors.numpy import save_file

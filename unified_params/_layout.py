@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from . import _limits
 from ._adapter import CANONICAL, KERNEL_LAST
 
 T = TypeVar("T")
@@ -48,10 +49,6 @@ def to_native(value: np.ndarray, layout: str) -> np.ndarray:
     return value if perm is None else contiguous(value.transpose(_inverse(perm)))
 
 
-#: Tiles of about this many elements a side: a tile of the source and one of
-#: the result both stay in cache while it is copied.
-_TILE = 128
-
 
 def contiguous(value: np.ndarray, copy: bool = False) -> np.ndarray:
     """``value`` as a C-contiguous array (a new one if ``copy``).
@@ -61,10 +58,10 @@ def contiguous(value: np.ndarray, copy: bool = False) -> np.ndarray:
     column at a time, a cache (and TLB) miss per element, about 4x slower on
     a 4096 x 4096 float32 matrix.
     """
-    if value.flags.c_contiguous or value.ndim < 2 or value.nbytes < (1 << 20):
+    if value.flags.c_contiguous or value.ndim < 2 or value.nbytes < _limits.TILED_BYTES:
         return np.array(value, order="C", copy=True) if copy else np.ascontiguousarray(value)
     rest = int(np.prod(value.shape[2:]))
-    b = max(8, int(_TILE / max(1, rest) ** 0.5))
+    b = max(8, int(_limits.TILE / max(1, rest) ** 0.5))
     n, m = value.shape[:2]
     if n < b or m < b:
         return np.array(value, order="C", copy=True)

@@ -1,0 +1,21 @@
+"""Size thresholds and limits, in one place so that tests can lower them.
+
+Every module reads these at call time (``_limits.LARGE_BYTES``, never a copy
+bound at import), so ``monkeypatch.setattr(unified_params._limits, ...)``
+drives the large-model paths with small models.
+"""
+
+from __future__ import annotations
+
+#: Above this many bytes, a write into host memory keeps no backups unless
+#: asked to (``write_atomic(backup=True)``), and saves, loads and ports show
+#: a progress bar when stderr is a terminal.
+LARGE_BYTES = 256 << 20
+
+#: Largest safetensors JSON header read (safetensors' own ``MAX_HEADER_SIZE``).
+MAX_HEADER_BYTES = 100_000_000
+
+#: Side of the tiles of a large transposed copy (``_layout.contiguous``), in
+#: elements, and the size above which copies are tiled.
+TILE = 128
+TILED_BYTES = 1 << 20
