@@ -94,9 +94,9 @@ def test_number_pattern_skips_names() -> None:
     ]
 
 
-def test_page_runs_with_the_same_numbers(backend: Any, reference: list[str]) -> None:
-    """``backend``: the plugin's fixture, one test id per installed backend."""
-    backend = backend.name
+def test_page_runs_with_the_same_numbers(up_backend: Any, reference: list[str]) -> None:
+    """``up_backend``: the plugin's fixture, one test id per installed backend."""
+    backend = up_backend.name
     printed = run_page(backend) if backend != "numpy" else reference
     for i, ((compared, code), got, want) in enumerate(zip(runnable(), printed, reference)):
         if not compared:

@@ -5,7 +5,9 @@ Run it on any installed backend, ours or a third party's::
     pytest --pyargs unified_params.testing --backend NAME
 
 or without pytest, ``unified_params.testing.run("NAME")``, which returns the
-failures instead of raising.
+failures instead of raising. An adapter declares the checks it is known to
+fail as ``Backend.expected_failures = {"check_name": "reason"}``: they run as
+strict xfails (a pass is reported, so stale declarations are noticed).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def run(backend: str) -> dict[str, str]:
     from .._registry import get_backend
 
     be = get_backend(backend)
+    expected = dict(getattr(be, "expected_failures", {}))
     out: dict[str, str] = {}
     for fn in iter_checks():
         missing = getattr(fn, "requires", frozenset()) - set(be.capabilities)
@@ -45,7 +48,9 @@ def run(backend: str) -> dict[str, str]:
             continue
         try:
             fn(be)
-            out[fn.__name__] = "ok"
+            out[fn.__name__] = "ok" if fn.__name__ not in expected else (
+                f"unexpected pass: declared as an expected failure ({expected[fn.__name__]})")
         except Exception:
-            out[fn.__name__] = traceback.format_exc()
+            reason = expected.get(fn.__name__)
+            out[fn.__name__] = f"xfail: {reason}" if reason is not None else traceback.format_exc()
     return out
