@@ -13,12 +13,37 @@ from importlib.metadata import entry_points
 import numpy as np
 import pytest
 
+from unified_params._tree import Listing
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
 # Imported after the skip check (torch must be importable for the zoo).
 block2 = importlib.import_module("unified_params_torch.zoo").block2
 BACKEND = importlib.import_module("unified_params_torch").TorchBackend()
+
+
+def _at(handle, path):
+    """The node at ``path``, as the core resolves it for the adapter."""
+    return Listing(handle, tuple(path)).node
+
+
+def _below(handle, path, kinds=("param",)):
+    return Listing(handle, tuple(path)).distinct_leaves(kinds)
+
+
+def _backward(handle, path, x, loss):
+    """The adapter's backward as the core calls it; returns the loss after
+    checking one gradient (or None) per leaf."""
+    leaves = _below(handle, path)
+    value, grads = handle.backward(_at(handle, path), leaves, x, loss)
+    assert len(grads) == len(leaves)
+    return value
+
+
+def _reset(handle, path, seed):
+    handle.reset(_at(handle, path), _below(handle, path, ("param", "buffer")), seed)
+
 
 
 def _walk(node, prefix=""):
@@ -214,10 +239,10 @@ def test_dtypes_read_write_forward_backward(torch_dtype, name):
     assert back.dtype == dtype
     np.testing.assert_array_equal(back.astype(np.float32), value.astype(np.float32))
     assert handle.read(weight, copy=False).dtype == dtype
-    out = handle.forward((), np.ones((2, 4), np.float32))
+    out = handle.forward(_at(handle, ()), np.ones((2, 4), np.float32))
     assert out.dtype == torch_dtype
     assert BACKEND.to_numpy(out).dtype == dtype
-    handle.backward((), np.ones((2, 4), np.float32), None)
+    _backward(handle, (), np.ones((2, 4), np.float32), None)
     assert handle.grad(weight).dtype == dtype
 
 
@@ -227,16 +252,16 @@ def test_grads_accumulate_and_clear():
     weight = _leaves(handle)["2.weight"]
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     assert handle.grad(weight) is None
-    loss = handle.backward((), x, None)
+    loss = _backward(handle, (), x, None)
     assert loss == pytest.approx(float(model(torch.from_numpy(x)).sum().detach()))
     first = handle.grad(weight)
     np.testing.assert_allclose(first, model[2].weight.grad.numpy())
     assert not np.shares_memory(first, model[2].weight.grad.numpy())
-    handle.backward((), x, None)
+    _backward(handle, (), x, None)
     np.testing.assert_allclose(handle.grad(weight), 2 * first, rtol=1e-6)
-    handle.zero_grad(("2",))
+    handle.clear_grads(_below(handle, ("2",)))
     assert handle.grad(weight) is None and model[0].weight.grad is not None
-    handle.zero_grad(())
+    handle.clear_grads(_below(handle, ()))
     assert model[0].weight.grad is None
 
 
@@ -249,14 +274,14 @@ def test_backward_custom_loss_gets_torch_tensor():
         seen.append(type(out))
         return (out**2).mean()
 
-    value = handle.backward((), np.ones((3, 4), np.float32), loss)
+    value = _backward(handle, (), np.ones((3, 4), np.float32), loss)
     assert seen == [torch.Tensor] and isinstance(value, float)
 
 
 def test_backward_of_a_sub_block():
     model = nn.Sequential(block2(), nn.Linear(4, 1))
     handle = BACKEND.open(model)
-    handle.backward(("0", "block 1"), np.ones((2, 4), np.float32), None)
+    _backward(handle, ("0", "block 1"), np.ones((2, 4), np.float32), None)
     assert model[0][1][0].weight.grad is not None
     assert model[0][0][0].weight.grad is None and model[1].weight.grad is None
 
@@ -265,12 +290,12 @@ def test_reset_uses_torch_initializers_and_seed():
     model = nn.Sequential(block2(), nn.Linear(4, 1))
     handle = BACKEND.open(model)
     state = torch.random.get_rng_state()
-    handle.reset((), 7)
+    _reset(handle, (), 7)
     first = {k: v.clone() for k, v in model.state_dict().items()}
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
-    handle.reset((), 7)
+    _reset(handle, (), 7)
     assert all(torch.equal(first[k], v) for k, v in model.state_dict().items())
-    handle.reset((), 8)
+    _reset(handle, (), 8)
     assert not torch.equal(first["1.weight"], model[1].weight)
 
     twin = nn.Sequential(block2(), nn.Linear(4, 1))
@@ -280,8 +305,8 @@ def test_reset_uses_torch_initializers_and_seed():
             module.reset_parameters()
     assert all(torch.equal(first[k], v) for k, v in twin.state_dict().items())
 
-    handle.reset((), 7)
-    handle.reset(("0", "block 2"), None)
+    _reset(handle, (), 7)
+    _reset(handle, ("0", "block 2"), None)
     assert torch.equal(first["1.weight"], model[1].weight)
     assert not torch.equal(first["0.block 2.0.weight"], model[0][2][0].weight)
 
@@ -289,7 +314,7 @@ def test_reset_uses_torch_initializers_and_seed():
 def test_reset_restores_running_stats():
     bn = nn.BatchNorm1d(3)
     bn(torch.randn(4, 3))
-    BACKEND.open(bn).reset((), None)
+    _reset(BACKEND.open(bn), (), None)
     assert float(bn.num_batches_tracked) == 0 and torch.equal(bn.running_var, torch.ones(3))
 
 
@@ -307,7 +332,7 @@ def test_tie_shares_parameter_objects_and_grads():
     assert torch.equal(model[0].bias, torch.zeros(4))
 
     x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
-    handle.backward((), x, None)
+    _backward(handle, (), x, None)
     w = model[0].weight.detach().clone().requires_grad_(True)
     b = model[0].bias.detach().clone().requires_grad_(True)
     xt = torch.from_numpy(x)
@@ -370,11 +395,11 @@ def test_cuda_model():
     assert model[0].weight.device.type == "cuda"
     np.testing.assert_array_equal(handle.read(weight), value)
     np.testing.assert_array_equal(handle.read(weight, copy=False), value)
-    handle.backward((), np.ones((2, 4), np.float32), None)
+    _backward(handle, (), np.ones((2, 4), np.float32), None)
     assert handle.grad(weight).shape == (3, 4)
-    handle.reset((), 3)
+    _reset(handle, (), 3)
     first = handle.read(weight)
-    handle.reset((), 3)
+    _reset(handle, (), 3)
     np.testing.assert_array_equal(handle.read(weight), first)
 
 
@@ -383,7 +408,7 @@ def test_reset_reaches_private_initializers():
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(3.0)
-    BACKEND.open(model).reset((), 0)
+    _reset(BACKEND.open(model), (), 0)
     assert not torch.any(model.self_attn.in_proj_weight == 3.0)
     assert torch.equal(model.self_attn.in_proj_bias, torch.zeros(24))
     assert all(not torch.any(p == 3.0) for p in model.parameters())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import init
+from . import adapter, init
 from ._block import Block, LoadReport, Param, ParamDict
 from ._errors import (
     ArgumentError,
@@ -35,7 +35,7 @@ from ._io import PortReport, load, port, save
 from ._registry import backend_for, backends, get_backend
 from ._report import Summary
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "wrap",
@@ -46,6 +46,7 @@ __all__ = [
     "load",
     "port",
     "init",
+    "adapter",
     "Block",
     "Param",
     "ParamDict",

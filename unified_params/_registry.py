@@ -15,8 +15,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from ._adapter import CAPABILITIES, Backend
 from ._errors import BackendNotInstalledError, UnifiedParamsError, UnsupportedModelError
+from .adapter import CAPABILITIES, PROTOCOL_VERSION, Backend
 
 __all__ = ["backends", "get_backend", "backend_for"]
 
@@ -57,6 +57,14 @@ def _validate(obj: Any, origin: str) -> Backend:
             f"an adapter with the attributes {', '.join(_REQUIRED)}",
             f"{origin} lacks {', '.join(missing)}",
             "fix the adapter package (see docs/adapters.md) or uninstall it",
+        )
+    protocol = getattr(inst, "protocol", 0)
+    if protocol != PROTOCOL_VERSION:
+        raise UnifiedParamsError(
+            f"an adapter implementing protocol version {PROTOCOL_VERSION} of unified_params.adapter",
+            f"{origin} declares protocol={protocol!r}",
+            "install the adapter release made for this unified_params (pip install -U the adapter), or the "
+            "unified_params release the adapter was written for",
         )
     unknown = set(getattr(inst, "capabilities", ())) - CAPABILITIES
     if unknown:

@@ -114,16 +114,16 @@ def summarize(block: Block) -> Summary:
 def _tree(block: Block) -> list[tuple[int, str, str]]:
     """``(depth, label, detail)`` lines of the tree; a storage met again is
     marked with the name it was first met under (a tie)."""
-    from ._block import _find, _sorted_leaves
     from ._layout import shape_to_canonical
+    from ._tree import sorted_leaves
 
     handle = block._handle
-    root = _find(handle.tree(), block._path)
+    root = block._listing().node
     out = [(0, f"{block.backend} {root.type_name or type(root.native).__name__}", "")]
     first: dict[Any, str] = {}
 
     def walk(node: Any, depth: int, prefix: str) -> None:
-        for leaf in _sorted_leaves(node):
+        for leaf in sorted_leaves(node):
             shape = shape_to_canonical(handle.shape(leaf), leaf.layout)
             name = prefix + leaf.role
             tags = [] if leaf.kind == "param" else ["buffer"]

@@ -24,6 +24,7 @@ Design constraints of this module:
 * Protocol version 2 (this one): ``forward``, ``backward``, ``reset`` receive
   the resolved :class:`Node` and its distinct leaves; ``backward`` returns
   this pass's gradients and the core adds them up until ``zero_grad``.
+"""
 
 from __future__ import annotations
 

@@ -7,10 +7,19 @@ from typing import Any
 
 import numpy as np
 
-from .._adapter import Backend, Handle, Leaf, Node, Zoo
+from ..adapter import PROTOCOL_VERSION, Backend, Handle, Leaf, Node, Zoo
 from ._kit import BatchNorm, Conv2d, Dense, GlobalAvgPool2d, Module, Parameter, ReLU, Sequential, Var
 
 __all__ = ["NumpyBackend"]
+
+
+def _leaves(mod: Module) -> list[Leaf]:
+    leaves = [Leaf(role=n, ref=(mod, n), storage=p, native_name=n) for n, p in mod._params.items()]
+    leaves += [
+        Leaf(role=n, ref=(mod, n), storage=p, native_name=n, kind="buffer", trainable=False)
+        for n, p in mod._buffers.items()
+    ]
+    return leaves
 
 
 class NumpyHandle(Handle):
@@ -24,14 +33,17 @@ class NumpyHandle(Handle):
 
     def tree(self) -> Node:
         def node(key: str, mod: Module) -> Node:
-            leaves = [Leaf(role=n, ref=(mod, n), storage=p, native_name=n) for n, p in mod._params.items()]
-            leaves += [
-                Leaf(role=n, ref=(mod, n), storage=p, native_name=n, kind="buffer", trainable=False)
-                for n, p in mod._buffers.items()
-            ]
-            return Node(key, mod, leaves, [node(k, c) for k, c in mod._children.items()], type(mod).__name__)
+            return Node(key, mod, _leaves(mod), [node(k, c) for k, c in mod._children.items()], type(mod).__name__)
 
         return node("", self._model)
+
+    def node(self, path: tuple[str, ...]) -> Node | None:
+        mod = self._model
+        for k in path:
+            mod = mod._children.get(k)
+            if mod is None:
+                return None
+        return Node(path[-1] if path else "", mod, _leaves(mod), [], type(mod).__name__, path)
 
     def native_of(self, leaf: Leaf) -> Parameter:
         return leaf.storage  # type: ignore[no-any-return]
@@ -49,46 +61,41 @@ class NumpyHandle(Handle):
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         leaf.storage.data[...] = value
 
-    def grad(self, leaf: Leaf) -> np.ndarray | None:
-        g = leaf.storage.grad
-        return None if g is None else g.copy()
+    def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        return node.native(np.asarray(x), *args, **kwargs)
 
-    def _module(self, path: tuple[str, ...]) -> Module:
-        mod = self._model
-        for k in path:
-            mod = mod._children[k]
-        return mod
-
-    def forward(self, path: tuple[str, ...], x: Any) -> np.ndarray:
-        return self._module(path)(np.asarray(x))
-
-    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
-        y, backprop = self._module(path)._forward(np.asarray(x))
+    def backward(
+        self, node: Node, leaves: Sequence[Leaf], x: Any, loss: Callable[[Any], Any] | None
+    ) -> tuple[float, list[np.ndarray | None]]:
+        params = [leaf.storage for leaf in leaves]
+        for p in params:  # the kit adds into .grad: start this pass from nothing
+            p.grad = None
+        y, backprop = node.native._forward(np.asarray(x))
         if loss is None:
             backprop(np.ones_like(y))
-            return float(y.sum())
-        v = Var(y)
-        out = loss(v)
-        if not isinstance(out, Var):
-            raise TypeError(
-                "a loss written with operators, .sum() and .mean() on its argument. "
-                f"Received: a {type(out).__name__} from the loss"
-            )
-        out.backprop()
-        backprop(v.grad.astype(y.dtype))  # type: ignore[union-attr]
-        return float(out.value)
-
-    def zero_grad(self, path: tuple[str, ...]) -> None:
-        for mod in self._module(path).modules():
-            for p in mod._params.values():
-                p.grad = None
+            value = float(y.sum())
+        else:
+            v = Var(y)
+            out = loss(v)
+            if not isinstance(out, Var):
+                raise TypeError(
+                    "a loss written with operators, .sum() and .mean() on its argument. "
+                    f"Received: a {type(out).__name__} from the loss"
+                )
+            out.backprop()
+            backprop(v.grad.astype(y.dtype))  # type: ignore[union-attr]
+            value = float(out.value)
+        grads = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        return value, grads
 
     def materialize(self, x: Any) -> None:
         self._model(np.asarray(x))
 
-    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
+    def reset(self, node: Node, leaves: Sequence[Leaf], seed: int | None) -> None:
         rng = np.random.default_rng(seed)
-        for mod in self._module(path).modules():
+        for mod in node.native.modules():
             mod.reset_parameters(rng)
 
     def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
@@ -138,6 +145,7 @@ class NumpyBackend(Backend):
     modules = ("unified_params",)
     capabilities = frozenset({"deferred", "buffers", "grad", "tie", "zero_copy"})
     install = "pip install unified-params"
+    protocol = PROTOCOL_VERSION
 
     def version(self) -> str:
         return np.__version__

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from unified_params._adapter import Backend
+from unified_params.adapter import PROTOCOL_VERSION, Backend
 
 if TYPE_CHECKING:
-    from unified_params._adapter import Handle, Zoo
+    from unified_params.adapter import Handle, Zoo
 
 __all__ = ["TorchBackend", "__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class TorchBackend(Backend):
@@ -34,6 +34,7 @@ class TorchBackend(Backend):
     modules: ClassVar[tuple[str, ...]] = ("torch",)
     capabilities: ClassVar[frozenset[str]] = frozenset({"deferred", "buffers", "grad", "tie", "zero_copy"})
     install: ClassVar[str] = "pip install unified-params-torch"
+    protocol: ClassVar[int] = PROTOCOL_VERSION
 
     def version(self) -> str:
         """torch's version, read from its distribution's metadata when torch

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from unified_params._adapter import CANONICAL, Backend, Handle, Leaf, Node
 from unified_params._errors import NotInitializedError, ShapeMismatchError, UnifiedParamsError
+from unified_params.adapter import CANONICAL, Backend, Handle, Leaf, Node
 
 __all__ = ["ForwardError", "Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
 
@@ -255,14 +255,13 @@ class TorchHandle(Handle):
     def tree(self) -> Node:
         return _node("", self._module)
 
-    def _block(self, path: tuple[str, ...]) -> nn.Module:
+    def node(self, path: tuple[str, ...]) -> Node | None:
         block = self._module
         for key in path:
-            child = block._modules[str(key)]
-            if child is None:
-                raise KeyError(key)
-            block = child
-        return block
+            block = block._modules.get(key)  # type: ignore[assignment]
+            if block is None:
+                return None
+        return Node(path[-1] if path else "", block, list(_leaves(block)), [], type(block).__name__, path)
 
     # -- leaves -------------------------------------------------------------
 
@@ -321,23 +320,49 @@ class TorchHandle(Handle):
             return t.to(device=ref.device, dtype=ref.dtype)
         return t.to(device=ref.device)
 
-    def forward(self, path: tuple[str, ...], x: Any) -> Any:
-        block = self._block(path)
+    def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> Any:
+        block = node.native
         x = self._convert(block, x)
+        args = tuple(self._convert(block, a) for a in args)
         try:
-            return block(*x) if isinstance(x, tuple) else block(x)
+            return block(*x, *args, **kwargs) if isinstance(x, tuple) else block(x, *args, **kwargs)
         except RuntimeError as exc:
             if isinstance(exc, UnifiedParamsError):
                 raise
             raise ForwardError(
-                f"an input the {type(block).__name__} at {'.'.join(path) or 'the root'} accepts",
+                f"an input the {type(block).__name__} at {'.'.join(node.path) or 'the root'} accepts",
                 f"{_describe(x)}; torch says: {exc}",
                 "check the input's shape (a batch dimension first) and its dtype",
             ) from exc
 
-    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
+    def backward(
+        self, node: Node, leaves: Sequence[Leaf], x: Any, loss: Callable[[Any], Any] | None
+    ) -> tuple[float, list[np.ndarray | None]]:
+        """torch's own ``.grad`` keeps adding up as a native ``backward``
+        would (so a native optimizer step works after ``m.backward``); the
+        core is given this pass's share."""
+        tensors = [leaf.ref.tensor for leaf in leaves]
+        before = [t.grad for t in tensors]
+        for t in tensors:
+            t.grad = None
+        try:
+            value = self._loss(node, x, loss)
+            value.backward()
+        except BaseException:
+            for t, g in zip(tensors, before):
+                t.grad = g
+            raise
+        grads: list[np.ndarray | None] = []
+        for t, g in zip(tensors, before):
+            now = t.grad
+            grads.append(None if now is None else to_numpy(now))
+            if g is not None:
+                t.grad = g if now is None else g + now
+        return float(value.detach().reshape(())), grads
+
+    def _loss(self, node: Node, x: Any, loss: Callable[[Any], Any] | None) -> torch.Tensor:
         with torch.enable_grad():
-            out = self.forward(path, x)
+            out = self.forward(node, x)
             value = out.sum() if loss is None else loss(out)
             if not isinstance(value, torch.Tensor) or value.grad_fn is None:
                 raise UnifiedParamsError(
@@ -355,12 +380,11 @@ class TorchHandle(Handle):
                     f"a tensor of shape {tuple(value.shape)}",
                     "reduce it in the loss function, e.g. with .sum() or .mean()",
                 )
-            value.backward()
-        return float(value.detach().reshape(()))
+        return value
 
-    def zero_grad(self, path: tuple[str, ...]) -> None:
-        for p in self._block(path).parameters():
-            p.grad = None
+    def clear_grads(self, leaves: Sequence[Leaf]) -> None:
+        for leaf in leaves:
+            leaf.ref.tensor.grad = None
 
     def materialize(self, x: Any) -> None:
         """One forward pass, in eval mode so that running statistics and
@@ -369,16 +393,16 @@ class TorchHandle(Handle):
         try:
             self._module.eval()
             with torch.no_grad():
-                self.forward((), x)
+                self.forward(Node("", self._module), x)
         finally:
             for m, training in modes:
                 m.training = training
 
-    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
+    def reset(self, node: Node, leaves: Sequence[Leaf], seed: int | None) -> None:
         """Each module's own initializer, children before parents (the order of
         construction, which matters for ``nn.Transformer``, whose
         ``_reset_parameters`` re-draws its children's matrices)."""
-        block = self._block(path)
+        block = node.native
         resets = [fn for m in _post_order(block) if (fn := _reset_method(m)) is not None]
         if seed is None:
             for fn in resets:

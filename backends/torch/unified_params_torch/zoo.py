@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from unified_params._adapter import Zoo
+from unified_params.adapter import Zoo
 
 __all__ = ["TorchZoo", "block1", "block2"]
 

@@ -1,0 +1,127 @@
+"""Writes of several values as one transaction (contracts 2.3, 7.2).
+
+Design constraints: everything is checked before the first write; a write
+that fails midway restores every storage already written; Ctrl-C is held
+until the last write. Backups cost a copy of what is written, so they are
+kept where a write can still fail once every value is checked (see
+``write_atomic``); thresholds come from ``_limits`` at call time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _limits
+from ._values import Deferred, check_value
+
+if TYPE_CHECKING:
+    from ._param import Param
+
+__all__ = ["write_atomic", "progress_bar", "LARGE_BYTES"]
+
+#: Kept for compatibility; the threshold read at call time is ``_limits.LARGE_BYTES``.
+LARGE_BYTES = _limits.LARGE_BYTES
+
+
+def progress_bar(progress: bool | None, total: int, desc: str) -> Any:
+    """A tqdm bar over ``total`` bytes when asked for (``progress=True``) or,
+    with ``progress=None``, when the work is large and stderr a terminal;
+    tqdm is imported only then."""
+    if progress is False or (progress is None and total <= _limits.LARGE_BYTES):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        if progress:
+            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False,
+                disable=None if progress is None else False)
+
+
+def _nbytes(p: Param) -> int:
+    return int(p.size or 0) * p.dtype.itemsize
+
+
+class _HeldInterrupts:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it, so that an
+    interrupt never lands between two writes of one atomic operation. A no-op
+    outside the main thread or where someone else handles SIGINT."""
+
+    def __enter__(self) -> _HeldInterrupts:
+        import signal
+        import threading
+
+        self.got: list[int] = []
+        self.old: Any = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.old = signal.signal(signal.SIGINT, lambda s, f: self.got.append(s))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            if self.got and exc[0] is None:
+                raise KeyboardInterrupt
+
+
+def write_atomic(
+    items: Sequence[tuple[Param, np.ndarray | Deferred]],
+    *,
+    what: str = "write",
+    progress: bool | None = False,
+    backup: bool | None = None,
+    verify: Callable[[], None] | None = None,
+) -> None:
+    """Write canonical values (checked with ``_check_value`` or
+    ``_check_deferred``) to distinct storages; if a write fails, restore
+    every storage written.
+
+    Backups cost a copy of the model, so they are kept where a write can
+    still fail once every value is checked: storages off the host (device
+    memory, transfers), and every storage when the whole write is small
+    (``LARGE_BYTES``). A large write into host memory copies checked values
+    in place, which only the interpreter itself (MemoryError, a bug in an
+    adapter) can interrupt midway; Ctrl-C is held until the last write.
+
+    ``backup=True`` keeps backups whatever the size (a source that can
+    still fail midway, such as a file another program may change);
+    ``backup=False`` keeps none. ``verify`` runs after the last write, inside
+    the transaction: an exception from it restores every storage.
+    """
+    for p, _ in items:
+        p._require_concrete("write")
+    sizes = [_nbytes(p) for p, _ in items]
+    small = sum(sizes) <= _limits.LARGE_BYTES if backup is None else backup
+    bar = progress_bar(progress, sum(sizes), what)
+    backups: list[tuple[Param, np.ndarray]] = []
+    try:
+        with _HeldInterrupts():
+            for (p, v), size in zip(items, sizes):
+                if small or (backup is None and p.device != "cpu"):
+                    backups.append((p, p.read(copy=True)))
+                if isinstance(v, Deferred):
+                    v = check_value(p, np.asarray(v), what)
+                p._write_canonical(v)
+                if bar is not None:
+                    bar.update(size)
+            if verify is not None:
+                verify()
+    except BaseException:
+        for p, old in backups:
+            try:
+                p._write_canonical(old)
+            except Exception:  # noqa: S112 - best effort; the original error matters
+                continue
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+

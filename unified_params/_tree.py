@@ -1,0 +1,155 @@
+"""Walking an adapter's tree and naming what is in it (contract 1).
+
+Design constraints: one walk per public call. A :class:`Listing` is made
+from one ``Handle.tree()`` walk and answers every question of that call
+(entries in order, storage groups, sub-block paths); a lookup by name asks
+``Handle.node(path)`` first, which costs O(depth) where the adapter supports
+it, and walks the whole tree only where it does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ParamNotFoundError
+from .adapter import Handle, Leaf, Node
+
+__all__ = ["Path", "Entry", "Listing", "sorted_leaves", "find", "entries", "find_leaf"]
+
+Path = tuple[str, ...]
+_ROLE_PAIRS = (("weight", "bias"), ("running_mean", "running_var"))
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    name: str  # relative to the block the listing was made for
+    leaf: Leaf
+    node_path: Path  # absolute path of the owning node
+
+
+def sorted_leaves(node: Node) -> list[Leaf]:
+    """The native order, except that ``weight`` comes before ``bias`` and
+    ``running_mean`` before ``running_var`` (contract 1.3), so that PyTorch
+    names keep ``named_parameters``' order and Flax's sorted dicts do not put
+    ``bias`` first."""
+    leaves = node.leaves
+    if len(leaves) < 2:
+        return list(leaves)
+    leaves = list(leaves)
+    roles = [lf.role for lf in leaves]
+    for first, second in _ROLE_PAIRS:
+        if first in roles and second in roles:
+            i, j = roles.index(first), roles.index(second)
+            if j < i:
+                leaves[i], leaves[j] = leaves[j], leaves[i]
+                roles[i], roles[j] = roles[j], roles[i]
+    return leaves
+
+
+def find(root: Node, path: Path, base: Path = ()) -> Node:
+    """The node at ``path`` below ``root`` (whose own path is ``base``),
+    ``node.path`` set."""
+    node = root
+    for i, key in enumerate(path):
+        for child in node.children:
+            if child.key == key:
+                node = child
+                break
+        else:
+            raise ParamNotFoundError(
+                "a sub-block key of the model",
+                f"path {'.'.join(path)!r} (no child {key!r} under {node.key or 'the root'!r})",
+                "index the Block as the native model indexes its children",
+            )
+        node.path = (*base, *path[: i + 1])
+    return node
+
+
+def entries(node: Node, base: Path) -> list[Entry]:
+    """Every leaf below ``node`` in definition order, named relative to it."""
+    out: list[Entry] = []
+    append = out.append
+    stack: list[tuple[Node, Path, str]] = [(node, base, "")]
+    while stack:
+        cur, path, prefix = stack.pop()
+        for leaf in sorted_leaves(cur):
+            append(Entry(prefix + leaf.role, leaf, path))
+        children = cur.children
+        for child in reversed(children):
+            stack.append((child, (*path, child.key), f"{prefix}{child.key}."))
+    return out
+
+
+class Listing:
+    """One walk of the tree below a block, shared by everything one public
+    call needs from it."""
+
+    __slots__ = ("node", "base", "_entries", "_groups")
+
+    def __init__(self, handle: Handle, base: Path):
+        self.base = base
+        self.node = find(handle.tree(), base)
+        self.node.path = base
+        self._entries: list[Entry] | None = None
+        self._groups: dict[Any, list[str]] | None = None
+
+    @property
+    def entries(self) -> list[Entry]:
+        if self._entries is None:
+            self._entries = entries(self.node, self.base)
+        return self._entries
+
+    def of(self, kinds: tuple[str, ...]) -> list[Entry]:
+        return [e for e in self.entries if e.leaf.kind in kinds]
+
+    def groups(self, kinds: tuple[str, ...] = ("param", "buffer")) -> dict[Any, list[str]]:
+        """Storage -> every name of it, in order (ties are groups of two or more)."""
+        if kinds == ("param", "buffer") and self._groups is not None:
+            return self._groups
+        groups: dict[Any, list[str]] = {}
+        for e in self.entries:
+            if e.leaf.kind in kinds:
+                groups.setdefault(e.leaf.storage, []).append(e.name)
+        if kinds == ("param", "buffer"):
+            self._groups = groups
+        return groups
+
+    def distinct_leaves(self, kinds: tuple[str, ...] = ("param", "buffer")) -> list[Leaf]:
+        seen: set[Any] = set()
+        out: list[Leaf] = []
+        for e in self.entries:
+            if e.leaf.kind in kinds and e.leaf.storage not in seen:
+                seen.add(e.leaf.storage)
+                out.append(e.leaf)
+        return out
+
+    def block_paths(self) -> dict[str, Path]:
+        """Dotted relative name -> absolute path, for every sub-block."""
+        out: dict[str, Path] = {}
+        stack: list[tuple[Node, Path, str]] = [(c, (*self.base, c.key), c.key) for c in self.node.children]
+        while stack:
+            cur, path, name = stack.pop()
+            out.setdefault(name, path)
+            stack.extend((c, (*path, c.key), f"{name}.{c.key}") for c in cur.children)
+        return out
+
+
+def find_leaf(handle: Handle, base: Path, name: str, kinds: tuple[str, ...]) -> tuple[Leaf, Path] | None:
+    """The leaf named ``name`` (relative to ``base``) by ``Handle.node``,
+    without walking the model; ``None`` where the adapter cannot say (the
+    caller then lists the block)."""
+    if not isinstance(name, str):
+        return None
+    *keys, role = name.split(".")
+    path = (*base, *keys)
+    try:
+        node = handle.node(path)
+    except Exception:  # a key the adapter cannot follow: the listing decides
+        return None
+    if node is None:
+        return None
+    for leaf in node.leaves:
+        if leaf.role == role and leaf.kind in kinds:
+            return leaf, path
+    return None

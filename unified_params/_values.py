@@ -1,0 +1,135 @@
+"""Checks every write makes before anything is written (contract 2.3).
+
+Design constraints: a value is checked whole (type, dtype cast, shape, NaN
+into integers) before the first byte reaches a framework, so a failed write
+changes nothing; a ``Deferred`` value (a file's tensor, a port's source) is
+checked from its shape and dtype alone and read only when it is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._errors import DTypeError, ShapeMismatchError
+
+if TYPE_CHECKING:
+    from ._param import Param
+
+__all__ = ["check_value", "check_deferred", "can_cast", "Deferred", "dtype_name"]
+
+
+def dtype_name(dt: np.dtype) -> str:
+    return str(dt)
+
+
+# --------------------------------------------------------------------------
+# Param
+
+
+_ML_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e4m3b11fnuz")
+
+
+def _kind(dt: np.dtype) -> str:
+    """NumPy's kind, with ``ml_dtypes``' floats (bfloat16, float8: kind
+    ``V`` to NumPy) counted as floats."""
+    return "f" if dt.kind == "V" and dt.name in _ML_FLOATS else dt.kind
+
+
+def can_cast(src: np.dtype, dst: np.dtype) -> bool:
+    if src == dst:
+        return True
+    ks, kd = _kind(src), _kind(dst)
+    if "V" in (ks, kd) or "V" in (src.kind, dst.kind):  # an ml_dtypes float on one side
+        return ks in "biuf" and kd == "f" or (ks == "b" and kd == "b")
+    return bool(np.can_cast(src, dst, casting="same_kind"))
+
+
+def check_value(p: Param, value: Any, where: str) -> np.ndarray:
+    """Cast-and-shape check shared by every write; returns the canonical array
+    in the storage's dtype."""
+    if hasattr(value, "detach") and hasattr(value, "cpu") and not isinstance(value, np.ndarray):
+        try:  # a torch tensor that requires grad, or lives on a device
+            value = value.detach().cpu()
+        except Exception:  # noqa: S110 - np.asarray below reports what is wrong
+            pass
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ShapeMismatchError(
+            f"an array-like of canonical shape {p.shape} for {p.name!r}",
+            f"a {type(value).__name__} NumPy cannot make an array of ({exc}) in {where}",
+            "pass a NumPy array or a nested list of equal-length rows",
+        ) from None
+    if arr.dtype == object and isinstance(value, (list, tuple)):  # NumPy < 1.24 makes ragged lists objects
+        raise ShapeMismatchError(
+            f"an array-like of canonical shape {p.shape} for {p.name!r}",
+            f"a ragged {type(value).__name__} in {where}",
+            "pass a NumPy array or a nested list of equal-length rows",
+        )
+    if _kind(arr.dtype) in "OUSVMm":
+        raise DTypeError(
+            f"numbers that cast safely (same_kind) to {p.dtype} for {p.name!r}",
+            f"an array of dtype {arr.dtype} in {where}",
+            "pass numeric values",
+        )
+    dtype = p.dtype
+    if not can_cast(arr.dtype, dtype):
+        raise DTypeError(
+            f"a value that casts safely (same_kind) to {dtype_name(dtype)} for {p.name!r}",
+            f"dtype={arr.dtype} in {where}",
+            f"convert it first, e.g. value.astype({dtype_name(dtype)!r}), if the loss is intended",
+        )
+    if dtype.kind in "iu" and _kind(arr.dtype) == "f" and not np.isfinite(arr.astype(np.float64)).all():
+        raise DTypeError(
+            f"finite values for the integer storage {p.name!r}",
+            f"NaN or inf in {where}",
+            "replace them before writing",
+        )
+    if dtype.kind in "iu" and arr.dtype.kind in "iu" and arr.dtype != dtype and arr.size:
+        info = np.iinfo(dtype)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:  # a cast would wrap around silently
+            raise DTypeError(
+                f"integers within [{info.min}, {info.max}] for the {dtype} storage {p.name!r}",
+                f"values in [{lo}, {hi}] in {where}",
+                "clip them, or keep the storage in a wider dtype",
+            )
+    shape = p.shape
+    if arr.shape != shape:
+        raise ShapeMismatchError(
+            f"a value of canonical shape {shape} for {p.name!r}",
+            f"shape {arr.shape} in {where}",
+            "transpose or reshape it to the canonical (PyTorch) layout; p.native_shape is the "
+            "framework's own",
+        )
+    return arr.astype(dtype, copy=False)
+
+
+class Deferred:
+    """A value read only when it is written (a tensor of a file, a port's
+    source): its shape and dtype are known up front, so every check runs
+    before the first write, and one such value at a time is in memory."""
+
+    __slots__ = ("shape", "dtype", "_get")
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, get: Callable[[], np.ndarray]):
+        self.shape, self.dtype, self._get = tuple(shape), np.dtype(dtype), get
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        v = np.asarray(self._get())
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+
+def check_deferred(p: Param, value: Deferred, where: str) -> Deferred | np.ndarray:
+    """``_check_value`` on a Deferred's shape and dtype; its data is read now
+    only where the check needs it (floats into an integer storage)."""
+    if np.issubdtype(p.dtype, np.integer) and value.dtype.kind == "f":
+        return check_value(p, np.asarray(value), where)
+    if value.shape != p.shape or not can_cast(value.dtype, p.dtype):
+        check_value(p, np.broadcast_to(np.zeros((), value.dtype), value.shape), where)  # raises
+    return value
+
+
