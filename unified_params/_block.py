@@ -159,14 +159,14 @@ class Block:
     def _dict(self, kinds: tuple[str, ...], listing: Listing | None = None) -> ParamDict:
         """Every Param of ``kinds`` from one listing (made now if not given)."""
         listing = listing if listing is not None else self._listing()
-        handle = self._handle
+        handle, lock = self._handle, self._shared.lock
         groups = listing.groups(kinds)
         out: dict[str, Param] = {}
-        for e in listing.of(kinds):
-            if e.name not in out:
-                group = groups[e.leaf.storage]
-                others = () if len(group) == 1 else tuple(n for n in group if n != e.name)
-                out[e.name] = Param(handle, e.leaf, e.name, others, e.node_path)
+        for name, leaf, node_path in listing.entries:
+            if leaf.kind in kinds and name not in out:
+                group = groups[leaf.storage]
+                others = () if len(group) == 1 else tuple(n for n in group if n != name)
+                out[name] = Param(handle, leaf, name, others, node_path, lock=lock)
         return ParamDict(out)
 
     def _lazy(self, kinds: tuple[str, ...]) -> ParamDict:
@@ -178,15 +178,16 @@ class Block:
             if found is None:
                 return None
             leaf, node_path = found
-            return Param(handle, leaf, name, None, node_path, tied=lambda: self._tied_with(name, kinds))
+            return Param(handle, leaf, name, None, node_path, tied=lambda: self._tied_with(name, kinds),
+                         lock=self._shared.lock)
 
         return ParamDict(None, listing=lambda: self._dict(kinds), lookup=lookup)
 
     def _tied_with(self, name: str, kinds: tuple[str, ...]) -> tuple[str, ...]:
         listing = self._listing()
-        for e in listing.of(kinds):
-            if e.name == name:
-                group = listing.groups(kinds)[e.leaf.storage]
+        for n, leaf, _ in listing.of(kinds):
+            if n == name:
+                group = listing.groups(kinds)[leaf.storage]
                 return () if len(group) == 1 else tuple(n for n in group if n != name)
         return ()
 

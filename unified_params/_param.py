@@ -61,6 +61,7 @@ class Param:
         node_path: Path,
         *,
         tied: Callable[[], tuple[str, ...]] | None = None,
+        lock: Any = None,
     ):
         self._handle = handle
         self._leaf = leaf
@@ -68,7 +69,7 @@ class Param:
         self._tied = tied_with  # None: computed by ``tied`` when first asked for
         self._tied_fn = tied
         self._node_path = node_path
-        self._lock = shared_for(handle).lock
+        self._lock = lock if lock is not None else shared_for(handle).lock
 
     # -- description --------------------------------------------------------
     @property

@@ -48,15 +48,15 @@ def tie(block: Block, target: str, source: str) -> None:
         rel_t, rel_s = tp[len(block._path):], sp[len(block._path):]
         t = entries(find(listing.node, rel_t, block._path), tp)
         s = entries(find(listing.node, rel_s, block._path), sp)
-        t_names, s_names = [e.name for e in t], [e.name for e in s]
+        t_names, s_names = [e[0] for e in t], [e[0] for e in s]
         if t_names != s_names:
             raise TieError(
                 f"blocks of matching structure; {source!r} holds {s_names[:8]}",
                 f"{target!r} holds {t_names[:8]}",
                 "tie blocks built the same way",
             )
-        pairs = [(te.leaf, se.leaf) for te, se in zip(t, s)]
-        tnames = [f"{target}.{e.name}" for e in t]
+        pairs = [(te[1], se[1]) for te, se in zip(t, s)]
+        tnames = [f"{target}.{e[0]}" for e in t]
     elif target in params and source in params:
         pairs = [(params[target]._leaf, params[source]._leaf)]
         tnames = [target]

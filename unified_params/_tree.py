@@ -9,7 +9,6 @@ it, and walks the whole tree only where it does not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ParamNotFoundError
@@ -21,11 +20,9 @@ Path = tuple[str, ...]
 _ROLE_PAIRS = (("weight", "bias"), ("running_mean", "running_var"))
 
 
-@dataclass(eq=False, slots=True)
-class Entry:
-    name: str  # relative to the block the listing was made for
-    leaf: Leaf
-    node_path: Path  # absolute path of the owning node
+#: ``(name relative to the listed block, leaf, absolute path of its node)``:
+#: a plain tuple, since a listing makes one per parameter.
+Entry = tuple[str, Leaf, Path]
 
 
 def sorted_leaves(node: Node) -> list[Leaf]:
@@ -74,7 +71,7 @@ def entries(node: Node, base: Path) -> list[Entry]:
     while stack:
         cur, path, prefix = stack.pop()
         for leaf in sorted_leaves(cur):
-            append(Entry(prefix + leaf.role, leaf, path))
+            append((prefix + leaf.role, leaf, path))
         children = cur.children
         for child in reversed(children):
             stack.append((child, (*path, child.key), f"{prefix}{child.key}."))
@@ -101,16 +98,16 @@ class Listing:
         return self._entries
 
     def of(self, kinds: tuple[str, ...]) -> list[Entry]:
-        return [e for e in self.entries if e.leaf.kind in kinds]
+        return [e for e in self.entries if e[1].kind in kinds]
 
     def groups(self, kinds: tuple[str, ...] = ("param", "buffer")) -> dict[Any, list[str]]:
         """Storage -> every name of it, in order (ties are groups of two or more)."""
         if kinds == ("param", "buffer") and self._groups is not None:
             return self._groups
         groups: dict[Any, list[str]] = {}
-        for e in self.entries:
-            if e.leaf.kind in kinds:
-                groups.setdefault(e.leaf.storage, []).append(e.name)
+        for name, leaf, _ in self.entries:
+            if leaf.kind in kinds:
+                groups.setdefault(leaf.storage, []).append(name)
         if kinds == ("param", "buffer"):
             self._groups = groups
         return groups
@@ -118,10 +115,10 @@ class Listing:
     def distinct_leaves(self, kinds: tuple[str, ...] = ("param", "buffer")) -> list[Leaf]:
         seen: set[Any] = set()
         out: list[Leaf] = []
-        for e in self.entries:
-            if e.leaf.kind in kinds and e.leaf.storage not in seen:
-                seen.add(e.leaf.storage)
-                out.append(e.leaf)
+        for _, leaf, _ in self.entries:
+            if leaf.kind in kinds and leaf.storage not in seen:
+                seen.add(leaf.storage)
+                out.append(leaf)
         return out
 
     def block_paths(self) -> dict[str, Path]:

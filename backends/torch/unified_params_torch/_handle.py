@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,13 +35,19 @@ from unified_params.adapter import CANONICAL, Backend, Handle, Leaf, Node
 __all__ = ["ForwardError", "Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
 
 
-@dataclass(frozen=True, eq=False, slots=True)
 class Slot:
-    """Where a leaf lives: ``module._parameters[name]`` or ``module._buffers[name]``."""
+    """Where a leaf lives: ``module._parameters[name]`` or ``module._buffers[name]``.
+    (A plain slotted class: one is made per parameter per listing.)"""
 
-    module: nn.Module
-    name: str
-    kind: str  # "param" or "buffer"
+    __slots__ = ("module", "name", "kind")
+
+    def __init__(self, module: nn.Module, name: str, kind: str) -> None:
+        self.module = module
+        self.name = name
+        self.kind = kind  # "param" or "buffer"
+
+    def __repr__(self) -> str:
+        return f"Slot({type(self.module).__name__}, {self.name!r}, {self.kind!r})"
 
     @property
     def table(self) -> dict[str, Any]:
@@ -173,29 +178,29 @@ def _lazy_shape(module: nn.Module, name: str, t: torch.Tensor) -> tuple[int | No
     return (None,)
 
 
-def _leaves(module: nn.Module) -> Iterator[Leaf]:
-    for kind, table in (("param", module._parameters), ("buffer", module._buffers)):
-        for name, t in table.items():
-            if t is None:
-                continue
-            yield Leaf(
-                role=name,
-                ref=Slot(module, name, kind),
-                storage=id(t),
-                native_name=name,
-                kind=kind,
-                trainable=bool(t.requires_grad) if kind == "param" else False,
-                layout=CANONICAL,
-            )
+def _leaves(module: nn.Module) -> list[Leaf]:
+    # Positional arguments: role, ref, storage, native_name, kind, trainable, layout.
+    out = [
+        Leaf(name, Slot(module, name, "param"), id(t), name, "param", t.requires_grad, CANONICAL)
+        for name, t in module._parameters.items()
+        if t is not None
+    ]
+    if module._buffers:
+        out += [
+            Leaf(name, Slot(module, name, "buffer"), id(t), name, "buffer", False, CANONICAL)
+            for name, t in module._buffers.items()
+            if t is not None
+        ]
+    return out
 
 
 def _node(key: str, module: nn.Module) -> Node:
     return Node(
-        key=key,
-        native=module,
-        leaves=list(_leaves(module)),
-        children=[_node(k, child) for k, child in module._modules.items() if child is not None],
-        type_name=type(module).__name__,
+        key,
+        module,
+        _leaves(module),
+        [_node(k, child) for k, child in module._modules.items() if child is not None],
+        type(module).__name__,
     )
 
 
@@ -261,7 +266,7 @@ class TorchHandle(Handle):
             block = block._modules.get(key)  # type: ignore[assignment]
             if block is None:
                 return None
-        return Node(path[-1] if path else "", block, list(_leaves(block)), [], type(block).__name__, path)
+        return Node(path[-1] if path else "", block, _leaves(block), [], type(block).__name__, path)
 
     # -- leaves -------------------------------------------------------------
 
