@@ -16,13 +16,22 @@ import numpy as np
 
 from ._errors import NotInitializedError, StateError
 from ._transaction import write_atomic
-from ._values import Deferred, check_deferred, check_value
+from ._values import Deferred, as_array, check_deferred, check_value
 
 if TYPE_CHECKING:
     from ._block import Block
     from ._param import Param
 
 __all__ = ["LoadReport", "load_into"]
+
+_SHOWN = 5
+
+
+def _first(names: list[str]) -> str:
+    """``3: ['a', 'b', 'c']`` or ``1200: ['a', ..., 'e'] and 1195 more``."""
+    shown = [n[:80] for n in names[:_SHOWN]]
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return f"{len(names)}: {shown}{more}"
 
 
 @dataclass
@@ -39,15 +48,17 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
+        """Counts and the first few names of each list: bounded in length
+        whatever the size of the model or the file."""
         parts = [f"{len(self.loaded)} loaded"]
         if self.missing:
-            parts.append(f"missing {self.missing}")
+            parts.append(f"missing {_first(self.missing)}")
         if self.unexpected:
-            parts.append(f"unexpected {self.unexpected}")
+            parts.append(f"unexpected {_first(self.unexpected)}")
         if self.mismatched:
-            parts.append(
-                "mismatched " + ", ".join(f"{n} (expected {e}, found {f})" for n, e, f in self.mismatched)
-            )
+            shown = ", ".join(f"{n[:80]} (expected {e}, found {f})" for n, e, f in self.mismatched[:_SHOWN])
+            more = f" and {len(self.mismatched) - _SHOWN} more" if len(self.mismatched) > _SHOWN else ""
+            parts.append(f"mismatched {len(self.mismatched)}: {shown}{more}")
         return "; ".join(parts)
 
 
@@ -75,7 +86,8 @@ def load_into(
             continue
         first = given[0]
         for other in given[1:]:
-            a, b = np.asarray(state[first]), np.asarray(state[other])
+            a = as_array(state[first], allp[first].shape, first, what)
+            b = as_array(state[other], allp[other].shape, other, what)
             if a.shape != b.shape or not np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"):
                 raise StateError(
                     f"one value for the tied names {names}",
@@ -86,7 +98,14 @@ def load_into(
     items: list[tuple[Param, Any]] = []
     for storage, (name, value) in chosen.items():
         p = allp[name]
-        arr = value if isinstance(value, Deferred) else np.asarray(value)
+        if isinstance(value, Deferred):
+            arr = value
+        else:
+            arr = as_array(value, p.shape, name, what)
+            if not arr.flags.writeable and arr.base is not None:
+                # a read-only view, such as m.state(copy=False) gives, may be of
+                # a storage this very load writes first (two layers swapped)
+                arr = arr.copy()
         if p.deferred:
             raise NotInitializedError(
                 f"a concrete model to {what} into",
@@ -102,7 +121,10 @@ def load_into(
         raise StateError(
             f"a state that fits the model exactly (strict {what})",
             str(LoadReport(report.missing, report.unexpected, report.mismatched)),
-            "fix the names or shapes, or pass strict=False to load what matches",
+            "fix the names or shapes, or pass strict=False to load what matches"
+            if report.loaded else
+            "no name matched: for a file or state of another framework use up.load(m, path, match='order') "
+            "(pairs by order and shape), or rename its keys to the model's names (m.params)",
             report=report,
         )
     checked = [(p, check_deferred(p, v, what) if isinstance(v, Deferred) else check_value(p, v, what))

@@ -18,7 +18,7 @@ from ._errors import DTypeError, ShapeMismatchError
 if TYPE_CHECKING:
     from ._param import Param
 
-__all__ = ["check_value", "check_deferred", "can_cast", "Deferred", "dtype_name"]
+__all__ = ["as_array", "check_value", "check_deferred", "can_cast", "Deferred", "dtype_name"]
 
 
 def dtype_name(dt: np.dtype) -> str:
@@ -47,11 +47,12 @@ def can_cast(src: np.dtype, dst: np.dtype) -> bool:
     return bool(np.can_cast(src, dst, casting="same_kind"))
 
 
-def check_value(p: Param, value: Any, where: str) -> np.ndarray:
-    """Cast-and-shape check shared by every write; returns the canonical array
-    in the storage's dtype."""
+def as_array(value: Any, shape: Any, name: str, where: str) -> np.ndarray:
+    """``value`` as a NumPy array, or a ShapeMismatchError saying why not
+    (ragged lists, objects NumPy cannot convert); a torch tensor that
+    requires grad or lives on a device is detached and copied to the host."""
     if hasattr(value, "detach") and hasattr(value, "cpu") and not isinstance(value, np.ndarray):
-        try:  # a torch tensor that requires grad, or lives on a device
+        try:
             value = value.detach().cpu()
         except Exception:  # noqa: S110 - np.asarray below reports what is wrong
             pass
@@ -59,16 +60,29 @@ def check_value(p: Param, value: Any, where: str) -> np.ndarray:
         arr = np.asarray(value)
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ShapeMismatchError(
-            f"an array-like of canonical shape {p.shape} for {p.name!r}",
-            f"a {type(value).__name__} NumPy cannot make an array of ({exc}) in {where}",
+            f"an array-like of canonical shape {shape} for {name!r}",
+            f"a {type(value).__name__} NumPy cannot make an array of ({str(exc)[:200]}) in {where}",
             "pass a NumPy array or a nested list of equal-length rows",
         ) from None
+    if arr.dtype == object and arr.size and all(isinstance(x, int) for x in arr.reshape(-1)):
+        raise DTypeError(
+            f"numbers that fit the storage of {name!r}",
+            f"Python integers too large for any NumPy integer (beyond 64 bits) in {where}",
+            "use values within the storage dtype's range",
+        )
     if arr.dtype == object and isinstance(value, (list, tuple)):  # NumPy < 1.24 makes ragged lists objects
         raise ShapeMismatchError(
-            f"an array-like of canonical shape {p.shape} for {p.name!r}",
+            f"an array-like of canonical shape {shape} for {name!r}",
             f"a ragged {type(value).__name__} in {where}",
             "pass a NumPy array or a nested list of equal-length rows",
         )
+    return arr
+
+
+def check_value(p: Param, value: Any, where: str) -> np.ndarray:
+    """Cast-and-shape check shared by every write; returns the canonical array
+    in the storage's dtype."""
+    arr = as_array(value, p.shape, p.name, where)
     if _kind(arr.dtype) in "OUSVMm":
         raise DTypeError(
             f"numbers that cast safely (same_kind) to {p.dtype} for {p.name!r}",

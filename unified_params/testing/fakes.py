@@ -1,0 +1,140 @@
+"""Test adapters on the NumPy reference kit, for testing the core (and an
+adapter's expectations of it) without any framework installed.
+
+* :class:`KernelLastHandle` presents every weight of rank >= 2 in the
+  kernel-last layout of Keras and Flax (dense ``(in, out)``, convolution
+  ``(*kernel, in, out)``), so the core's layout conversions, fans, seeds,
+  files and ports run on a kernel-last backend with NumPy alone.
+* :class:`FaultyHandle` fails the ``n``-th write (and counts reads and
+  writes), so the rollback of every transaction can be checked.
+
+Both wrap reference models: ``Block(KernelLastHandle(model))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._block import Block
+from ..adapter import KERNEL_LAST, Leaf, Node
+from ..reference._backend import NumpyBackend, NumpyHandle
+from ..reference._kit import Module
+
+__all__ = ["KernelLastHandle", "FaultyHandle", "InjectedFault", "kernel_last", "faulty"]
+
+
+def _to_native_perm(ndim: int) -> tuple[int, ...]:
+    # canonical (out, in, *kernel) -> native (*kernel, in, out)
+    return (*range(2, ndim), 1, 0)
+
+
+def _kernel_last(leaf: Leaf) -> bool:
+    return leaf.layout == KERNEL_LAST
+
+
+class _FakeBackend(NumpyBackend):
+    name = "fake"
+
+
+class KernelLastHandle(NumpyHandle):
+    """The reference kit seen through a kernel-last adapter: the model still
+    computes with canonical arrays; reads and writes transpose."""
+
+    def __init__(self, model: Module):
+        super().__init__(_FakeBackend(), model)
+
+    def _relayout(self, leaves: list[Leaf]) -> list[Leaf]:
+        for leaf in leaves:
+            data = leaf.storage.data
+            rank = len(leaf.storage.shape)
+            if leaf.role == "weight" and rank >= 2 and (data is None or data.ndim >= 2):
+                leaf.layout = KERNEL_LAST
+        return leaves
+
+    def tree(self) -> Node:
+        root = super().tree()
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            self._relayout(node.leaves)
+            stack.extend(node.children)
+        return root
+
+    def node(self, path: tuple[str, ...]) -> Node | None:
+        found = super().node(path)
+        if found is not None:
+            self._relayout(found.leaves)
+        return found
+
+    def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
+        shape = tuple(leaf.storage.shape)
+        if not _kernel_last(leaf):
+            return shape
+        return tuple(shape[i] for i in _to_native_perm(len(shape)))
+
+    def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        data = leaf.storage.data
+        if _kernel_last(leaf):
+            view = data.transpose(_to_native_perm(data.ndim))
+            return np.array(view) if copy else view
+        return data.copy() if copy else data
+
+    def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        if _kernel_last(leaf):
+            perm = _to_native_perm(value.ndim)
+            inverse = tuple(np.argsort(perm))
+            leaf.storage.data[...] = value.transpose(inverse)
+        else:
+            leaf.storage.data[...] = value
+
+    def backward(self, node: Node, leaves: Sequence[Leaf], x: Any, loss: Any) -> tuple[float, list[Any]]:
+        value, grads = super().backward(node, leaves, x, loss)
+        out: list[Any] = []
+        for leaf, g in zip(leaves, grads):
+            out.append(g.transpose(_to_native_perm(g.ndim)) if g is not None and _kernel_last(leaf) else g)
+        return value, out
+
+
+class InjectedFault(RuntimeError):
+    """The failure a FaultyHandle raises."""
+
+
+class FaultyHandle(NumpyHandle):
+    """Fails the ``fail_at``-th write (1-based; ``None``: never) with
+    :class:`InjectedFault` after writing half of it, as a device transfer cut
+    short would; counts every read (``reads``, copies only) and write."""
+
+    def __init__(self, model: Module, fail_at: int | None = None):
+        super().__init__(_FakeBackend(), model)
+        self.fail_at = fail_at
+        self.writes = 0
+        self.reads = 0
+
+    def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        if copy:
+            self.reads += 1
+        return super().read(leaf, copy)
+
+    def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        self.writes += 1
+        if self.fail_at is not None and self.writes == self.fail_at:
+            flat = leaf.storage.data.reshape(-1)
+            flat[: flat.size // 2 + 1] = value.reshape(-1)[: flat.size // 2 + 1]
+            raise InjectedFault(f"write #{self.writes} failed midway")
+        super().write(leaf, value)
+
+
+def kernel_last(model: Module) -> Block:
+    """A reference model wrapped through :class:`KernelLastHandle`."""
+    return Block(KernelLastHandle(model))
+
+
+def faulty(model: Module, fail_at: int | None = None) -> Block:
+    """A reference model wrapped through :class:`FaultyHandle`."""
+    return Block(FaultyHandle(model, fail_at))
+
+
+
