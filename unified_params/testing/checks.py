@@ -709,3 +709,46 @@ def check_detection_and_registry(be: Backend) -> None:
     assert isinstance(be.version(), str) and re.match(r"\d", be.version())
     e = _raises(up.UnsupportedModelError, lambda: up.wrap(object()), "numpy")
     assert isinstance(e, TypeError)
+
+
+@check
+def check_threads(be: Backend) -> None:
+    """14.1: calls on one model from several threads: no update lost, no
+    reader sees half of a load."""
+    import threading
+
+    m = be.zoo().mlp()
+    bias = m.params.distinct()[list(m.params.distinct())[1]]
+    bias.fill(0)
+
+    def add() -> None:
+        for _ in range(25):
+            bias.__iadd__(1)
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(bias.value, np.full(bias.shape, 100.0, dtype=bias.dtype))
+
+    state = m.state()
+    zeros = {k: np.zeros_like(v) for k, v in state.items()}
+    ones = {k: np.ones_like(v) for k, v in state.items()}
+    m.load_state(zeros)
+    seen: list[bool] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            s = m.state()
+            firsts = {float(np.asarray(v).reshape(-1)[0]) for v in s.values()}
+            seen.append(len(firsts) == 1 and all(np.all(v == next(iter(firsts))) for v in s.values()))
+
+    r = threading.Thread(target=reader)
+    r.start()
+    for i in range(20):
+        m.load_state(ones if i % 2 == 0 else zeros)
+    stop.set()
+    r.join()
+    assert seen and all(seen), "a reader saw a state mixing two loads"
