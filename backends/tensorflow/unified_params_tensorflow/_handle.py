@@ -29,6 +29,7 @@ Design constraints of this module:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,15 @@ def _kernel_last_types() -> tuple[type, ...]:
 _KERNEL_LAST_TYPES = _kernel_last_types()
 
 
+def _functional_type() -> type:
+    from keras.src.models.functional import Functional
+
+    return Functional  # type: ignore[no-any-return]
+
+
+_FUNCTIONAL = _functional_type()
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A backend tensor (or a Keras Variable) as a NumPy array that owns its
     data. Written per backend because ``keras.ops.convert_to_numpy`` goes
@@ -88,7 +98,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def _np_dtype(dtype: Any) -> np.dtype:
-    name = keras.backend.standardize_dtype(dtype)
+    return _np_dtype_of(keras.backend.standardize_dtype(dtype))
+
+
+@functools.cache
+def _np_dtype_of(name: str) -> np.dtype:
     if name == "bfloat16":
         import ml_dtypes
 
@@ -118,7 +132,7 @@ class VarRef:
 
     layer: Any
     name: str
-    shape: tuple[int | None, ...]
+    shape: tuple[int | None, ...]  # known dims of a pending variable (unused once built)
     var: Any = None
 
     @property
@@ -157,9 +171,7 @@ def _is_sequential(obj: Any) -> bool:
 
 
 def _is_functional(obj: Any) -> bool:
-    from keras.src.models.functional import Functional
-
-    return isinstance(obj, Functional) and not _is_sequential(obj)
+    return isinstance(obj, _FUNCTIONAL) and not _is_sequential(obj)
 
 
 def _has_layer(value: Any) -> bool:
@@ -186,6 +198,10 @@ def children(obj: Any) -> list[tuple[str, Any]]:
         return [(str(i), layer) for i, layer in enumerate(obj.layers)]
     if _is_functional(obj):
         return [(layer.name, layer) for layer in obj.layers]
+    if not obj._layers:
+        # Keras tracks every layer assigned to an attribute, in a container
+        # or not, in ``_layers``: none there, no child (Dense, Conv...).
+        return []
     tracked = {id(layer) for layer in obj._layers}
     out: list[tuple[str, Any]] = []
     seen: set[int] = set()
@@ -252,7 +268,8 @@ def _layout(layer: Any, name: str) -> str:
 def _leaves(layer: Any) -> list[Leaf]:
     if not isinstance(layer, keras.layers.Layer):
         return []
-    if not layer.built and not _own_variables(layer):
+    own = _own_variables(layer)
+    if not own and not layer.built:
         return [
             Leaf(
                 role=_ROLES.get(name, name),
@@ -267,21 +284,24 @@ def _leaves(layer: Any) -> list[Leaf]:
         ]
     leaves = []
     roles: set[str] = set()
-    for v in _own_variables(layer):
-        role = _ROLES.get(v.name, v.name)
+    layer_trainable = bool(layer.trainable)
+    kernel_last = isinstance(layer, _KERNEL_LAST_TYPES)
+    for v in own:
+        name = v.name
+        role = _ROLES.get(name, name)
         if role in roles:  # two variables of one name: keep both reachable
             role = f"{role}_{len(roles)}"
         roles.add(role)
-        buffer = v.name in _BUFFERS
+        buffer = name in _BUFFERS
         leaves.append(
             Leaf(
                 role=role,
-                ref=VarRef(layer, v.name, tuple(v.shape), v),
+                ref=VarRef(layer, name, (), v),
                 storage=id(v),
                 native_name=v.path,
                 kind="buffer" if buffer else "param",
-                trainable=not buffer and bool(v.trainable) and bool(layer.trainable),
-                layout=_layout(layer, v.name),
+                trainable=not buffer and layer_trainable and bool(v.trainable),
+                layout=KERNEL_LAST if kernel_last and name == "kernel" else CANONICAL,
             )
         )
     return leaves
@@ -413,7 +433,11 @@ class KerasHandle(Handle):
         ref: VarRef = leaf.ref
         if ref.pending:
             return ref.shape
-        return tuple(int(d) for d in ref.variable().shape)
+        v = ref.variable()
+        # Keras keeps the standardized shape tuple; the TF variable's ``shape``
+        # builds a TensorShape on every access.
+        known = getattr(v, "_shape", None)
+        return known if isinstance(known, tuple) else tuple(int(d) for d in v.shape)
 
     def dtype(self, leaf: Leaf) -> np.dtype:
         ref: VarRef = leaf.ref
