@@ -438,3 +438,134 @@ def test_a_written_array_is_not_aliased(arch: str) -> None:
         np.testing.assert_array_equal(p.value, 3.0)
         m.load_state({n: np.full(q.shape, 2.0, np.float32) for n, q in m.params.items()})
         np.testing.assert_array_equal(p.value, 2.0)
+
+
+# -- protocol 2 ------------------------------------------------------------------
+
+
+def _assert_node_matches_tree(handle: object) -> int:
+    """``Handle.node(path)`` gives, for every path, the node ``tree()`` has
+    there (same object, key, leaves) without children. Returns the count."""
+    seen = 0
+
+    def leaves(node: object) -> list[tuple]:
+        return [
+            (lf.role, lf.storage, lf.native_name, lf.kind, lf.trainable, lf.layout)
+            for lf in node.leaves  # type: ignore[attr-defined]
+        ]
+
+    def visit(node: object, path: tuple[str, ...]) -> None:
+        nonlocal seen
+        got = handle.node(path)  # type: ignore[attr-defined]
+        assert got is not None and got.children == []
+        assert got.native is node.native and got.key == node.key  # type: ignore[attr-defined]
+        assert got.type_name == node.type_name  # type: ignore[attr-defined]
+        assert leaves(got) == leaves(node)
+        seen += 1
+        keys: set[str] = set()
+        for child in node.children:  # type: ignore[attr-defined]
+            if child.key not in keys:  # a key names its first child
+                keys.add(child.key)
+                visit(child, (*path, child.key))
+
+    visit(handle.tree(), ())  # type: ignore[attr-defined]
+    return seen
+
+
+@pytest.mark.parametrize("arch", ["linen", "nnx"])
+def test_node_by_path_matches_the_tree(arch: str) -> None:
+    be = up.get_backend("jax" if arch == "linen" else "jax-nnx")
+    zoo = be.zoo()
+    for make in (zoo.nested, zoo.shared, zoo.norm, zoo.cnn, zoo.lazy):
+        m = make()
+        if m is None:  # NNX has no deferred model
+            continue
+        assert _assert_node_matches_tree(be.open(m.native, getattr(m, "variables", None))) > 1
+
+
+def test_linen_node_by_path_of_setup_and_compact_modules() -> None:
+    class Setup(nn.Module):
+        def setup(self) -> None:
+            self.enc = nn.Dense(3)
+            self.dec = nn.Dense(2)
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return self.dec(nn.relu(self.enc(x)))
+
+    class Outer(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return nn.Dense(2)(Setup()(x))
+
+    net = Outer()
+    m = up.wrap(net, net.init(jax.random.key(0), X))
+    handle = up.get_backend("jax").open(net, m.variables)
+    assert _assert_node_matches_tree(handle) == 5
+    m(X)  # records the @compact submodules: their nodes are the objects
+    assert isinstance(m["Setup_0"]["enc"].native, nn.Dense)
+    assert m.params["Setup_0.enc.weight"].shape == (3, 4)
+
+
+class _TrainNet(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return nn.BatchNorm(use_running_average=not train)(nn.Dense(4)(x))
+
+
+def test_linen_call_passes_every_argument_and_updates_only_with_mutable() -> None:
+    """Contract 12.2: batch_stats change only where the user passes mutable=."""
+    net = _TrainNet()
+    variables = net.init(jax.random.key(0), X, train=False)
+    m = up.wrap(net, variables)
+    np.testing.assert_allclose(
+        np.asarray(m(X, train=False)), np.asarray(net.apply(variables, X, train=False)), rtol=1e-6
+    )
+    before = m.state()
+    with pytest.raises(up.ForwardError, match="batch_stats"):
+        m(X, train=True)  # Flax refuses to update an immutable collection
+    after = m.state()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    out, updates = m(X, train=True, mutable=["batch_stats"])
+    want, want_updates = net.apply(variables, X, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-6)
+    np.testing.assert_allclose(
+        m.buffers["BatchNorm_0.running_mean"].value,
+        np.asarray(want_updates["batch_stats"]["BatchNorm_0"]["mean"]),
+        rtol=1e-6,
+    )
+    assert not np.array_equal(m.buffers["BatchNorm_0.running_mean"].value, before["BatchNorm_0.running_mean"])
+    assert set(updates) == {"batch_stats"}
+
+
+def test_linen_reset_runs_init_with_the_arguments_of_the_last_call() -> None:
+    net = _TrainNet()
+    m = up.wrap(net, net.init(jax.random.key(0), X, train=False))
+    m(X, train=False)
+    m.initialize(up.init.Constant(3.0))
+    m.initialize(None, seed=5)
+    fresh = net.init(jax.random.key(5), jnp.zeros(X.shape), train=False)
+    np.testing.assert_array_equal(
+        m.params["Dense_0.weight"].value, np.asarray(fresh["params"]["Dense_0"]["kernel"]).T
+    )
+    np.testing.assert_array_equal(m.buffers["BatchNorm_0.running_var"].value, np.ones(4))
+
+
+def test_nnx_call_passes_every_argument_and_sub_block_backward() -> None:
+    class Scaled(nnx.Module):
+        def __init__(self) -> None:
+            self.lin = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
+
+        def __call__(self, x: jax.Array, scale: float = 1.0, *, shift: float = 0.0) -> jax.Array:
+            return self.lin(x) * scale + shift
+
+    net = Scaled()
+    m = up.wrap(net)
+    np.testing.assert_allclose(np.asarray(m(X, 2.0, shift=1.0)), 2 * np.asarray(m(X)) + 1, rtol=1e-6)
+    seq = _nnx_mlp()
+    m = up.wrap(seq)
+    h = np.maximum(np.asarray(seq.layers[0](jnp.asarray(X))), 0)
+    m[2].backward(h)
+    assert m.params["0.weight"].grad is None
+    np.testing.assert_allclose(m.params["2.bias"].grad, [3.0])
+    m[2].backward(h)  # the core adds this pass's gradients up
+    np.testing.assert_allclose(m.params["2.bias"].grad, [6.0])

@@ -113,6 +113,7 @@ def test_zero_copy_views_see_writes(interface: str) -> None:
     view = m.state(copy=False)["0.weight"]
     assert not view.flags.writeable
     net[0].weight.set_data(_array(np.full((8, 4), 3.0, np.float32)))
+    mx.nd.waitall()  # MXNet's engine writes asynchronously: wait, then read the view
     np.testing.assert_array_equal(view, np.full((8, 4), 3.0, np.float32))
     copy = m.state()["0.weight"]
     net[0].weight.set_data(_array(np.zeros((8, 4), np.float32)))
@@ -332,3 +333,74 @@ def test_importing_the_adapter_imports_no_framework() -> None:
         "assert unified_params_mxnet.MXNetBackend.name == 'mxnet'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- protocol 2 -------------------------------------------------------------------
+
+
+def _assert_node_matches_tree(handle) -> int:
+    """``Handle.node(path)`` gives, for every path, the node ``tree()`` has
+    there (same object, key, leaves) without children. Returns the count."""
+    seen = 0
+
+    def leaves(node) -> list:
+        return [(lf.role, lf.storage, lf.native_name, lf.kind, lf.trainable, lf.layout) for lf in node.leaves]
+
+    def visit(node, path: tuple) -> None:
+        nonlocal seen
+        got = handle.node(path)
+        assert got is not None and got.children == []
+        assert got.native is node.native and got.key == node.key and got.type_name == node.type_name
+        assert leaves(got) == leaves(node)
+        seen += 1
+        for child in node.children:
+            visit(child, (*path, child.key))
+
+    visit(handle.tree(), ())
+    return seen
+
+
+def test_node_by_path_matches_the_tree(interface: str) -> None:
+    from unified_params_mxnet.zoo import MXNetZoo
+
+    zoo = MXNetZoo()
+    be = up.get_backend("mxnet")
+    for make in (zoo.nested, zoo.shared, zoo.norm, zoo.cnn, zoo.lazy):
+        assert _assert_node_matches_tree(be.open(make().native)) > 1
+
+
+def test_call_passes_every_argument(interface: str) -> None:
+    class Two(nn.Block):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = nn.Dense(2, in_units=3)
+
+        def forward(self, x, y, scale=1.0):
+            return self.dense(x) * scale + y
+
+    net = Two()
+    net.initialize()
+    m = up.wrap(net)
+    x, y = np.ones((1, 3), np.float32), np.full((1, 2), 5.0, np.float32)
+    want = net.dense(_array(x)).asnumpy() * 2 + 5
+    np.testing.assert_allclose(m(x, y, 2.0).asnumpy(), want, rtol=1e-6)  # Gluon 1.x: positional only
+
+
+def test_backward_returns_this_pass_with_grad_req_add(interface: str) -> None:
+    """A parameter the user set to grad_req='add' sums natively: the core
+    still adds up passes exactly once."""
+    net = _mlp()
+    m = up.wrap(net)
+    x = np.ones((3, 4), np.float32)
+    m.backward(x)
+    once = {n: p.grad for n, p in m.params.items()}
+    m.zero_grad()
+    for p in net.collect_params().values():
+        p.grad_req = "add"
+    m.backward(x)
+    m.backward(x)
+    for n, p in m.params.items():
+        np.testing.assert_allclose(p.grad, 2 * once[n], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(net[1].bias.grad().asnumpy(), [6.0])  # Gluon's own sum
+    m.zero_grad()
+    assert not net[1].bias.grad().asnumpy().any()

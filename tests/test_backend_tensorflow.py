@@ -453,3 +453,81 @@ def test_adapter_runs_on_other_keras_backends(name: str) -> None:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.startswith("ok")
+
+
+# -- protocol 2 ---------------------------------------------------------------
+
+
+def _assert_node_matches_tree(handle: object) -> int:
+    """``Handle.node(path)`` gives, for every path, the node ``tree()`` has
+    there (same object, key, leaves) without children. Returns the count."""
+    seen = 0
+
+    def leaves(node: object) -> list[tuple]:
+        return [
+            (lf.role, lf.storage, lf.native_name, lf.kind, lf.trainable, lf.layout)
+            for lf in node.leaves  # type: ignore[attr-defined]
+        ]
+
+    def visit(node: object, path: tuple[str, ...]) -> None:
+        nonlocal seen
+        got = handle.node(path)  # type: ignore[attr-defined]
+        assert got is not None and got.children == []
+        assert got.native is node.native and got.key == node.key  # type: ignore[attr-defined]
+        assert got.type_name == node.type_name  # type: ignore[attr-defined]
+        assert leaves(got) == leaves(node)
+        seen += 1
+        keys: set[str] = set()
+        for child in node.children:  # type: ignore[attr-defined]
+            if child.key not in keys:  # a key names its first child
+                keys.add(child.key)
+                visit(child, (*path, child.key))
+
+    visit(handle.tree(), ())  # type: ignore[attr-defined]
+    return seen
+
+
+def test_node_by_path_matches_the_tree() -> None:
+    from unified_params_tensorflow.zoo import KerasZoo
+
+    zoo = KerasZoo()
+    be = up.get_backend("tensorflow")
+    x = keras.Input((4,))
+    functional = keras.Model(x, layers.Dense(1, name="out")(layers.Dense(8, name="hidden")(x)))
+    sub = _Sub()
+    sub(_x())
+    models = [zoo.nested().native, zoo.shared().native, zoo.norm().native, zoo.lazy().native]
+    for native in (*models, functional, sub):
+        assert _assert_node_matches_tree(be.open(native)) > 1
+    assert be.open(sub).node(("blocks", "1")).native is sub.blocks[1]
+
+
+def test_call_passes_every_argument() -> None:
+    net = keras.Sequential([layers.Dropout(0.5)])
+    m = up.wrap(net)
+    x = np.ones((64, 16), np.float32)
+    np.testing.assert_array_equal(m(x).numpy(), x)  # inference by default
+    dropped = m(x, training=True).numpy()
+    assert (dropped == 0).any() and set(np.unique(dropped)) <= {0.0, 2.0}
+
+
+def test_backward_of_a_sub_block_returns_its_gradients_only() -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    h = np.maximum(net.layers[0](_x()).numpy(), 0)
+    m[1].backward(h)
+    assert m.params["0.weight"].grad is None
+    np.testing.assert_allclose(m.params["1.bias"].grad, [3.0])
+    np.testing.assert_allclose(m.params["1.weight"].grad, h.sum(0, keepdims=True), rtol=1e-6)
+    m[1].backward(h)  # the core adds this pass's gradients up
+    np.testing.assert_allclose(m.params["1.bias"].grad, [6.0])
+
+
+def test_reset_of_a_sub_block_leaves_the_rest() -> None:
+    net = _mlp()
+    m = up.wrap(net)
+    m.initialize(up.init.Constant(3.0))
+    m[1].initialize(None, seed=0)
+    np.testing.assert_array_equal(m.params["0.weight"].value, np.full((8, 4), 3.0))
+    np.testing.assert_array_equal(m.params["1.bias"].value, [0.0])
+    assert np.all(m.params["1.weight"].value != 3.0)

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from unified_params._adapter import Backend
+from unified_params.adapter import PROTOCOL_VERSION, Backend
 
 if TYPE_CHECKING:
-    from unified_params._adapter import Handle, Zoo
+    from unified_params.adapter import Handle, Zoo
 
 __all__ = ["JaxBackend", "NnxBackend", "__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class JaxBackend(Backend):
@@ -40,6 +40,7 @@ class JaxBackend(Backend):
         {"deferred", "buffers", "grad", "tie", "zero_copy"}
     )
     install: ClassVar[str] = "pip install unified-params-jax"
+    protocol: ClassVar[int] = PROTOCOL_VERSION
     variants: ClassVar[tuple[str, ...]] = ("jax-nnx",)
 
     def version(self) -> str:

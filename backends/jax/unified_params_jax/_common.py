@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unified_params._adapter import CANONICAL, KERNEL_LAST
+from unified_params.adapter import CANONICAL, KERNEL_LAST
 
 __all__ = [
     "default_init",

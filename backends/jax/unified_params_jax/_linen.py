@@ -17,8 +17,14 @@ Design constraints of this module:
   works as is), writes go to every slot of a storage, and the function that
   ``jax.grad`` differentiates copies the source into the target slots first,
   so the gradient of the storage is the sum of its uses.
-* Gradients are kept by storage slot and add up over backward passes until
-  ``zero_grad`` (as PyTorch's ``.grad``).
+* ``backward`` returns this pass's gradient of each storage slot (the core
+  adds them up). A call runs ``module.apply`` with every argument the user
+  gave: ``batch_stats`` and other collections change only where the user
+  passes ``mutable=``, as in Flax (then the handle keeps the updates of the
+  collections it holds and returns what ``apply`` returns).
+* The block at a path is found by following the path through each parent's
+  children (:meth:`LinenHandle.node`, O(depth)), which also gives its scope
+  in the variables.
 * Children are found without running the model where Flax allows it:
   submodules held in dataclass fields (``nn.Sequential``'s ``layers``, the
   parameterless ones included, so ``m[1]`` is the ReLU; an object held twice
@@ -32,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -41,8 +47,8 @@ import numpy as np
 from flax import linen as nn
 from flax.core import unfreeze
 
-from unified_params._adapter import Backend, Handle, Leaf, Node
-from unified_params._errors import NotInitializedError, UnifiedParamsError
+from unified_params import NotInitializedError
+from unified_params.adapter import Backend, Handle, Leaf, Node
 
 from ._common import (
     as_input,
@@ -67,6 +73,8 @@ class VarRef:
     path: VarPath  # (collection, *scope, name)
     static_shape: tuple[int | None, ...] = ()
     static_dtype: Any = None
+    #: The module that owns the variable (whose ``*_init`` a reset uses).
+    module: Any = field(default=None, compare=False, hash=False)
 
 
 # -- pytree helpers (dicts only; nothing is mutated) ---------------------------
@@ -193,6 +201,29 @@ def _bound_children(module: Any, variables: dict[str, Any] | None) -> dict[str, 
     return {k: v for k, v in found.items() if isinstance(v, nn.Module)}
 
 
+def _type_name(module: Any) -> str:
+    if module is None:  # a @compact submodule no forward pass has recorded yet
+        return ""
+    if isinstance(module, nn.Module):
+        return type(module).__name__
+    return getattr(module, "__name__", "")  # a function layer (nn.relu)
+
+
+def _spec(x: Any) -> Any:
+    """Arrays as ``ShapeDtypeStruct`` (anything else kept), to remember an input."""
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+    return x
+
+
+def _zeros(x: Any) -> Any:
+    return jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+
+
+#: ``apply`` arguments that ``init`` does not take the same way.
+_APPLY_ONLY = frozenset({"mutable", "rngs", "capture_intermediates"})
+
+
 def _unbound(module: Any) -> Any:
     """A module that can be ``apply``-ed on its own sub-variables."""
     if isinstance(module, nn.Module) and module.scope is not None:
@@ -208,11 +239,11 @@ class LinenHandle(Handle):
         self._module = module
         self._vars: dict[str, Any] | None = None if variables is None else _copy_tree(variables)
         self._ties: dict[VarPath, VarPath] = {}
-        self._grads: dict[VarPath, jax.Array] = {}
         # What forward passes taught us about @compact submodules:
         self._seen: dict[VarPath, nn.Module] = {}  # scope -> unbound clone
         self._order: dict[VarPath, list[str]] = {}  # scope -> child names in call order
-        self._input: Any = None  # ShapeDtypeStructs of the last root input's arguments
+        # The last root call's arguments (arrays as ShapeDtypeStructs), for reset:
+        self._input: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     # -- identity -----------------------------------------------------------
 
@@ -231,17 +262,28 @@ class LinenHandle(Handle):
     def tree(self) -> Node:
         return self._node("", self._module, ())
 
+    def node(self, path: tuple[str, ...]) -> Node | None:
+        """The block at ``path`` with its own leaves: followed through each
+        parent's children by the rules of :meth:`tree`."""
+        module, scope = self._scope_of(path)
+        return Node(
+            key=path[-1] if path else "",
+            native=module,
+            leaves=list(self._leaves(module, scope)),
+            type_name=_type_name(module),
+        )
+
     def _node(self, key: str, module: Any, scope: VarPath) -> Node:
         has_vars = any(_has(t, scope) for t in (self._vars or {}).values())
         if not isinstance(module, nn.Module) and not has_vars:
             # a function layer (nn.relu) or a Sequential slot without variables
-            return Node(key=key, native=module, type_name=getattr(module, "__name__", ""))
+            return Node(key=key, native=module, type_name=_type_name(module))
         return Node(
             key=key,
             native=module,
             leaves=list(self._leaves(module, scope)),
             children=self._children(module, scope),
-            type_name=type(module).__name__ if module is not None else "",
+            type_name=_type_name(module),
         )
 
     def _entries(self, module: Any, scope: VarPath) -> list[tuple[str, Any, VarPath]]:
@@ -296,7 +338,7 @@ class LinenHandle(Handle):
             path = (coll, *scope, name)
             yield Leaf(
                 role=role,
-                ref=VarRef(path, static.get((coll, name), (None,)), dtype),
+                ref=VarRef(path, static.get((coll, name), (None,)), dtype, module),
                 storage=self._resolve(path),
                 native_name="/".join(path),
                 kind=kind,
@@ -384,24 +426,20 @@ class LinenHandle(Handle):
         found = self._lookup(leaf)
         return leaf.ref if found is None else found
 
-    def grad(self, leaf: Leaf) -> np.ndarray | None:
-        g = self._grads.get(self._resolve(leaf.ref.path))
-        return None if g is None else host_array(g, copy=True)
-
     # -- running ------------------------------------------------------------
 
-    def _block(self, path: tuple[str, ...]) -> Node:
-        node = self.tree()
-        for key in path:
-            node = next(c for c in node.children if c.key == key)
-        return node
-
     def _scope_of(self, path: tuple[str, ...]) -> tuple[Any, VarPath]:
-        """The native object at ``path`` and its scope in the variables."""
+        """The native object at ``path`` and its scope in the variables,
+        followed through each parent's children (the first of a key)."""
         module: Any = self._module
         scope: VarPath = ()
         for key in path:
-            module, scope = next((o, c) for k, o, c in self._entries(module, scope) if k == key)
+            for k, obj, child in self._entries(module, scope):
+                if k == key:
+                    module, scope = obj, child
+                    break
+            else:
+                raise KeyError(key)
         return module, scope
 
     def _record(self) -> Any:
@@ -420,34 +458,36 @@ class LinenHandle(Handle):
         return nn.intercept_methods(interceptor)
 
     def _apply(
-        self, path: tuple[str, ...], variables: dict[str, Any], x: Any
-    ) -> tuple[Any, dict[VarPath, Any]]:
-        """Output of the block at ``path``, and the updated non-param
-        collections as ``{(collection, *scope): subtree}``."""
+        self,
+        path: tuple[str, ...],
+        variables: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[Any, VarPath]:
+        """What ``module.apply`` of the block at ``path`` returns with its part
+        of ``variables`` and the user's arguments (a function layer is just
+        called), and the block's scope."""
         module, scope = self._scope_of(path)
         if module is None:
-            raise UnifiedParamsError(
-                f"the linen submodule at {'.'.join(path)!r} to be known",
-                "a @compact submodule that no forward pass has created yet",
-                "call the root block once (m(x) or m.materialize(x)), then the sub-block",
+            raise RuntimeError(
+                f"the linen submodule at {'.'.join(path)!r} is a @compact submodule that no "
+                "forward pass has created yet: call the root block once (m(x) or "
+                "m.materialize(x)), then the sub-block"
             )
         if not isinstance(module, nn.Module):
-            return module(*x) if isinstance(x, tuple) else module(x), {}
+            return module(*args, **kwargs), scope
         sub = {c: _get(t, scope) for c, t in variables.items() if _has(t, scope)}
-        mutable = [c for c in sub if c != "params"]
-        args = x if isinstance(x, tuple) else (x,)
         target = _unbound(module) if path else module
-        if mutable:
-            out, updates = target.apply(sub, *args, mutable=mutable)
-            return out, {(c, *scope): t for c, t in unfreeze(updates).items()}
-        return target.apply(sub, *args), {}
+        return target.apply(sub, *args, **kwargs), scope
 
-    def _update(self, updates: dict[VarPath, Any]) -> None:
-        if not updates:
-            return
+    def _update(self, scope: VarPath, updates: Any) -> None:
+        """Keep the collections a ``mutable=`` call updated, those the handle
+        holds (not new ones such as ``intermediates``)."""
         new = self._vars or {}
-        for path, tree in updates.items():
-            new = _set(new, path, _copy_tree(tree)) if len(path) > 1 else {**new, path[0]: tree}
+        for coll, tree in unfreeze(updates).items():
+            if coll in new:
+                path = (coll, *scope)
+                new = _set(new, path, _copy_tree(tree)) if scope else {**new, coll: _copy_tree(tree)}
         self._vars = new
         self._sync()
 
@@ -460,24 +500,33 @@ class LinenHandle(Handle):
             )
         return self._vars
 
-    def forward(self, path: tuple[str, ...], x: Any) -> Any:
+    def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """``module.apply(variables, x, *args, **kwargs)`` of the block: with
+        ``mutable=`` the updated collections are kept and ``(out, updates)``
+        returned, as ``apply`` returns them; without, a collection the module
+        tries to change makes Flax raise."""
         variables = self._require_vars()
-        x = as_input(x)
+        path = node.path
+        call_args = as_input((x, *args))
+        call_kwargs = {k: as_input(v) for k, v in kwargs.items()}
         if not path:
-            self._remember(x)
+            self._remember(call_args, call_kwargs)
             with self._record():
-                out, updates = self._apply(path, variables, x)
+                out, scope = self._apply(path, variables, call_args, call_kwargs)
         else:
-            out, updates = self._apply(path, variables, x)
-        self._update(updates)
+            out, scope = self._apply(path, variables, call_args, call_kwargs)
+        mutable = kwargs.get("mutable", False)
+        if (mutable is not False or kwargs.get("capture_intermediates")) and isinstance(out, tuple):
+            self._update(scope, out[1])
         return out
 
-    def _remember(self, x: Any) -> None:
-        """Keep the shapes of a root input, for ``reset`` to run ``module.init``."""
-        args = x if isinstance(x, tuple) else (x,)
+    def _remember(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Keep the shapes of a root call's arguments, for ``reset`` to run
+        ``module.init``."""
         try:
-            self._input = jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), args
+            self._input = (
+                jax.tree_util.tree_map(_spec, args),
+                {k: jax.tree_util.tree_map(_spec, v) for k, v in kwargs.items() if k not in _APPLY_ONLY},
             )
         except TypeError:
             self._input = None
@@ -491,43 +540,36 @@ class LinenHandle(Handle):
                 variables = _set(variables, target, _get(variables, source))
         return variables
 
-    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
+    def backward(
+        self, node: Node, leaves: Sequence[Leaf], x: Any, loss: Callable[[Any], Any] | None
+    ) -> tuple[float, list[np.ndarray | None]]:
+        """``jax.value_and_grad`` of ``loss(apply(variables, x))`` with respect
+        to the ``params`` collection; other collections are read, never
+        updated (a module that updates them makes Flax raise, as ``apply``)."""
         variables = self._require_vars()
-        x = as_input(x)
+        args = (as_input(x),)
         params = variables.get("params", {})
         rest = {c: t for c, t in variables.items() if c != "params"}
 
-        def objective(p: Any) -> tuple[Any, Any]:
-            out, updates = self._apply(path, self._expand({**rest, "params": p}), x)
-            value = jnp.sum(out) if loss is None else loss(out)
-            return jnp.asarray(value), updates
+        def objective(p: Any) -> Any:
+            out, _ = self._apply(node.path, self._expand({**rest, "params": p}), args, {})
+            return jnp.asarray(jnp.sum(out) if loss is None else loss(out))
 
-        (value, updates), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        kept = {self._resolve(leaf.ref.path) for leaf in self._subtree_leaves(path)}
-        for p in kept:  # gradients add up over backward passes, as in PyTorch
-            if p[0] == "params" and _has(grads, p[1:]):
-                g = _unbox(_get(grads, p[1:]))
-                self._grads[p] = g if p not in self._grads else self._grads[p] + g
-        self._update(updates)
-        return float(value)
-
-    def _subtree_leaves(self, path: tuple[str, ...]) -> Iterator[Leaf]:
-        stack = [self._block(path)]
-        while stack:
-            node = stack.pop()
-            yield from node.leaves
-            stack.extend(node.children)
-
-    def zero_grad(self, path: tuple[str, ...]) -> None:
-        for leaf in self._subtree_leaves(path):
-            self._grads.pop(self._resolve(leaf.ref.path), None)
+        value, grads = jax.value_and_grad(objective)(params)
+        out: list[np.ndarray | None] = []
+        for leaf in leaves:
+            slot = self._resolve(leaf.ref.path)
+            if slot[0] == "params" and _has(grads, slot[1:]):
+                out.append(host_array(_unbox(_get(grads, slot[1:])), copy=True))
+            else:
+                out.append(None)
+        return float(value), out
 
     def materialize(self, x: Any) -> None:
         """``module.init`` when there are no variables yet; otherwise a shape-only
         pass (``jax.eval_shape``) that records the submodules' call order."""
-        x = as_input(x)
-        args = x if isinstance(x, tuple) else (x,)
-        self._remember(x)
+        args = (as_input(x),)
+        self._remember(args, {})
         with self._record():
             if self._vars is None:
                 self._vars = _copy_tree(self._module.init(random_key(None), *args))
@@ -538,36 +580,34 @@ class LinenHandle(Handle):
                 except Exception:
                     pass
 
-    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
-        """Flax's default initializers for the block's variables: ``module.init``
-        when an input shape is known (from a forward pass or materialize),
-        else each layer's ``*_init`` attributes."""
+    def reset(self, node: Node, leaves: Sequence[Leaf], seed: int | None) -> None:
+        """Flax's default initializers for ``leaves``: ``module.init`` of the
+        root when its call's arguments are known (from a forward pass or
+        materialize), so a sub-block gets exactly what ``init`` would give it;
+        else each owning layer's ``*_init`` attributes."""
         self._require_vars()
         key = random_key(seed)
-        leaves: dict[VarPath, Leaf] = {}
-        owners: dict[VarPath, Any] = {}
-        stack = [self._block(path)]
-        while stack:
-            node = stack.pop(0)
-            for leaf in node.leaves:
-                slot = self._resolve(leaf.ref.path)
-                leaves.setdefault(slot, leaf)
-                owners.setdefault(slot, node.native)
-            stack.extend(node.children)
         fresh = None
         if self._input is not None:
-            args = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), self._input)
+            args, kwargs = self._input
             try:
-                fresh = self._module.init(key, *args)
+                fresh = self._module.init(
+                    key,
+                    *jax.tree_util.tree_map(_zeros, args),
+                    **{k: jax.tree_util.tree_map(_zeros, v) for k, v in kwargs.items()},
+                )
             except Exception:
                 fresh = None
         values: dict[VarPath, jax.Array] = {}
-        for i, (slot, leaf) in enumerate(leaves.items()):
+        for i, leaf in enumerate(leaves):
+            slot = self._resolve(leaf.ref.path)
+            if slot in values or not _has(self._vars, slot):
+                continue
             old = _unbox(_get(self._vars, slot))
             if fresh is not None and _has(fresh, slot):
                 new = _unbox(_get(fresh, slot))
             else:
-                init = default_init(owners[slot], slot[-1], leaf.kind)
+                init = default_init(leaf.ref.module, slot[-1], leaf.kind)
                 if init is None:
                     continue
                 new = _unbox(init(jax.random.fold_in(key, i), old.shape, old.dtype))
@@ -580,5 +620,4 @@ class LinenHandle(Handle):
             if self._resolve(t) == s:
                 continue
             self._ties[t] = s
-            self._grads.pop(t, None)
         self._sync()

@@ -15,12 +15,15 @@ Design constraints of this module:
   ``nnx.Param`` assigned into two modules (``Handle.tie``), is one storage.
 * Writes go through ``Variable.set_value`` with a new array on the old one's
   sharding. Gradients come from ``nnx.value_and_grad`` (shared variables are
-  one state entry, so their gradients add up) and are kept by variable.
+  one state entry, so their gradients add up); ``backward`` returns this
+  pass's (the core adds them up).
+* :meth:`NnxHandle.node` follows a path through each parent's own children
+  (the rules of :meth:`NnxHandle.tree`), so a lookup costs O(depth).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unified_params._adapter import Backend, Handle, Leaf, Node
-from unified_params._errors import UnifiedParamsError
+from unified_params.adapter import Backend, Handle, Leaf, Node
 
 from ._common import (
     as_input,
@@ -97,13 +99,76 @@ def _is_leaf_var(value: Any) -> bool:
     )
 
 
+def _kids(obj: Any, native_path: tuple[str, ...]) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """``(key, child, native path)`` of a module or a container of modules:
+    ``nnx.Sequential`` layers by index (function layers included), module
+    attributes holding modules, container items that are modules or callables."""
+    if isinstance(obj, nnx.Module):
+        if isinstance(obj, nnx.Sequential):
+            return [
+                (str(i), layer, (*native_path, "layers", str(i)))
+                for i, layer in enumerate(obj.layers)
+            ]
+        return [
+            (name, value, (*native_path, name))
+            for name, value in _attributes(obj)
+            if _holds_modules(value)
+        ]
+    if _is_container(obj):
+        return [
+            (k, v, (*native_path, k)) for k, v in _items(obj) if _holds_modules(v) or callable(v)
+        ]
+    return []
+
+
+def _type_name(obj: Any) -> str:
+    if isinstance(obj, nnx.Module) or _is_container(obj):
+        return type(obj).__name__
+    return getattr(obj, "__name__", type(obj).__name__)
+
+
+def _leaf(owner: nnx.Module, name: str, var: nnx.Variable, native_path: tuple[str, ...]) -> Leaf:
+    kind = "param" if isinstance(var, nnx.Param) else "buffer"
+    role, layout = role_of(name, kind)
+    return Leaf(
+        role=role,
+        ref=Slot(owner, name),
+        storage=id(var),
+        native_name=".".join((*native_path, name)),
+        kind=kind,
+        trainable=kind == "param",
+        layout=layout,
+    )
+
+
+def _own_leaves(obj: Any, native_path: tuple[str, ...]) -> list[Leaf]:
+    if not isinstance(obj, nnx.Module):
+        return []
+    return [
+        _leaf(obj, name, var, native_path) for name, var in _attributes(obj) if _is_leaf_var(var)
+    ]
+
+
+def _lookup(root: Any, path: Sequence[Any]) -> nnx.Variable | None:
+    """The variable at an ``nnx.State`` path below ``root``."""
+    obj = root
+    try:
+        for key in path:
+            if isinstance(key, str) and hasattr(obj, key):
+                obj = getattr(obj, key)
+            else:
+                obj = obj[key]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    return obj if isinstance(obj, nnx.Variable) else None
+
+
 class NnxHandle(Handle):
     """One wrapped ``nnx.Module``."""
 
     def __init__(self, backend: Backend, module: nnx.Module) -> None:
         self.backend = backend
         self._module = module
-        self._grads: dict[int, tuple[nnx.Variable, jax.Array]] = {}
 
     @property
     def native(self) -> nnx.Module:
@@ -115,61 +180,36 @@ class NnxHandle(Handle):
         return self._node("", self._module, ())
 
     def _node(self, key: str, obj: Any, native_path: tuple[str, ...]) -> Node:
-        if isinstance(obj, nnx.Module):
-            leaves = [
-                self._leaf(obj, name, var, native_path)
-                for name, var in _attributes(obj)
-                if _is_leaf_var(var)
-            ]
-            if isinstance(obj, nnx.Sequential):
-                kids = [
-                    (str(i), layer, (*native_path, "layers", str(i)))
-                    for i, layer in enumerate(obj.layers)
-                ]
-            else:
-                kids = [
-                    (name, value, (*native_path, name))
-                    for name, value in _attributes(obj)
-                    if _holds_modules(value)
-                ]
-            children = [self._node(k, v, p) for k, v, p in kids]
-            return Node(
-                key=key, native=obj, leaves=leaves, children=children, type_name=type(obj).__name__
-            )
-        if _is_container(obj):
-            children = [
-                self._node(k, v, (*native_path, k))
-                for k, v in _items(obj)
-                if _holds_modules(v) or callable(v)
-            ]
-            return Node(key=key, native=obj, children=children, type_name=type(obj).__name__)
-        return Node(key=key, native=obj, type_name=getattr(obj, "__name__", type(obj).__name__))
+        return Node(
+            key=key,
+            native=obj,
+            leaves=_own_leaves(obj, native_path),
+            children=[self._node(k, v, p) for k, v, p in _kids(obj, native_path)],
+            type_name=_type_name(obj),
+        )
 
-    @staticmethod
-    def _leaf(
-        owner: nnx.Module, name: str, var: nnx.Variable, native_path: tuple[str, ...]
-    ) -> Leaf:
-        kind = "param" if isinstance(var, nnx.Param) else "buffer"
-        role, layout = role_of(name, kind)
-        return Leaf(
-            role=role,
-            ref=Slot(owner, name),
-            storage=id(var),
-            native_name=".".join((*native_path, name)),
-            kind=kind,
-            trainable=kind == "param",
-            layout=layout,
+    def node(self, path: tuple[str, ...]) -> Node | None:
+        """The block at ``path`` with its own leaves, found through each
+        parent's children only (the first child of a key, as in :meth:`tree`)."""
+        obj: Any = self._module
+        native_path: tuple[str, ...] = ()
+        for key in path:
+            for k, child, child_path in _kids(obj, native_path):
+                if k == key:
+                    obj, native_path = child, child_path
+                    break
+            else:
+                raise KeyError(key)
+        return Node(
+            key=path[-1] if path else "",
+            native=obj,
+            leaves=_own_leaves(obj, native_path),
+            type_name=_type_name(obj),
         )
 
     def native_of(self, leaf: Leaf) -> nnx.Variable:
         """``p.native``: the ``nnx.Variable`` itself."""
         return leaf.ref.var
-
-    def _block(self, path: tuple[str, ...]) -> Any:
-        node = self.tree()
-        for key in path:
-            node = next(c for c in node.children if c.key == key)
-        return node
 
     # -- leaves -------------------------------------------------------------
 
@@ -189,98 +229,67 @@ class NnxHandle(Handle):
         var = leaf.ref.var
         var.set_value(from_numpy(value, var.get_value()))
 
-    def grad(self, leaf: Leaf) -> np.ndarray | None:
-        found = self._grads.get(id(leaf.ref.var))
-        if found is None or found[0] is not leaf.ref.var:
-            return None
-        return host_array(found[1], copy=True)
-
     # -- running ------------------------------------------------------------
 
-    def _callable(self, path: tuple[str, ...]) -> Any:
-        block = self._block(path).native
+    @staticmethod
+    def _callable(node: Node) -> Any:
+        block = node.native
         if not callable(block):
-            raise UnifiedParamsError(
-                "a callable block to run",
-                f"the {type(block).__name__} at {'.'.join(path)!r}",
-                "run one of its children, or the block that holds it",
+            raise TypeError(
+                f"the {type(block).__name__} at {'.'.join(node.path)!r} cannot be called; "
+                "run one of its children, or the block that holds it"
             )
         return block
 
-    def forward(self, path: tuple[str, ...], x: Any) -> Any:
-        block = self._callable(path)
-        x = as_input(x)
-        return block(*x) if isinstance(x, tuple) else block(x)
+    def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> Any:
+        block = self._callable(node)
+        return block(as_input(x), *as_input(args), **{k: as_input(v) for k, v in kwargs.items()})
 
-    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
-        block = self._callable(path)
+    def backward(
+        self, node: Node, leaves: Sequence[Leaf], x: Any, loss: Callable[[Any], Any] | None
+    ) -> tuple[float, list[np.ndarray | None]]:
+        block = self._callable(node)
         x = as_input(x)
-        args = x if isinstance(x, tuple) else (x,)
 
         def objective(model: Any) -> Any:
-            out = model(*args)
+            out = model(x)
             return jnp.asarray(jnp.sum(out) if loss is None else loss(out))
 
-        if isinstance(block, nnx.Module):
-            value, grads = nnx.value_and_grad(objective)(block)
-            for var_path, g in nnx.to_flat_state(grads):
-                var = self._lookup(block, var_path)
-                if var is not None:  # gradients add up until zero_grad, as in PyTorch
-                    g = g.get_value() if isinstance(g, nnx.Variable) else getattr(g, "value", g)
-                    old = self._grads.get(id(var))
-                    if old is not None and old[0] is var:
-                        g = old[1] + g
-                    self._grads[id(var)] = (var, g)
-        else:  # a function layer: nothing to differentiate
-            value = objective(block)
-        return float(value)
-
-    @staticmethod
-    def _lookup(root: Any, path: Sequence[Any]) -> nnx.Variable | None:
-        obj = root
-        try:
-            for key in path:
-                if isinstance(key, str) and hasattr(obj, key):
-                    obj = getattr(obj, key)
-                else:
-                    obj = obj[key]
-        except (AttributeError, IndexError, KeyError, TypeError):
-            return None
-        return obj if isinstance(obj, nnx.Variable) else None
-
-    def _variables(self, path: tuple[str, ...]) -> Iterator[tuple[Any, Leaf]]:
-        """``(owning module, leaf)`` of every leaf under ``path``, each storage once."""
-        seen: set[int] = set()
-        stack = [self._block(path)]
-        while stack:
-            node = stack.pop(0)
-            for leaf in node.leaves:
-                if leaf.storage not in seen:
-                    seen.add(leaf.storage)
-                    yield node.native, leaf
-            stack.extend(node.children)
-
-    def zero_grad(self, path: tuple[str, ...]) -> None:
-        for _, leaf in self._variables(path):
-            self._grads.pop(id(leaf.ref.var), None)
+        if not isinstance(block, nnx.Module):  # a function layer: nothing to differentiate
+            return float(objective(block)), [None] * len(leaves)
+        value, grads = nnx.value_and_grad(objective)(block)
+        by_var: dict[int, Any] = {}
+        for var_path, g in nnx.to_flat_state(grads):
+            var = _lookup(block, var_path)
+            if var is not None:
+                by_var[id(var)] = (
+                    g.get_value() if isinstance(g, nnx.Variable) else getattr(g, "value", g)
+                )
+        out: list[np.ndarray | None] = []
+        for leaf in leaves:
+            g = by_var.get(id(leaf.ref.var))
+            out.append(None if g is None else host_array(g, copy=True))
+        return float(value), out
 
     def materialize(self, x: Any) -> None:
         """NNX modules are created with their shapes: nothing is deferred."""
 
-    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
+    def reset(self, node: Node, leaves: Sequence[Leaf], seed: int | None) -> None:
         """Flax's default initializers of NNX layers (``lecun_normal`` kernels,
         zero biases, unit scales, ``variance_scaling`` embeddings, zero means
-        and unit variances); a variable whose initializer cannot be known keeps
-        its value."""
+        and unit variances) for ``leaves``, the ``i``-th drawing with
+        ``fold_in(key, i)``; a variable whose initializer cannot be known
+        keeps its value."""
         key = random_key(seed)
         updates = []
-        for i, (owner, leaf) in enumerate(self._variables(path)):
-            init = default_init(owner, leaf.ref.name, leaf.kind)
+        for i, leaf in enumerate(leaves):
+            slot: Slot = leaf.ref
+            init = default_init(slot.owner, slot.name, leaf.kind)
             if init is None:
                 continue
-            old = leaf.ref.var.get_value()
+            old = slot.var.get_value()
             new = init(jax.random.fold_in(key, i), old.shape, old.dtype)
-            updates.append((leaf.ref.var, from_numpy(np.asarray(new, dtype=old.dtype), old)))
+            updates.append((slot.var, from_numpy(np.asarray(new, dtype=old.dtype), old)))
         for var, value in updates:
             var.set_value(value)
 

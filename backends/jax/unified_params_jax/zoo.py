@@ -18,7 +18,7 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 
-from unified_params._adapter import Zoo
+from unified_params.adapter import Zoo
 
 __all__ = ["LinenZoo", "NnxZoo", "block1", "block2", "nnx_block1", "nnx_block2"]
 

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from unified_params._adapter import Backend
+from unified_params.adapter import PROTOCOL_VERSION, Backend
 
 if TYPE_CHECKING:
-    from unified_params._adapter import Handle, Zoo
+    from unified_params.adapter import Handle, Zoo
 
 __all__ = ["MXNetBackend", "__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class MXNetBackend(Backend):
@@ -35,6 +35,7 @@ class MXNetBackend(Backend):
         {"deferred", "buffers", "grad", "tie", "zero_copy"}
     )
     install: ClassVar[str] = "pip install unified-params-mxnet"
+    protocol: ClassVar[int] = PROTOCOL_VERSION
 
     def version(self) -> str:
         import mxnet

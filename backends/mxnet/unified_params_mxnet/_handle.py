@@ -21,11 +21,16 @@ Design constraints of this module:
 * The native layout is the canonical one (Dense ``(units, in_units)``,
   Conv ``OIHW``): nothing is transposed, and CPU arrays are read without a copy
   through DLPack when the core asks for views.
+* ``backward`` returns this pass's gradients (the core adds them up): Gluon's
+  ``grad_req='write'`` buffers hold exactly that; for a parameter the user set
+  to ``'add'`` the pass's part is the buffer's change. ``clear_grads`` zeroes
+  Gluon's buffers, and ``grad`` shows a native ``y.backward()``'s gradient
+  (a non-zero buffer) while the core holds none.
+* :meth:`MXNetHandle.node` follows ``_children`` along the path: O(depth).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,18 +40,13 @@ import numpy as np
 from mxnet import autograd
 from mxnet.gluon import Block, HybridBlock, Parameter
 
-from unified_params._adapter import CANONICAL, Backend, Handle, Leaf, Node
-from unified_params._errors import NotInitializedError
+from unified_params import NotInitializedError
+from unified_params.adapter import CANONICAL, Backend, Handle, Leaf, Node
 
 __all__ = ["MXNetHandle", "Slot", "to_numpy"]
 
 #: Gluon role names that the contract unifies (BatchNorm/LayerNorm ``gamma``, ``beta``).
 _ROLES = {"gamma": "weight", "beta": "bias"}
-
-#: Parameters whose gradient buffer was filled by a backward pass made through a
-#: handle (and not cleared since). Gluon allocates zeroed gradient buffers at
-#: initialization, so "no backward yet" cannot be read from the buffer itself.
-_HAS_GRAD: weakref.WeakSet[Parameter] = weakref.WeakSet()
 
 _HOST_DEVICES = ("cpu", "cpu_pinned", "cpu_shared")
 
@@ -179,13 +179,37 @@ def _node(key: str, block: Block) -> Node:
 
 
 def _params(block: Block) -> list[Parameter]:
-    """The distinct parameters under ``block``, in tree order."""
+    """The distinct parameters under ``block``, in tree order (for
+    ``materialize``, which is handed no leaves)."""
     seen: dict[int, Parameter] = {}
     for b in _walk(block):
         for leaf in _leaves(b):
             p = leaf.ref.param
             seen.setdefault(id(p), p)
     return list(seen.values())
+
+
+def _first_param(block: Block) -> Parameter | None:
+    """The first parameter under ``block`` that has a context (initialized or
+    pending), found without walking further than needed."""
+    for b in _walk(block):
+        for p in (*b._reg_params.values(), *b._params._params.values()):
+            if _is_ready(p) or _is_pending(p):
+                return p
+    return None
+
+
+def _distinct(leaves: Sequence[Leaf]) -> list[Parameter]:
+    """The parameters in the slots of ``leaves`` now, each once."""
+    seen: dict[int, Parameter] = {}
+    for leaf in leaves:
+        p = leaf.ref.param
+        seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _has_grad(p: Parameter) -> bool:
+    return _is_ready(p) and p._grad is not None
 
 
 def _sum(out: Any) -> Any:
@@ -213,11 +237,17 @@ class MXNetHandle(Handle):
     def tree(self) -> Node:
         return _node("", self._root)
 
-    def _block(self, path: tuple[str, ...]) -> Block:
+    def node(self, path: tuple[str, ...]) -> Node | None:
+        """The block at ``path`` (Gluon's ``_children`` followed) with its own leaves."""
         block = self._root
         for key in path:
-            block = block._children[str(key)]
-        return block
+            block = block._children[key]
+        return Node(
+            key=path[-1] if path else "",
+            native=block,
+            leaves=list(_leaves(block)),
+            type_name=type(block).__name__,
+        )
 
     # -- leaves -------------------------------------------------------------
 
@@ -270,21 +300,27 @@ class MXNetHandle(Handle):
             p.set_data(new)
 
     def grad(self, leaf: Leaf) -> np.ndarray | None:
+        """The gradient a native ``y.backward()`` left in Gluon's buffer; an
+        all-zero buffer (Gluon allocates zeroed ones) is "no gradient"."""
         p: Parameter = leaf.ref.param
-        if not _is_ready(p) or p._grad is None:
+        if not _has_grad(p):
             return None
         g = p._grad[0].asnumpy()
-        # A backward made natively (outside the handle) is seen when it left
-        # any non-zero value; an all-zero, untracked buffer is "no gradient".
-        if p in _HAS_GRAD or g.any():
-            return g
-        return None
+        return g if g.any() else None
+
+    def clear_grads(self, leaves: Sequence[Leaf]) -> None:
+        """Zero Gluon's gradient buffers (what ``zero_grad`` means natively)."""
+        for p in _distinct(leaves):
+            if _has_grad(p):
+                for g in p._grad:
+                    g[:] = 0
 
     # -- running ------------------------------------------------------------
 
     def _convert(self, block: Block, x: Any) -> Any:
         """NumPy input to the array kind (``mx.np``/``mx.nd``), context and
-        floating dtype of ``block``'s parameters."""
+        floating dtype of ``block``'s parameters (of the model's, when the
+        block holds none)."""
         if isinstance(x, tuple):
             return tuple(self._convert(block, item) for item in x)
         if isinstance(x, mx.nd.NDArray) or not isinstance(x, (np.ndarray, np.generic, list)):
@@ -292,9 +328,8 @@ class MXNetHandle(Handle):
         x = np.asarray(x)
         is_np, ctx, dtype = mx.util.is_np_array(), mx.cpu(), None
         for candidate in (block, self._root):
-            ready = [p for p in _params(candidate) if _is_ready(p) or _is_pending(p)]
-            if ready:
-                p = ready[0]
+            p = _first_param(candidate)
+            if p is not None:
                 ctx = p.list_ctx()[0]
                 if _is_ready(p):
                     arr = _first_array(p)
@@ -307,57 +342,52 @@ class MXNetHandle(Handle):
         maker = mx.np.array if is_np else mx.nd.array
         return maker(x, dtype=dtype, ctx=ctx)
 
-    def _require_initialized(self, block: Block) -> None:
-        """Gluon refuses to run a block whose parameters were never
-        initialized (deferred ones are fine: the forward pass completes them)."""
-        missing = [p.name for p in _params(block) if not _is_ready(p) and not _is_pending(p)]
-        if missing:
+    def _call(self, block: Block, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """``block(x, *args, **kwargs)`` with NumPy arrays converted; Gluon's
+        refusal to run never-initialized parameters is ``NotInitializedError``."""
+        args = self._convert(block, (x, *args))
+        kwargs = {k: self._convert(block, v) for k, v in kwargs.items()}
+        try:
+            return block(*args, **kwargs)
+        except RuntimeError as exc:
+            if "has not been initialized" not in str(exc):
+                raise
             raise NotInitializedError(
                 "initialized parameters to run the block",
-                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
-                "were never initialized",
+                f"Gluon says: {str(exc).splitlines()[0]}",
                 "call m.materialize(x) with an example input (or the block's initialize()) first",
-            )
+            ) from exc
 
-    def forward(self, path: tuple[str, ...], x: Any) -> Any:
-        block = self._block(path)
-        self._require_initialized(block)
-        x = self._convert(block, x)
-        return block(*x) if isinstance(x, tuple) else block(x)
+    def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._call(node.native, x, *args, **kwargs)
 
-    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
-        block = self._block(path)
-        self._require_initialized(block)
-        x = self._convert(block, x)
+    def backward(
+        self, node: Node, leaves: Sequence[Leaf], x: Any, loss: Callable[[Any], Any] | None
+    ) -> tuple[float, list[np.ndarray | None]]:
+        params = [leaf.ref.param for leaf in leaves]
+        # A buffer the user set to grad_req='add' sums over passes natively:
+        # this pass's part is its change.
+        before = {
+            id(p): p._grad[0].copy() for p in params if _has_grad(p) and p.grad_req == "add"
+        }
         with autograd.record():
-            out = block(*x) if isinstance(x, tuple) else block(x)
+            out = self._call(node.native, x)
             value = _sum(out) if loss is None else loss(out)
         if not isinstance(value, mx.nd.NDArray):
             raise TypeError(
                 "the loss must return an MXNet array computed from the model's output "
                 f"(inside autograd.record()); Received: {type(value).__name__}"
             )
-        # Gluon overwrites gradients (grad_req='write'); the contract adds
-        # them up until zero_grad, as PyTorch does, so keep what was there.
-        kept = {}
-        for p in _params(block):
-            if _is_ready(p) and p._grad is not None and p in _HAS_GRAD and p.grad_req == "write":
-                kept[p] = [g.copy() for g in p._grad]
         value.backward()
-        for p, olds in kept.items():
-            for g, old in zip(p._grad, olds):
-                g[:] += old
-        for p in _params(block):
-            if _is_ready(p) and p._grad is not None:
-                _HAS_GRAD.add(p)
-        return float(value.asnumpy().sum())
-
-    def zero_grad(self, path: tuple[str, ...]) -> None:
-        for p in _params(self._block(path)):
-            if _is_ready(p) and p._grad is not None:
-                for g in p._grad:
-                    g[:] = 0
-            _HAS_GRAD.discard(p)
+        grads: list[np.ndarray | None] = []
+        for p in params:
+            if not _has_grad(p) or p.grad_req == "null":
+                grads.append(None)
+                continue
+            g = p._grad[0]
+            old = before.get(id(p))
+            grads.append((g - old).asnumpy() if old is not None else g.asnumpy())
+        return float(value.asnumpy().sum()), grads
 
     def materialize(self, x: Any) -> None:
         """Initialize what was never initialized (Gluon's default initializer,
@@ -370,18 +400,17 @@ class MXNetHandle(Handle):
         if all(_is_ready(p) for p in params):
             return
         with autograd.pause(train_mode=False):
-            self.forward((), x)
+            self._call(self._root, x)
 
-    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
-        """``initialize(force_reinit=True)`` per parameter, on the contexts it
-        already lives on (``Block.initialize`` would move it to the current
-        context)."""
+    def reset(self, node: Node, leaves: Sequence[Leaf], seed: int | None) -> None:
+        """``initialize(force_reinit=True)`` of each of ``leaves``' parameters, on
+        the contexts it already lives on (``Block.initialize`` would move it to
+        the current context)."""
         if seed is not None:
             mx.random.seed(seed)
-        for p in _params(self._block(path)):
+        for p in _distinct(leaves):
             ctx = p.list_ctx() if _is_ready(p) or _is_pending(p) else None
             p.initialize(ctx=ctx, default_init=mx.init.Uniform(), force_reinit=True)
-            _HAS_GRAD.discard(p)
 
     def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
         for target, source in pairs:

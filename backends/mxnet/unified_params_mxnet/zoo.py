@@ -15,7 +15,7 @@ from typing import Any
 
 from mxnet.gluon import nn
 
-from unified_params._adapter import Zoo
+from unified_params.adapter import Zoo
 
 __all__ = ["MXNetZoo", "block1", "block2"]
 

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from unified_params._adapter import Backend
+from unified_params.adapter import PROTOCOL_VERSION, Backend
 
 if TYPE_CHECKING:
-    from unified_params._adapter import Handle, Zoo
+    from unified_params.adapter import Handle, Zoo
 
 __all__ = ["KerasBackend", "__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class KerasBackend(Backend):
@@ -45,6 +45,7 @@ class KerasBackend(Backend):
     modules: ClassVar[tuple[str, ...]] = ("keras", "tensorflow")
     capabilities: ClassVar[frozenset[str]] = frozenset({"deferred", "buffers", "grad", "tie"})
     install: ClassVar[str] = "pip install unified-params-tensorflow"
+    protocol: ClassVar[int] = PROTOCOL_VERSION
 
     def version(self) -> str:
         """Keras' version, then the framework it runs on; read from the

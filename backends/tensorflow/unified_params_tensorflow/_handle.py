@@ -12,18 +12,24 @@ Design constraints of this module:
   Values go through the Variable API only (``assign``, ``numpy``), which is
   the same whichever backend Keras runs on; gradients use that backend's
   autodiff (``tf.GradientTape``, ``jax.value_and_grad``, ``torch.autograd``).
-* A layer that is not built yet has no variables; its leaves are listed from
-  its configuration (``units``, ``filters``...) with ``None`` for the input
-  size, and their ``ref`` is a :class:`Pending` that finds the variable once
-  the layer is built.
+* A leaf's ``ref`` is a :class:`VarRef`: the layer that holds the variable
+  (whose initializer ``reset`` re-runs and whose slot ``tie`` swaps) and the
+  ``keras.Variable``. A layer that is not built yet has no variables; its
+  leaves are listed from its configuration (``units``, ``filters``...) with
+  ``None`` for the input size, and their ``VarRef`` finds the variable by
+  name once the layer is built.
 * :meth:`KerasHandle.tie` swaps the target layer's own Variable for the
   source's in every place Keras keeps it (attributes, the tracked variable
   lists, the tracker's ids, TensorFlow's checkpoint dependencies), so the
   forward pass reads one storage and gradients add up.
+* Protocol 2: ``backward`` returns this pass's gradients (the core adds them
+  up), ``reset`` re-initializes the leaves it is handed, and ``node`` finds a
+  layer along its path without walking the rest of the model.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +37,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from unified_params._adapter import CANONICAL, KERNEL_LAST, Backend, Handle, Leaf, Node
+from unified_params.adapter import CANONICAL, KERNEL_LAST, Backend, Handle, Leaf, Node
 
-__all__ = ["KerasHandle", "to_numpy"]
+__all__ = ["KerasHandle", "VarRef", "to_numpy"]
 
 #: Native variable names and the unified role they play.
 _ROLES = {
@@ -61,6 +67,15 @@ def _kernel_last_types() -> tuple[type, ...]:
 _KERNEL_LAST_TYPES = _kernel_last_types()
 
 
+def _functional_type() -> type:
+    from keras.src.models.functional import Functional
+
+    return Functional  # type: ignore[no-any-return]
+
+
+_FUNCTIONAL = _functional_type()
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A backend tensor (or a Keras Variable) as a NumPy array that owns its
     data. Written per backend because ``keras.ops.convert_to_numpy`` goes
@@ -83,7 +98,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def _np_dtype(dtype: Any) -> np.dtype:
-    name = keras.backend.standardize_dtype(dtype)
+    return _np_dtype_of(keras.backend.standardize_dtype(dtype))
+
+
+@functools.cache
+def _np_dtype_of(name: str) -> np.dtype:
     if name == "bfloat16":
         import ml_dtypes
 
@@ -107,14 +126,23 @@ def _device(value: Any) -> str:
 
 
 @dataclass(eq=False)
-class Pending:
-    """A variable an unbuilt layer will create: found by name once built."""
+class VarRef:
+    """A leaf's variable and the layer that holds it. ``var`` is ``None`` for
+    a variable an unbuilt layer will create: it is found by name once built."""
 
     layer: Any
     name: str
-    shape: tuple[int | None, ...]
+    shape: tuple[int | None, ...]  # known dims of a pending variable (unused once built)
+    var: Any = None
+
+    @property
+    def pending(self) -> bool:
+        """True while the variable does not exist yet."""
+        return self.var is None and not self.layer.built
 
     def variable(self) -> Any:
+        if self.var is not None:
+            return self.var
         if not self.layer.built and isinstance(self.layer, keras.layers.Embedding):
             self.layer.build()  # needs no input: its shape is all in the config
         for v in _own_variables(self.layer):
@@ -124,10 +152,6 @@ class Pending:
             f"layer {self.layer.name!r} is not built, so it has no variable {self.name!r} yet; "
             "call m.materialize(x) with an example input first"
         )
-
-
-def _variable(ref: Any) -> Any:
-    return ref.variable() if isinstance(ref, Pending) else ref
 
 
 def _own_variables(layer: Any) -> list[Any]:
@@ -147,9 +171,7 @@ def _is_sequential(obj: Any) -> bool:
 
 
 def _is_functional(obj: Any) -> bool:
-    from keras.src.models.functional import Functional
-
-    return isinstance(obj, Functional) and not _is_sequential(obj)
+    return isinstance(obj, _FUNCTIONAL) and not _is_sequential(obj)
 
 
 def _has_layer(value: Any) -> bool:
@@ -176,6 +198,10 @@ def children(obj: Any) -> list[tuple[str, Any]]:
         return [(str(i), layer) for i, layer in enumerate(obj.layers)]
     if _is_functional(obj):
         return [(layer.name, layer) for layer in obj.layers]
+    if not obj._layers:
+        # Keras tracks every layer assigned to an attribute, in a container
+        # or not, in ``_layers``: none there, no child (Dense, Conv...).
+        return []
     tracked = {id(layer) for layer in obj._layers}
     out: list[tuple[str, Any]] = []
     seen: set[int] = set()
@@ -242,11 +268,12 @@ def _layout(layer: Any, name: str) -> str:
 def _leaves(layer: Any) -> list[Leaf]:
     if not isinstance(layer, keras.layers.Layer):
         return []
-    if not layer.built and not _own_variables(layer):
+    own = _own_variables(layer)
+    if not own and not layer.built:
         return [
             Leaf(
                 role=_ROLES.get(name, name),
-                ref=Pending(layer, name, shape),
+                ref=VarRef(layer, name, shape),
                 storage=("pending", id(layer), name),
                 native_name=f"{layer.name}/{name}",
                 kind="buffer" if name in _BUFFERS else "param",
@@ -257,21 +284,24 @@ def _leaves(layer: Any) -> list[Leaf]:
         ]
     leaves = []
     roles: set[str] = set()
-    for v in _own_variables(layer):
-        role = _ROLES.get(v.name, v.name)
+    layer_trainable = bool(layer.trainable)
+    kernel_last = isinstance(layer, _KERNEL_LAST_TYPES)
+    for v in own:
+        name = v.name
+        role = _ROLES.get(name, name)
         if role in roles:  # two variables of one name: keep both reachable
             role = f"{role}_{len(roles)}"
         roles.add(role)
-        buffer = v.name in _BUFFERS
+        buffer = name in _BUFFERS
         leaves.append(
             Leaf(
                 role=role,
-                ref=v,
+                ref=VarRef(layer, name, (), v),
                 storage=id(v),
                 native_name=v.path,
                 kind="buffer" if buffer else "param",
-                trainable=not buffer and bool(v.trainable) and bool(layer.trainable),
-                layout=_layout(layer, v.name),
+                trainable=not buffer and layer_trainable and bool(v.trainable),
+                layout=KERNEL_LAST if kernel_last and name == "kernel" else CANONICAL,
             )
         )
     return leaves
@@ -285,35 +315,6 @@ def _node(key: str, obj: Any) -> Node:
         children=[_node(k, child) for k, child in children(obj)],
         type_name=type(obj).__name__,
     )
-
-
-def _layers_below(obj: Any) -> list[Any]:
-    """Every distinct layer of a subtree, the block itself first, in tree order."""
-    seen: set[int] = set()
-    out = []
-
-    def visit(o: Any) -> None:
-        if isinstance(o, keras.layers.Layer):
-            if id(o) in seen:
-                return
-            seen.add(id(o))
-            out.append(o)
-        for _, child in children(o):
-            visit(child)
-
-    visit(obj)
-    return out
-
-
-def _variables_below(obj: Any) -> list[Any]:
-    seen: set[int] = set()
-    out = []
-    for layer in _layers_below(obj):
-        for v in _own_variables(layer):
-            if id(v) not in seen:
-                seen.add(id(v))
-                out.append(v)
-    return out
 
 
 # -- initializers ------------------------------------------------------------
@@ -400,7 +401,6 @@ class KerasHandle(Handle):
     def __init__(self, backend: Backend, model: Any) -> None:
         self.backend = backend
         self._model = model
-        self._grads: dict[int, np.ndarray] = {}
 
     @property
     def native(self) -> Any:
@@ -409,100 +409,101 @@ class KerasHandle(Handle):
     def tree(self) -> Node:
         return _node("", self._model)
 
-    def _block(self, path: tuple[str, ...]) -> Any:
+    def node(self, path: tuple[str, ...]) -> Node | None:
+        """The layer at ``path``, followed through each parent's own children
+        only (the first child of a key, as in :meth:`tree`)."""
         obj = self._model
         for key in path:
-            obj = dict(children(obj))[key]
-        return obj
+            obj = next(child for k, child in children(obj) if k == key)
+        return Node(
+            key=path[-1] if path else "",
+            native=obj,
+            leaves=_leaves(obj),
+            type_name=type(obj).__name__,
+        )
 
     # -- values ------------------------------------------------------------
 
     def native_of(self, leaf: Leaf) -> Any:
         """``p.native``: the ``keras.Variable``, or ``None`` before the layer is built."""
-        ref = leaf.ref
-        if isinstance(ref, Pending):
-            return ref.variable() if ref.layer.built else None
-        return ref
+        ref: VarRef = leaf.ref
+        return None if ref.pending else ref.variable()
 
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
-        ref = leaf.ref
-        if isinstance(ref, Pending):
-            if ref.layer.built:
-                return tuple(ref.variable().shape)
+        ref: VarRef = leaf.ref
+        if ref.pending:
             return ref.shape
-        return tuple(int(d) for d in ref.shape)
+        v = ref.variable()
+        # Keras keeps the standardized shape tuple; the TF variable's ``shape``
+        # builds a TensorShape on every access.
+        known = getattr(v, "_shape", None)
+        return known if isinstance(known, tuple) else tuple(int(d) for d in v.shape)
 
     def dtype(self, leaf: Leaf) -> np.dtype:
-        ref = leaf.ref
-        if isinstance(ref, Pending):
-            if ref.layer.built:
-                return _np_dtype(ref.variable().dtype)
+        ref: VarRef = leaf.ref
+        if ref.pending:
             return _np_dtype(ref.layer.variable_dtype)
-        return _np_dtype(ref.dtype)
+        return _np_dtype(ref.variable().dtype)
 
     def device(self, leaf: Leaf) -> str:
-        if isinstance(leaf.ref, Pending) and not leaf.ref.layer.built:
-            return "cpu"
-        return _device(_variable(leaf.ref).value)
+        ref: VarRef = leaf.ref
+        return "cpu" if ref.pending else _device(ref.variable().value)
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
         # Always a copy: a TF resource variable can only be read into a new
         # buffer, so no view is possible there (and none is claimed elsewhere).
-        return to_numpy(_variable(leaf.ref))
+        return to_numpy(leaf.ref.variable())
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
-        _variable(leaf.ref).assign(value)
-
-    def grad(self, leaf: Leaf) -> np.ndarray | None:
-        ref = leaf.ref
-        if isinstance(ref, Pending) and not ref.layer.built:
-            return None
-        g = self._grads.get(id(_variable(ref)))
-        return None if g is None else g.copy()
+        leaf.ref.variable().assign(value)
 
     # -- running -----------------------------------------------------------
 
-    def forward(self, path: tuple[str, ...], x: Any) -> Any:
-        block = self._block(path)
+    @staticmethod
+    def _layer(node: Node) -> Any:
+        block = node.native
         if not isinstance(block, keras.layers.Layer):
             raise TypeError(
-                f"{'.'.join(path)!r} is a {type(block).__name__} of layers, not a layer; "
+                f"{'.'.join(node.path)!r} is a {type(block).__name__} of layers, not a layer; "
                 "run one of its items instead"
             )
-        return block(*x) if isinstance(x, tuple) else block(x)
+        return block
 
-    def backward(self, path: tuple[str, ...], x: Any, loss: Callable[[Any], Any] | None) -> float:
-        block = self._block(path)
+    def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._layer(node)(x, *args, **kwargs)
+
+    def backward(
+        self, node: Node, leaves: Sequence[Leaf], x: Any, loss: Callable[[Any], Any] | None
+    ) -> tuple[float, list[np.ndarray | None]]:
+        block = self._layer(node)
         reduce = loss if loss is not None else _sum_outputs
-        if not isinstance(block, keras.layers.Layer):
-            self.forward(path, x)  # raises the forward's error
         # Keras' own list: each storage once, frozen layers left out.
         variables = list(block.trainable_variables)
         name = keras.backend.backend()
         if name == "tensorflow":
-            value, grads = self._tf_grads(path, x, reduce, variables)
+            value, grads = self._tf_grads(block, x, reduce, variables)
         elif name == "jax":
             value, grads = self._jax_grads(block, x, reduce)
         elif name == "torch":
-            value, grads = self._torch_grads(path, x, reduce, variables)
+            value, grads = self._torch_grads(block, x, reduce, variables)
         else:
             raise NotImplementedError(f"gradients on the Keras backend {name!r}")
-        for v, g in zip(variables, grads):
-            if g is None:
-                continue
-            g = to_numpy(g)
-            previous = self._grads.get(id(v))
-            # Gradients accumulate until zero_grad, as in PyTorch.
-            self._grads[id(v)] = g if previous is None else previous + g
-        return value
+        by_id = {id(v): g for v, g in zip(variables, grads) if g is not None}
+        out: list[np.ndarray | None] = []
+        for leaf in leaves:
+            ref: VarRef = leaf.ref
+            g = None if ref.pending else by_id.get(id(ref.variable()))
+            out.append(None if g is None else to_numpy(g))
+        return value, out
 
+    @staticmethod
     def _tf_grads(
-        self, path: tuple[str, ...], x: Any, reduce: Callable[[Any], Any], variables: list[Any]
+        block: Any, x: Any, reduce: Callable[[Any], Any], variables: list[Any]
     ) -> tuple[float, list[Any]]:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            out = self.forward(path, x)
+            out = block(x)
             try:
                 value = reduce(out)
             except AttributeError:
@@ -516,74 +517,65 @@ class KerasHandle(Handle):
             tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads
         ]
 
-    def _jax_grads(
-        self, block: Any, x: Any, reduce: Callable[[Any], Any]
-    ) -> tuple[float, list[Any]]:
+    @staticmethod
+    def _jax_grads(block: Any, x: Any, reduce: Callable[[Any], Any]) -> tuple[float, list[Any]]:
         import jax
 
         trainable = [v.value for v in block.trainable_variables]
         non_trainable = [v.value for v in block.non_trainable_variables]
-        args = x if isinstance(x, tuple) else (x,)
 
         def f(values: list[Any]) -> Any:
-            out, _ = block.stateless_call(values, non_trainable, *args)
+            out, _ = block.stateless_call(values, non_trainable, x)
             return reduce(out)
 
         value, grads = jax.value_and_grad(f)(trainable)
         return float(value), list(grads)
 
+    @staticmethod
     def _torch_grads(
-        self, path: tuple[str, ...], x: Any, reduce: Callable[[Any], Any], variables: list[Any]
+        block: Any, x: Any, reduce: Callable[[Any], Any], variables: list[Any]
     ) -> tuple[float, list[Any]]:
         import torch
 
         with torch.enable_grad():
-            out = self.forward(path, x)
+            out = block(x)
             value = reduce(out)
             grads = torch.autograd.grad(value, [v.value for v in variables], allow_unused=True)
         return float(value.detach().cpu()), list(grads)
 
-    def zero_grad(self, path: tuple[str, ...]) -> None:
-        for v in _variables_below(self._block(path)):
-            self._grads.pop(id(v), None)
-
     def materialize(self, x: Any) -> None:
         """Build by calling the model once (inference mode, so BatchNorm
         statistics are untouched)."""
-        self._model(*x) if isinstance(x, tuple) else self._model(x)
+        self._model(x)
 
-    def reset(self, path: tuple[str, ...], seed: int | None) -> None:
-        """Re-run each layer's own initializers; with ``seed``, initializer
-        ``i`` (in tree order) gets a seed derived from ``(seed, i)``."""
-        done: set[int] = set()
+    def reset(self, node: Node, leaves: Sequence[Leaf], seed: int | None) -> None:
+        """Re-run the initializer of each leaf's layer; with ``seed``, the
+        ``i``-th initializer run gets a seed derived from ``(seed, i)``. A
+        variable of an unbuilt layer does not exist yet: nothing to reset."""
         index = 0
-        for layer in _layers_below(self._block(path)):
-            for v in _own_variables(layer):
-                if id(v) in done:
-                    continue
-                done.add(id(v))
-                init = _initializer_for(layer, v.name)
-                if init is None:
-                    continue
-                init = _reseeded(init, None if seed is None else _derived_seed(seed, index))
-                index += 1
-                v.assign(init(shape=tuple(v.shape), dtype=v.dtype))
+        for leaf in leaves:
+            ref: VarRef = leaf.ref
+            if ref.pending:
+                continue
+            v = ref.variable()
+            init = _initializer_for(ref.layer, v.name)
+            if init is None:
+                continue
+            init = _reseeded(init, None if seed is None else _derived_seed(seed, index))
+            index += 1
+            v.assign(init(shape=tuple(v.shape), dtype=v.dtype))
 
     def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
         for target, source in pairs:
-            if isinstance(target.ref, Pending) or isinstance(source.ref, Pending):
+            if target.ref.pending or source.ref.pending:
                 raise RuntimeError(
                     "Keras layers that are not built have no variables to share; "
                     "call m.materialize(x) before tying"
                 )
         for target, source in pairs:
-            old, new = target.ref, source.ref
-            if old is new:
-                continue
-            for layer in _layers_below(self._model):
-                if any(v is old for v in _own_variables(layer)):
-                    _swap_variable(layer, old, new)
-            self._grads.pop(id(old), None)
+            old, new = target.ref.variable(), source.ref.variable()
+            if old is not new:
+                _swap_variable(target.ref.layer, old, new)
         # Compiled step functions captured the old variables.
         for attr in ("train_function", "test_function", "predict_function"):
             if getattr(self._model, attr, None) is not None:

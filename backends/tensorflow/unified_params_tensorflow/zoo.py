@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from unified_params._adapter import Zoo
+from unified_params.adapter import Zoo
 
 __all__ = ["KerasZoo", "rgnet"]
 
