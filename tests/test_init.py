@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,13 +88,118 @@ def test_distributions_have_their_moments() -> None:
         assert abs(w.std() - std) < 0.02 * std, init
 
 
-def test_bad_initializer_arguments() -> None:
-    with pytest.raises(ValueError, match="nonlinearity"):
-        up.init.KaimingNormal(nonlinearity="swishy")
-    with pytest.raises(ValueError, match="a < b"):
-        up.init.TruncatedNormal(a=1, b=0)
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: up.init.KaimingUniform(mode="bogus"), ["mode", "'fan_in' or 'fan_out'", "'bogus'"]),
+        (lambda: up.init.KaimingNormal(mode=None), ["mode", "None"]),
+        (lambda: up.init.KaimingNormal(nonlinearity="swishy"), ["nonlinearity", "relu", "'swishy'"]),
+        (lambda: up.init.KaimingUniform(nonlinearity=3), ["nonlinearity", "int"]),
+        (lambda: up.init.KaimingUniform(a="0"), ["a a finite real number", "'0'"]),
+        (lambda: up.init.TruncatedNormal(a=1, b=-1), ["a < b", "a=1, b=-1"]),
+        (lambda: up.init.TruncatedNormal(a=1, b=1), ["a < b"]),
+        (lambda: up.init.TruncatedNormal(std=-1.0), ["std", ">= 0", "std=-1.0"]),
+        (lambda: up.init.TruncatedNormal(mean=float("nan")), ["mean", "finite", "nan"]),
+        (lambda: up.init.Normal(0.0, -0.01), ["std", ">= 0", "-0.01"]),
+        (lambda: up.init.Normal("0", 1.0), ["mean", "str"]),
+        (lambda: up.init.Normal(0.0, [1.0]), ["std", "list"]),
+        (lambda: up.init.Normal(0.0, float("inf")), ["std", "finite"]),
+        (lambda: up.init.Uniform(1.0, -1.0), ["low <= high", "low=1.0, high=-1.0"]),
+        (lambda: up.init.Uniform(None, 1.0), ["low", "None"]),
+        (lambda: up.init.Constant("x"), ["value", "str"]),
+        (lambda: up.init.Constant(True), ["value", "bool"]),
+        (lambda: up.init.XavierUniform(gain=-1.0), ["gain", ">= 0"]),
+        (lambda: up.init.XavierNormal(gain="1"), ["gain", "str"]),
+        (lambda: up.init.Orthogonal(gain=float("nan")), ["gain", "finite"]),
+        (lambda: up.init.calculate_gain("swishy"), ["nonlinearity", "swishy"]),
+    ],
+)
+def test_bad_initializer_arguments_fail_at_construction(make: Any, words: list[str]) -> None:
+    """Issue 16: each bad argument is an ArgumentError (a ValueError and a
+    TypeError) saying what was expected, what was received, what to do."""
+    with pytest.raises(up.ArgumentError) as info:
+        make()
+    err = info.value
+    assert err.expected and err.received and err.todo, str(err)
+    for w in words:
+        assert w in str(err), (w, str(err))
+
+
+def test_good_initializer_arguments_still_construct() -> None:
+    up.init.KaimingUniform(a=np.float32(0.1), mode="fan_out", nonlinearity="leaky_relu")
+    up.init.KaimingNormal(nonlinearity="conv2d")
+    up.init.TruncatedNormal(0, 0.0, -1, np.int64(1))
+    up.init.Uniform(0, 0)
+    up.init.Normal(np.float64(1), 0)
+    up.init.Constant(np.int32(3))
+    up.init.Orthogonal(-1.0)
+
+
+def test_bad_initializer_in_initialize() -> None:
     m = up.wrap(ref.Dense(3, in_units=2))
     with pytest.raises(TypeError, match="initializer"):
         m.initialize({r".*": 3})
     with pytest.raises(up.ParamNotFoundError, match="regular expression"):
         m.initialize({"(": up.init.Zeros()})
+
+
+class _Wrong(up.init.Initializer):
+    """An Initializer subclass returning whatever it was built with."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __call__(self, shape: tuple[int, ...], rng: np.random.Generator, param: Any) -> Any:
+        return self.value
+
+
+class _WrongFill(up.init.Initializer):
+    """An elementwise subclass whose ``_fill`` returns the wrong size."""
+
+    elementwise = True
+
+    def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
+        return np.zeros(n + 1, dtype)
+
+
+@pytest.mark.parametrize(
+    ("init", "dtype", "error", "words"),
+    [
+        (_Wrong(np.zeros((2, 2))), np.float32, up.ShapeMismatchError, ["shape (3, 2)", "shape (2, 2)"]),
+        (lambda shape, rng, p: np.ones(7), np.float32, up.ShapeMismatchError, ["shape (3, 2)", "(7,)"]),
+        (lambda shape, rng, p: [[1, 2], [3]], np.float32, up.ShapeMismatchError, ["shape (3, 2)"]),
+        (_WrongFill(), np.float32, up.ShapeMismatchError, ["(6,)", "(7,)"]),
+        (_Wrong(np.ones((3, 2), np.complex64)), np.float32, up.DTypeError, ["real", "complex"]),
+        (lambda shape, rng, p: rng.standard_normal(shape) * 1j, np.float64, up.DTypeError, ["complex"]),
+        (lambda shape, rng, p: np.full(shape, "a"), np.float32, up.DTypeError, ["real", "<U1"]),
+        (lambda shape, rng, p: np.full(shape, np.nan), np.int64, up.DTypeError, ["finite", "NaN or inf"]),
+        (up.init.Orthogonal(), np.float32, None, []),
+    ],
+)
+def test_draw_checks_what_an_initializer_returns(init: Any, dtype: Any, error: Any, words: list[str]) -> None:
+    """Issue 16: a wrong result is a contract error from the draw itself,
+    before anything is written (so ``initialize`` can stay atomic)."""
+    if error is None:  # Orthogonal of a vector: not a bare ValueError
+        with pytest.raises(up.ShapeMismatchError, match="rank 2"):
+            draw(init, (3,), np.dtype(dtype), seed=0, index=0, param=None)
+        return
+    with pytest.raises(error) as info:
+        draw(init, (3, 2), np.dtype(dtype), seed=0, index=0, param=None)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_draw_accepts_what_broadcasts_and_casts() -> None:
+    got = draw(lambda shape, rng, p: 0.5, (3, 2), np.dtype(np.float32), seed=0, index=0, param=None)
+    assert got.shape == (3, 2) and (np.asarray(got) == 0.5).all()
+    got = draw(lambda shape, rng, p: np.arange(2), (3, 2), np.dtype(np.int64), seed=0, index=0, param=None)
+    np.testing.assert_array_equal(got, [[0, 1]] * 3)
+
+
+def test_wrong_initializer_result_changes_nothing() -> None:
+    m = up.wrap(ref.Sequential(ref.Dense(3, in_units=2), ref.Dense(3, in_units=3)))
+    before = {k: v.copy() for k, v in m.state().items()}
+    with pytest.raises(up.DTypeError):
+        m.initialize(lambda shape, rng, p: np.ones(shape) * (1j if p.name == "1.weight" else 1), seed=0)
+    after = m.state()
+    assert all(np.array_equal(before[k], after[k]) for k in before)

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ._errors import ArgumentError, DTypeError, ShapeMismatchError
+
 __all__ = [
     "Initializer",
     "Zeros",
@@ -72,8 +74,30 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
     return int(shape[1]) * receptive, int(shape[0]) * receptive
 
 
+_NONLINEARITIES = ("linear", "identity", "sigmoid", "tanh", "relu", "leaky_relu", "selu",
+                   "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+
+
+def _number(name: str, value: Any, owner: str, *, low: float | None = None, strict: bool = False) -> float:
+    """``value`` as a finite real number (``>= low``, or ``> low`` when
+    ``strict``), or an ``ArgumentError`` naming the argument; initializers
+    check at construction so that a bad argument never reaches a draw."""
+    bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+    expected = f"{owner}: {name} a finite real number{bound}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ArgumentError(expected, f"{name}={value!r} ({type(value).__name__})", f"pass e.g. {name}=1.0")
+    x = float(value)
+    if not math.isfinite(x) or (low is not None and (x <= low if strict else x < low)):
+        raise ArgumentError(expected, f"{name}={value!r}", f"pass {name}{bound or ' finite'}")
+    return x
+
+
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     """The recommended gain for a nonlinearity (PyTorch's table)."""
+    if not isinstance(nonlinearity, str):
+        raise ArgumentError(f"a nonlinearity among {', '.join(_NONLINEARITIES)}",
+                            f"nonlinearity={nonlinearity!r} ({type(nonlinearity).__name__})",
+                            "pass its name as a string, e.g. 'relu'")
     if nonlinearity in ("linear", "identity", "sigmoid") or nonlinearity.startswith("conv"):
         return 1.0
     if nonlinearity == "tanh":
@@ -81,13 +105,14 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
-        slope = 0.01 if param is None else float(param)
+        slope = 0.01 if param is None else _number("a", param, "calculate_gain('leaky_relu', a)")
         return math.sqrt(2.0 / (1 + slope**2))
     if nonlinearity == "selu":
         return 3.0 / 4
-    raise ValueError(
-        f"nonlinearity among linear, sigmoid, tanh, relu, leaky_relu, selu. "
-        f"Received: nonlinearity={nonlinearity!r}"
+    raise ArgumentError(
+        f"a nonlinearity among {', '.join(_NONLINEARITIES)}",
+        f"nonlinearity={nonlinearity!r}",
+        "pass one of those names (for a linear layer, 'linear')",
     )
 
 
@@ -113,9 +138,10 @@ class Initializer:
         raise NotImplementedError
 
     def _fill_into(self, rng: np.random.Generator, out: np.ndarray, fan: tuple[int, int]) -> None:
-        """``out[...] = self._fill(rng, out.size, out.dtype, fan)``; built-ins
-        draw straight into ``out`` (same numbers, no temporary)."""
-        out[...] = self._fill(rng, out.size, out.dtype, fan)
+        """``out[...] = self._fill(rng, out.size, out.dtype, fan)``, the result
+        checked first; built-ins draw straight into ``out`` (same numbers, no
+        temporary)."""
+        out[...] = _checked(self._fill(rng, out.size, out.dtype, fan), out.shape, out.dtype, self, None)
 
     def _own(self, cls: type) -> bool:
         """Whether ``_fill`` is ``cls``'s (a subclass overriding it keeps its own)."""
@@ -132,6 +158,7 @@ class Constant(Initializer):
     elementwise = True
 
     def __init__(self, value: float) -> None:
+        _number("value", value, "Constant(value)")
         self.value = value
 
     def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
@@ -165,6 +192,8 @@ class Normal(Initializer):
     elementwise = True
 
     def __init__(self, mean: float = 0.0, std: float = 0.01) -> None:
+        _number("mean", mean, "Normal(mean, std)")
+        _number("std", std, "Normal(mean, std)", low=0)
         self.mean, self.std = mean, std
 
     def _std(self, fan: tuple[int, int]) -> float:
@@ -191,6 +220,10 @@ class Uniform(Initializer):
     elementwise = True
 
     def __init__(self, low: float = -0.07, high: float = 0.07) -> None:
+        lo = _number("low", low, "Uniform(low, high)")
+        if _number("high", high, "Uniform(low, high)") < lo:
+            raise ArgumentError("Uniform(low, high): low <= high", f"low={low!r}, high={high!r}",
+                                "swap them")
         self.low, self.high = low, high
 
     def _bounds(self, fan: tuple[int, int]) -> tuple[float, float]:
@@ -215,6 +248,7 @@ class XavierUniform(Uniform):
     """Glorot uniform: ``a = gain * sqrt(6 / (fan_in + fan_out))``."""
 
     def __init__(self, gain: float = 1.0) -> None:
+        _number("gain", gain, "XavierUniform(gain)", low=0)
         self.gain = gain
 
     def _bounds(self, fan: tuple[int, int]) -> tuple[float, float]:
@@ -226,6 +260,7 @@ class XavierNormal(Normal):
     """Glorot normal: ``std = gain * sqrt(2 / (fan_in + fan_out))``."""
 
     def __init__(self, gain: float = 1.0) -> None:
+        _number("gain", gain, "XavierNormal(gain)", low=0)
         self.gain = gain
         self.mean = 0.0
 
@@ -236,9 +271,15 @@ class XavierNormal(Normal):
         return f"XavierNormal(gain={self.gain!r})"
 
 
+def _kaiming_args(owner: str, a: Any, mode: Any, nonlinearity: Any) -> None:
+    _number("a", a, owner)
+    if not isinstance(mode, str) or mode not in ("fan_in", "fan_out"):
+        raise ArgumentError(f"{owner}: mode 'fan_in' or 'fan_out'", f"mode={mode!r}",
+                            "pass mode='fan_in' (preserves the forward variance) or 'fan_out' (the backward's)")
+    calculate_gain(nonlinearity, a)
+
+
 def _kaiming_std(a: float, mode: str, nonlinearity: str, fan: tuple[int, int]) -> float:
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"mode 'fan_in' or 'fan_out'. Received: mode={mode!r}")
     f = fan[0] if mode == "fan_in" else fan[1]
     return calculate_gain(nonlinearity, a) / math.sqrt(max(f, 1))
 
@@ -247,8 +288,8 @@ class KaimingUniform(Uniform):
     """He uniform: bound ``sqrt(3) * gain / sqrt(fan)``."""
 
     def __init__(self, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> None:
+        _kaiming_args("KaimingUniform(a, mode, nonlinearity)", a, mode, nonlinearity)
         self.a, self.mode, self.nonlinearity = a, mode, nonlinearity
-        calculate_gain(nonlinearity, a)
 
     def _bounds(self, fan: tuple[int, int]) -> tuple[float, float]:
         b = math.sqrt(3.0) * _kaiming_std(self.a, self.mode, self.nonlinearity, fan)
@@ -259,9 +300,9 @@ class KaimingNormal(Normal):
     """He normal: ``std = gain / sqrt(fan)``."""
 
     def __init__(self, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> None:
+        _kaiming_args("KaimingNormal(a, mode, nonlinearity)", a, mode, nonlinearity)
         self.a, self.mode, self.nonlinearity = a, mode, nonlinearity
         self.mean = 0.0
-        calculate_gain(nonlinearity, a)
 
     def _std(self, fan: tuple[int, int]) -> float:
         return _kaiming_std(self.a, self.mode, self.nonlinearity, fan)
@@ -277,8 +318,12 @@ class TruncatedNormal(Initializer):
     elementwise = True
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0) -> None:
-        if not a < b:
-            raise ValueError(f"a < b. Received: a={a!r}, b={b!r}")
+        owner = "TruncatedNormal(mean, std, a, b)"
+        _number("mean", mean, owner)
+        _number("std", std, owner, low=0)
+        if not _number("a", a, owner) < _number("b", b, owner):
+            raise ArgumentError(f"{owner}: bounds a < b", f"a={a!r}, b={b!r}",
+                                "pass the lower bound as a and the upper as b (absolute values, as trunc_normal_)")
         self.mean, self.std, self.a, self.b = mean, std, a, b
 
     def _fill(self, rng: np.random.Generator, n: int, dtype: np.dtype, fan: tuple[int, int]) -> np.ndarray:
@@ -301,12 +346,15 @@ class Orthogonal(Initializer):
     a normal draw; shapes of rank > 2 are flattened to ``(shape[0], -1)``."""
 
     def __init__(self, gain: float = 1.0) -> None:
+        _number("gain", gain, "Orthogonal(gain)")
         self.gain = gain
 
     def __call__(self, shape: tuple[int, ...], rng: np.random.Generator, param: Any) -> np.ndarray:
         if len(shape) < 2:
-            raise ValueError(
-                f"a shape of rank 2 or more for Orthogonal. Received: shape={shape}"
+            raise ShapeMismatchError(
+                f"a parameter of rank 2 or more for Orthogonal ({getattr(param, 'name', '?')!r})",
+                f"shape={tuple(shape)}",
+                r"apply Orthogonal to matrices only, e.g. {r'.*weight': up.init.Orthogonal(), r'.*': up.init.Zeros()}",
             )
         rows = shape[0]
         cols = int(np.prod(shape[1:]))
@@ -360,16 +408,35 @@ def draw(
         return out.reshape(shape)
     ss = np.random.SeedSequence(seed, spawn_key=(index,)) if seed is not None else np.random.SeedSequence()
     rng = np.random.Generator(np.random.PCG64(ss))
-    value = np.asarray(init(shape, rng, param))
-    if value.shape != tuple(shape):
+    return _checked(init(shape, rng, param), tuple(shape), np.dtype(dtype), init, param)
+
+
+def _checked(result: Any, shape: tuple[int, ...], dtype: np.dtype, init: Any, param: Any) -> np.ndarray:
+    """An initializer's result as an array of ``shape`` (a scalar or any
+    array that broadcasts to it) with real values that the storage's
+    ``dtype`` can hold, or the contract error saying what was wrong; so a
+    bad initializer fails in the draw, before anything is written."""
+    name = getattr(param, "name", None)
+    where = f"the result of {init!r}" + (f" for {name!r}" if name else "")
+    try:
+        value = np.asarray(result)
+    except (ValueError, TypeError) as exc:
+        raise ShapeMismatchError(f"an array of shape {shape} from the initializer",
+                                 f"{type(result).__name__} NumPy cannot make an array of ({exc}) as {where}",
+                                 "return a NumPy array of the shape passed to the initializer") from None
+    if value.dtype.kind not in "biuf":
+        kind = "complex values" if value.dtype.kind == "c" else f"values of dtype {value.dtype}"
+        raise DTypeError(f"real numbers from the initializer, for a {dtype} storage",
+                         f"{kind} as {where}",
+                         "return a real array (e.g. take .real, or draw with rng.standard_normal)")
+    if dtype.kind in "iub" and value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise DTypeError(f"finite values from the initializer, for the integer storage {name or ''}".rstrip(),
+                         f"NaN or inf in {where}", "return finite numbers")
+    if value.shape != shape:
         try:
             value = np.broadcast_to(value, shape)
         except ValueError:
-            from ._errors import ShapeMismatchError
-
-            raise ShapeMismatchError(
-                f"an initializer result of shape {tuple(shape)} for {getattr(param, 'name', '?')}",
-                f"shape {value.shape} from {init!r}",
-                "return an array of the shape passed to the initializer",
-            ) from None
+            raise ShapeMismatchError(f"an array of shape {shape} from the initializer (or one that broadcasts to it)",
+                                     f"shape {value.shape} as {where}",
+                                     "return an array of the shape passed to the initializer") from None
     return value
