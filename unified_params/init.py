@@ -424,6 +424,10 @@ def _checked(result: Any, shape: tuple[int, ...], dtype: np.dtype, init: Any, pa
         raise ShapeMismatchError(f"an array of shape {shape} from the initializer",
                                  f"{type(result).__name__} NumPy cannot make an array of ({exc}) as {where}",
                                  "return a NumPy array of the shape passed to the initializer") from None
+    if value.dtype == object and isinstance(result, (list, tuple)):  # NumPy < 1.24 makes ragged lists objects
+        raise ShapeMismatchError(f"an array of shape {shape} from the initializer",
+                                 f"a ragged {type(result).__name__} as {where}",
+                                 "return a NumPy array of the shape passed to the initializer")
     if value.dtype.kind not in "biuf":
         kind = "complex values" if value.dtype.kind == "c" else f"values of dtype {value.dtype}"
         raise DTypeError(f"real numbers from the initializer, for a {dtype} storage",
