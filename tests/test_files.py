@@ -33,7 +33,8 @@ import pytest
 
 import unified_params as up
 from unified_params import _registry
-from unified_params._io import MAX_HEADER_BYTES, read_file
+from unified_params._io import read_file
+from unified_params._limits import MAX_HEADER_BYTES
 
 pytest.importorskip("safetensors")
 
@@ -249,8 +250,7 @@ _SAVER = textwrap.dedent(
     elif stage == "before-rename":  # the temporary file complete, not yet renamed
         os.replace = stall
     elif stage == "before-write":  # the values read, no file opened yet
-        import tempfile
-        tempfile.mkstemp = stall
+        os.open = stall
 
     class Big(ref.Module):
         def __init__(self, i):
@@ -300,7 +300,7 @@ def test_interrupted_save_leaves_the_previous_file(tmp_path: Path, stage: str, l
     up.save(small, target)
     old = target.read_bytes()
     _kill_during_save(target, stage, layers, delay, writer)
-    leftovers = list(tmp_path.glob(".model.safetensors.*.tmp"))
+    leftovers = list(tmp_path.glob(".up-*.tmp"))
     tensors, _ = read_file(target)
     if target.read_bytes() == old:
         assert stage != "done"

@@ -973,9 +973,11 @@ class _framework_errors:
 
 
 def load_into(
-    block: Block, state: Mapping[str, Any], *, strict: bool, what: str, progress: bool | None = False
+    block: Block, state: Mapping[str, Any], *, strict: bool, what: str, progress: bool | None = False,
+    backup: bool | None = None, verify: Callable[[], None] | None = None,
 ) -> LoadReport:
-    """Shared by ``load_state``, ``up.load`` and ``up.port``."""
+    """Shared by ``load_state``, ``up.load`` and ``up.port``; ``backup`` and
+    ``verify`` go to ``write_atomic``."""
     if not isinstance(state, Mapping):
         raise StateError(
             "a mapping {name: array} (what m.state() returns)",
@@ -1028,7 +1030,7 @@ def load_into(
         )
     checked = [(p, _check_deferred(p, v, what) if isinstance(v, Deferred) else _check_value(p, v, what))
                for p, v in items]
-    write_atomic(checked, what=what, progress=progress)
+    write_atomic(checked, what=what, progress=progress, backup=backup, verify=verify)
     return report
 
 
