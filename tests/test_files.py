@@ -576,3 +576,51 @@ def test_an_unchanged_file_loads_on_both_paths(tmp_path: Path, monkeypatch: pyte
         m = _ref_model()
         up.load(m, f)
         assert _snapshot(m) == _snapshot(src)
+
+
+# -- one pairing, a linear save -----------------------------------------------------------
+
+
+def test_port_and_load_by_order_pair_alike(tmp_path: Path) -> None:
+    """One pairing function: the same PortError, naming the same pair, for
+    the same mismatch, from ``port`` and from ``load(match='order')``."""
+    from unified_params import reference as ref
+
+    def model(*widths: int) -> up.Block:
+        layers, n_in = [], 4
+        for w in widths:
+            layers.append(ref.Dense(w, in_units=n_in))
+            n_in = w
+        return up.wrap(ref.Sequential(*layers))
+
+    dst = model(8, 1)
+    for src, words in ((model(8), ("same number of distinct parameters", "the first unpaired is '1.weight'")),
+                       (model(9, 1), ("parameters #0 of matching canonical shapes", "'0.weight' (9, 4)"))):
+        f = up.save(src, tmp_path / "src.safetensors")
+        before = _snapshot(dst)
+        with pytest.raises(up.PortError) as by_port:
+            up.port(src, dst)
+        with pytest.raises(up.PortError) as by_file:
+            up.load(dst, f, match="order")
+        for info in (by_port, by_file):
+            assert all(w in str(info.value) for w in words), str(info.value)
+        assert by_port.value.todo.split(" (")[0] != "" and _snapshot(dst) == before
+
+
+def test_save_lists_the_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``save`` is linear in the number of parameters: it lists the model's
+    parameters once, not once per name (issue 13)."""
+    from unified_params import _block
+    from unified_params import reference as ref
+
+    m = up.wrap(ref.Sequential(*[ref.Dense(2, in_units=2) for _ in range(50)]))
+    calls = [0]
+    original = _block.Block.params
+
+    def counted(self: Any) -> Any:
+        calls[0] += 1
+        return original.fget(self)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(_block.Block, "params", property(counted))
+    up.save(m, tmp_path / "m.safetensors")
+    assert calls[0] <= 2, f"block.params listed {calls[0]} times for 100 parameters"
