@@ -156,7 +156,7 @@ def test_unified_code_prints_the_same_numbers(page: Path, up_backend: Any) -> No
         bad = [(x, y) for x, y in zip(g, w) if not agree(x, y)]
         assert not bad, f"numbers differ {bad[:5]} in {where}"
     if backend == "numpy":
-        assert all(numbers(p) for (compared, _), p in zip(unified(page), printed) if compared)
+        assert all(numbers(p) for (compared, _), p in zip(unified(page), printed) if compared and p.strip())
 
 
 # The driver a fresh interpreter runs: every block in order in one namespace,
