@@ -33,7 +33,8 @@ import pytest
 
 import unified_params as up
 from unified_params import _registry
-from unified_params._io import MAX_HEADER_BYTES, read_file
+from unified_params._io import read_file
+from unified_params._limits import MAX_HEADER_BYTES
 
 pytest.importorskip("safetensors")
 
@@ -249,8 +250,7 @@ _SAVER = textwrap.dedent(
     elif stage == "before-rename":  # the temporary file complete, not yet renamed
         os.replace = stall
     elif stage == "before-write":  # the values read, no file opened yet
-        import tempfile
-        tempfile.mkstemp = stall
+        os.open = stall
 
     class Big(ref.Module):
         def __init__(self, i):
@@ -300,7 +300,7 @@ def test_interrupted_save_leaves_the_previous_file(tmp_path: Path, stage: str, l
     up.save(small, target)
     old = target.read_bytes()
     _kill_during_save(target, stage, layers, delay, writer)
-    leftovers = list(tmp_path.glob(".model.safetensors.*.tmp"))
+    leftovers = list(tmp_path.glob(".up-*.tmp"))
     tensors, _ = read_file(target)
     if target.read_bytes() == old:
         assert stage != "done"
@@ -310,3 +310,317 @@ def test_interrupted_save_leaves_the_previous_file(tmp_path: Path, stage: str, l
         assert len(tensors) == layers and all((tensors[f"{i}.weight"] == i).all() for i in range(layers))
     if stage in ("mid-write", "before-rename"):
         assert target.read_bytes() == old and len(leftovers) == 1  # the kill hit the temporary file
+
+
+# -- saves behave like open(path, 'wb'), atomically ------------------------------------
+
+
+def _ref_model(fill: float = 0.0) -> up.Block:
+    m = up.get_backend("numpy").zoo().shared()
+    m.initialize(up.init.Normal(0.0, 1.0), seed=5)
+    if fill:
+        m.params["0.bias"].fill(fill)
+    return m
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_save_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> None:
+    import stat
+
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"old")
+    f.chmod(0o664)
+    with _umask(0o077):
+        up.save(_ref_model(), f)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o664
+    f.chmod(0o640)
+    up.save(_ref_model(), f)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_a_new_file_follows_the_umask(tmp_path: Path, mask: int) -> None:
+    import stat
+
+    with _umask(mask):
+        f = up.save(_ref_model(), tmp_path / "m.safetensors")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask
+
+
+def test_save_writes_through_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "store" / "real.safetensors"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / "m.safetensors"
+    link.symlink_to(os.path.relpath(real, tmp_path))
+    m = _ref_model()
+    up.save(m, link)
+    assert link.is_symlink() and os.readlink(link) == os.path.relpath(real, tmp_path)
+    tensors, _ = read_file(real)
+    assert np.array_equal(tensors["0.weight"], m.params["0.weight"].value)
+    dangling = tmp_path / "d.safetensors"  # a link to a file not there yet: the file is created
+    dangling.symlink_to(real.parent / "new.safetensors")
+    up.save(m, dangling)
+    assert dangling.is_symlink() and (real.parent / "new.safetensors").is_file()
+
+
+def test_a_name_of_250_bytes(tmp_path: Path) -> None:
+    name = "m" * (250 - len(".safetensors")) + ".safetensors"
+    assert len(name.encode()) == 250
+    m = _ref_model()
+    f = up.save(m, tmp_path / name)
+    assert f.name == name and read_file(f)[0].keys() == read_file(f)[0].keys()
+    up.load(m, f)
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+    old = time.time() - 2 * 3600
+    stale = [tmp_path / ".up-0123456789abcdef.tmp", tmp_path / ".m.safetensors.abcd_123.tmp"]
+    fresh = tmp_path / ".up-fedcba9876543210.tmp"  # another save, still running
+    other = tmp_path / ".up-notours.tmp"  # not our pattern
+    for f in (*stale, fresh, other):
+        f.write_bytes(b"partial")
+    for f in (*stale, other):
+        os.utime(f, (old, old))
+    up.save(_ref_model(), tmp_path / "m.safetensors")
+    assert sorted(os.listdir(tmp_path)) == sorted([".up-fedcba9876543210.tmp", ".up-notours.tmp", "m.safetensors"])
+
+
+def test_the_same_model_gives_the_same_bytes(tmp_path: Path) -> None:
+    a = up.save(_ref_model(), tmp_path / "a.safetensors").read_bytes()
+    b = up.save(_ref_model(), tmp_path / "b.safetensors").read_bytes()
+    c = up.save(_ref_model(), tmp_path / "a.safetensors").read_bytes()
+    assert a == b == c
+    assert up.save(_ref_model(fill=2.0), tmp_path / "c.safetensors").read_bytes() != a
+
+
+def test_files_are_read_by_safetensors_itself(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    m = _ref_model()
+    f = up.save(m, tmp_path / "m.safetensors")
+    tensors = load_file(str(f))
+    distinct = m.params.distinct()
+    assert set(tensors) == set(distinct) | set(m.buffers.distinct())
+    for n, p in distinct.items():
+        assert np.array_equal(tensors[n], p.value)
+    ours, meta = read_file(f)
+    assert all(np.array_equal(ours[n], tensors[n]) for n in tensors)
+    assert meta["format"] == "unified_params" and list(json.loads(meta["names"])) == list(m._all())
+
+
+def test_files_are_read_by_safetensors_torch(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    m = _ref_model()
+    f = up.save(m, tmp_path / "m.safetensors")
+    tensors = load_file(str(f))
+    for n, p in m.params.distinct().items():
+        assert tensors[n].dtype == torch.float32 and np.array_equal(tensors[n].numpy(), p.value)
+
+
+def test_a_full_disk_is_a_file_format_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from unified_params import _format
+
+    m = _ref_model()
+    f = up.save(m, tmp_path / "m.safetensors")
+    old = f.read_bytes()
+    real_write = _format.write
+
+    def full(fh: Any, head: bytes, arrays: Any, bar: Any = None) -> None:
+        fh.write(head)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_format, "write", full)
+    m.params["0.bias"].fill(9)
+    with pytest.raises(up.FileFormatError, match="No space left") as info:
+        up.save(m, f)
+    assert info.value.todo and "intact" in str(info.value)
+    assert f.read_bytes() == old and os.listdir(tmp_path) == ["m.safetensors"]
+    monkeypatch.setattr(_format, "write", real_write)
+
+
+_FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    import unified_params as up
+    m = up.get_backend("numpy").zoo().mlp()
+    m.initialize(up.init.Normal(0.0, 1.0), seed=1)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        up.save(m, sys.argv[1])
+    except up.FileFormatError as e:
+        print("FileFormatError:", e)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits")
+def test_a_file_size_limit_on_save(tmp_path: Path) -> None:
+    """A real write error from the OS (EFBIG past RLIMIT_FSIZE, as ENOSPC
+    would be) is a FileFormatError, the old file intact, no temporary left."""
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"old")
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(f)], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("FileFormatError:") and "intact" in proc.stdout, proc.stdout + proc.stderr
+    assert f.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.safetensors"]
+
+
+# -- a file changed by another program during a load ----------------------------------
+
+
+def _change_during_load(monkeypatch: pytest.MonkeyPatch, at: int, change: Any, after: bool = False) -> None:
+    """Make the ``at``-th tensor read of a load call ``change()`` first (or
+    right after it, with ``after``), as another program writing the file."""
+    from unified_params import _block
+
+    original = _block.Deferred.__array__
+    calls = [0]
+
+    def hooked(self: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        calls[0] += 1
+        if calls[0] == at and not after:
+            change()
+        out = original(self, *args, **kwargs)
+        if calls[0] == at and after:
+            change()
+        return out
+
+    monkeypatch.setattr(_block.Deferred, "__array__", hooked)
+
+
+def _truncate(f: Path) -> Any:
+    return lambda: os.truncate(f, f.stat().st_size - 8)
+
+
+def _rewrite(f: Path, blob: bytes) -> Any:
+    def change() -> None:
+        st = f.stat()
+        with open(f, "r+b") as fh:  # in place, same size, other values
+            fh.write(blob)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    return change
+
+
+def _replace(f: Path, blob: bytes) -> Any:
+    def change() -> None:
+        tmp = f.with_suffix(".new")
+        tmp.write_bytes(blob)
+        os.replace(tmp, f)
+
+    return change
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+@pytest.mark.parametrize("how", ["truncated", "rewritten", "replaced"])
+@pytest.mark.parametrize("at", [1, 2, 4])
+def test_a_file_changed_during_a_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: bool,
+                                      how: str, at: int) -> None:
+    """Whatever the model's size (``large``: no backups in write_atomic by
+    default), a file truncated, rewritten or replaced while it is loaded is
+    a FileFormatError and the model keeps its values."""
+    from unified_params import _limits
+
+    m = _ref_model()
+    f = up.save(_ref_model(fill=3.0), tmp_path / "m.safetensors")
+    other = up.save(_ref_model(fill=5.0), tmp_path / "other.safetensors").read_bytes()
+    if large:
+        monkeypatch.setattr(_limits, "LARGE_BYTES", 0)
+    before = _snapshot(m)
+    change = {"truncated": _truncate(f), "rewritten": _rewrite(f, other), "replaced": _replace(f, other)}[how]
+    _change_during_load(monkeypatch, at, change)
+    with pytest.raises(up.FileFormatError, match="changed while it was read") as info:
+        up.load(m, f)
+    assert info.value.todo and len(str(info.value)) < 1000
+    assert _snapshot(m) == before
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+def test_a_file_changed_after_the_last_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: bool) -> None:
+    """The check after the last write catches a change after the last read."""
+    from unified_params import _limits
+
+    m = _ref_model()
+    f = up.save(_ref_model(fill=3.0), tmp_path / "m.safetensors")
+    n = len(read_file(f)[0])
+    if large:
+        monkeypatch.setattr(_limits, "LARGE_BYTES", 0)
+    before = _snapshot(m)
+    _change_during_load(monkeypatch, n, _truncate(f), after=True)
+    with pytest.raises(up.FileFormatError, match="changed while it was read"):
+        up.load(m, f)
+    assert _snapshot(m) == before
+
+
+def test_an_unchanged_file_loads_on_both_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unified_params import _limits
+
+    src = _ref_model(fill=3.0)
+    f = up.save(src, tmp_path / "m.safetensors")
+    for large in (0, 1 << 40):
+        monkeypatch.setattr(_limits, "LARGE_BYTES", large)
+        m = _ref_model()
+        up.load(m, f)
+        assert _snapshot(m) == _snapshot(src)
+
+
+# -- one pairing, a linear save -----------------------------------------------------------
+
+
+def test_port_and_load_by_order_pair_alike(tmp_path: Path) -> None:
+    """One pairing function: the same PortError, naming the same pair, for
+    the same mismatch, from ``port`` and from ``load(match='order')``."""
+    from unified_params import reference as ref
+
+    def model(*widths: int) -> up.Block:
+        layers, n_in = [], 4
+        for w in widths:
+            layers.append(ref.Dense(w, in_units=n_in))
+            n_in = w
+        return up.wrap(ref.Sequential(*layers))
+
+    dst = model(8, 1)
+    for src, words in ((model(8), ("same number of distinct parameters", "the first unpaired is '1.weight'")),
+                       (model(9, 1), ("parameters #0 of matching canonical shapes", "'0.weight' (9, 4)"))):
+        f = up.save(src, tmp_path / "src.safetensors")
+        before = _snapshot(dst)
+        with pytest.raises(up.PortError) as by_port:
+            up.port(src, dst)
+        with pytest.raises(up.PortError) as by_file:
+            up.load(dst, f, match="order")
+        for info in (by_port, by_file):
+            assert all(w in str(info.value) for w in words), str(info.value)
+        assert by_port.value.todo.split(" (")[0] != "" and _snapshot(dst) == before
+
+
+def test_save_lists_the_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``save`` is linear in the number of parameters: it lists the model's
+    parameters once, not once per name (issue 13)."""
+    from unified_params import _block
+    from unified_params import reference as ref
+
+    m = up.wrap(ref.Sequential(*[ref.Dense(2, in_units=2) for _ in range(50)]))
+    calls = [0]
+    original = _block.Block.params
+
+    def counted(self: Any) -> Any:
+        calls[0] += 1
+        return original.fget(self)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(_block.Block, "params", property(counted))
+    up.save(m, tmp_path / "m.safetensors")
+    assert calls[0] <= 2, f"block.params listed {calls[0]} times for 100 parameters"

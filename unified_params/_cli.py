@@ -12,28 +12,16 @@ tables and trees are drawn with rich (when installed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import struct
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import FileFormatError, UnifiedParamsError
+from ._errors import UnifiedParamsError
 
 DEFAULT_ORDER = ("torch", "jax", "tensorflow", "mxnet", "numpy")
 MODELS = ("mlp", "nested", "shared", "cnn")
 _PROG = "unified-params"
-
-#: safetensors dtype codes -> NumPy-style names.
-_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
-    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
-    "C64": "complex64", "C128": "complex128",
-}  # fmt: skip
-
 
 class UsageError(Exception):
     """A command line that asks for something impossible (exit code 2)."""
@@ -177,60 +165,15 @@ def _backends() -> int:
 # -- inspect --------------------------------------------------------------------
 
 
-def read_header(path: str) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
-    """The tensor table and metadata of a safetensors file, and its size,
-    without reading the tensors (any dtype, any size)."""
-    how = "the file is truncated, corrupted or of another format; save it again with up.save"
-    if os.path.isdir(path):
-        raise FileFormatError("a safetensors file", f"the directory {path!r}", "name a file inside it")
-    if not os.path.exists(path):
-        raise FileFormatError("an existing safetensors file", f"{path!r} does not exist", "check the path")
-    size = os.path.getsize(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-            text = fh.read(n) if 0 <= n <= min(size - 8, 100 << 20) else b""
-    except PermissionError as exc:
-        raise FileFormatError("a readable file", f"{path!r}: {exc}", "fix its permissions") from None
-    if n < 0:
-        raise FileFormatError("a valid safetensors file", f"{path!r}: {size} bytes, no header", how)
-    if n > min(size - 8, 100 << 20):
-        raise FileFormatError("a valid safetensors file", f"{path!r}: a header of {n} bytes in a file of {size}", how)
-    try:
-        header = json.loads(text)
-    except ValueError:  # UnicodeDecodeError included
-        raise FileFormatError("a valid safetensors file", f"{path!r}: the header is not JSON", how) from None
-    if not isinstance(header, dict):
-        raise FileFormatError("a valid safetensors file", f"{path!r}: the header is not a JSON object", how)
-    meta = header.pop("__metadata__", None) or {}
-    data = size - 8 - n
-    for name, info in header.items():
-        try:
-            begin, end = info["data_offsets"]
-            shape = [int(d) for d in info["shape"]]
-            ok = isinstance(info["dtype"], str) and 0 <= begin <= end <= data and min(shape, default=0) >= 0
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise FileFormatError("a valid safetensors file",
-                                  f"{path!r}: the entry of tensor {name!r} is broken or past the end of the file", how)
-    return header, {str(k): str(v) for k, v in meta.items()}, size
-
-
 def _inspect(path: str) -> int:
+    from ._format import DTYPES, our_metadata, read_header, short
     from ._report import _fmt_shape
 
-    entries, meta, size = read_header(path)
-    names: dict[str, dict[str, str]] = {}
-    ties: list[list[str]] = []
-    if meta.get("format") == "unified_params":
-        try:
-            names = json.loads(meta.get("names", "{}"))
-            ties = json.loads(meta.get("ties", "[]"))
-        except ValueError:
-            raise FileFormatError("unified_params metadata as JSON", f"{path!r}: an unreadable 'names' entry",
-                                  "the file's metadata is corrupted; save it again") from None
+    header = read_header(path)  # the library's own parser and limits
+    entries, meta, size = header.entries, header.metadata, header.size
+    ours = our_metadata(meta, short(repr(path), 200))
+    names, ties = ours if ours is not None else ({}, [])
+    if ours is not None:
         source = f"{meta.get('backend', 'unknown')} (unified_params format {meta.get('format_version', '?')})"
     else:
         source = "unknown: a plain safetensors file, without unified_params metadata"
@@ -239,29 +182,29 @@ def _inspect(path: str) -> int:
         if info.get("storage", n) != n:
             aliases.setdefault(info["storage"], []).append(n)
     rows, total = [], 0
-    ordered = sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    ordered = sorted(entries.values(), key=lambda e: e.begin)
     if names:  # the model's order, as saved
         rank = {n: i for i, n in enumerate(names)}
-        ordered = sorted(ordered, key=lambda kv: rank.get(kv[0], len(rank)))
-    for name, info in ordered:
+        ordered = sorted(ordered, key=lambda e: rank.get(e.name, len(rank)))
+    for e in ordered:
         count = 1
-        for d in info["shape"]:
-            count *= int(d)
+        for d in e.shape:
+            count *= d
         total += count
-        role = names.get(name, {}).get("role", "")
-        kind = names.get(name, {}).get("kind", "")
-        rows.append([name, role + (" (buffer)" if kind == "buffer" else ""), _fmt_shape(tuple(info["shape"])),
-                     _DTYPES.get(info["dtype"], info["dtype"]), f"{count:,}", ", ".join(aliases.get(name, []))])
+        role = names.get(e.name, {}).get("role", "")
+        kind = names.get(e.name, {}).get("kind", "")
+        rows.append([e.name, role + (" (buffer)" if kind == "buffer" else ""), _fmt_shape(e.shape),
+                     DTYPES[e.dtype], f"{count:,}", ", ".join(aliases.get(e.name, []))])
     print(f"{path}: safetensors, {len(entries)} tensors, {total:,} elements, {size:,} bytes")
     print(f"source backend: {source}")
-    ours = ("format", "format_version", "backend", "names", "ties") if meta.get("format") == "unified_params" else ()
-    extra = {k: v for k, v in meta.items() if k not in ours}
+    mine = ("format", "format_version", "backend", "names", "ties") if ours is not None else ()
+    extra = {k: v for k, v in meta.items() if k not in mine}
     if extra:
         print("metadata: " + ", ".join(f"{k}={v[:40]}" for k, v in extra.items()))
-    header = ["name", "role", "shape", "dtype", "count", "tied with"]
+    head = ["name", "role", "shape", "dtype", "count", "tied with"]
     if not names:  # a plain file: no roles, no ties to show
-        header, rows = header[:1] + header[2:5], [r[:1] + r[2:5] for r in rows]
-    _print_table(header, rows, title=os.path.basename(path), right=("count",))
+        head, rows = head[:1] + head[2:5], [r[:1] + r[2:5] for r in rows]
+    _print_table(head, rows, title=os.path.basename(path), right=("count",))
     if ties:
         print("tie groups (one storage each):")
         for group in ties:
@@ -287,16 +230,15 @@ def _plot(file: str | None, backend: str | None, model: str | None, output: str)
         _check_backend(backend)
     _require_matplotlib()  # before anything slow
     if file is not None:
+        from ._format import our_metadata, short
         from ._io import read_file
 
         tensors, meta = read_file(file)
-        try:
-            table = json.loads(meta.get("names", "{}")) if meta.get("format") == "unified_params" else {}
-        except ValueError:
-            table = {}
+        ours = our_metadata(meta, short(repr(file), 200))
+        table = ours[0] if ours is not None else {}
         also: dict[str, list[str]] = {}
         for n, info in table.items():
-            if isinstance(info, dict) and info.get("storage", n) != n:
+            if info.get("storage", n) != n:
                 also.setdefault(info["storage"], []).append(n)
         rank = {n: i for i, n in enumerate(table)}  # the model's order, as saved
         order = sorted(tensors, key=lambda n: rank.get(n, len(rank)))

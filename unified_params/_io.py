@@ -3,25 +3,31 @@
 Design constraints: files are safetensors (no pickle; readable by any
 safetensors reader) in canonical layout, each storage once; the metadata
 names every parameter with its role and tie group so a load restores ties'
-values. A save writes a temporary file beside the target and renames it, so
-an interrupted save leaves the old file intact. Loads and ports check
-everything before writing and write atomically (``_block.write_atomic``).
+values. The format itself (dtypes, the header parser, the writer) lives in
+``_format``. A save behaves like ``open(path, 'wb')`` done atomically: a
+temporary file beside the target (``.up-<random>.tmp``) replaces it, keeping
+its mode (new files follow the umask) and writing through a symlink. Loads
+and ports check everything before writing and write atomically
+(``_block.write_atomic``); a load re-checks the file around each tensor and
+after the last write, so a file changed by another program is an error with
+the model unchanged.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+import re
+import secrets
+import stat
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import _limits
+from . import _format
 from ._block import (
     Block,
     Deferred,
@@ -32,13 +38,21 @@ from ._block import (
     progress_bar,
     write_atomic,
 )
-from ._errors import ArgumentError, DTypeError, FileFormatError, PortError
+from ._errors import ArgumentError, DTypeError, FileFormatError, PortError, StateError, UnifiedParamsError
+from ._format import few, short
 from ._layout import contiguous
 
-__all__ = ["save", "load", "port", "PortReport", "FORMAT_VERSION"]
+__all__ = ["save", "load", "port", "read_file", "PortReport", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "1"
 _PORT_BUFFER_ROLES = ("running_mean", "running_var")
+#: temporary files of a save: ``.up-<16 hex>.tmp`` beside the target (short,
+#: so that names up to the file system's 255 bytes can be saved)
+_TEMP = re.compile(r"\.up-[0-9a-f]{16}\.tmp\Z")
+#: a temporary file of ours older than this (seconds) is left by a killed save
+STALE_SECONDS = 3600
+#: longest error message a load raises (a file may hold millions of names)
+_MAX_MESSAGE = 2000
 
 
 def _as_block(m: Any, what: str) -> Block:
@@ -49,16 +63,11 @@ def _as_block(m: Any, what: str) -> Block:
     return wrap(m)
 
 
-_SAFETENSORS_DTYPES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
-    "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-}
-
-
 def _metadata(block: Block) -> tuple[dict[str, Param], dict[str, str]]:
-    """The storages to write (first name -> Param) and the file's metadata."""
+    """The storages to write (first name -> Param) and the file's metadata;
+    one listing of the model each (linear in the number of parameters)."""
     allp = block._all()
+    trainable = set(block.params)
     first: dict[Any, str] = {}
     storages: dict[str, Param] = {}
     names: dict[str, dict[str, str]] = {}
@@ -67,48 +76,58 @@ def _metadata(block: Block) -> tuple[dict[str, Param], dict[str, str]]:
             first[p.storage] = n
             p._require_concrete("save")
             storages[n] = p
-        names[n] = {"role": p.role, "kind": "param" if n in block.params else "buffer", "storage": first[p.storage]}
+        names[n] = {"role": p.role, "kind": "param" if n in trainable else "buffer", "storage": first[p.storage]}
+    groups: dict[str, list[str]] = {}
+    for n, info in names.items():
+        groups.setdefault(info["storage"], []).append(n)
     meta = {
-        "format": "unified_params",
+        "format": _format.FORMAT,
         "format_version": FORMAT_VERSION,
         "backend": block.backend,
-        "names": json.dumps(names),
-        "ties": json.dumps([list(g) for g in block.tied()]),
+        "names": _format.dumps(names),
+        "ties": _format.dumps([g for g in groups.values() if len(g) > 1]),
     }
     return storages, meta
 
 
-def _write_stream(storages: dict[str, Param], meta: dict[str, str], fh: Any, progress: bool | None) -> bool:
-    """Write a safetensors file storage by storage from zero-copy views, so
-    the file's bytes are never all in memory; False (nothing written) when a
-    dtype has no safetensors code of ours (the caller falls back to
-    safetensors' own writer)."""
-    header: dict[str, Any] = {"__metadata__": meta}
-    offset = 0
-    for n, p in storages.items():
-        code = _SAFETENSORS_DTYPES.get(p.dtype.name)
-        if code is None:
-            return False
-        size = int(p.size or 0) * p.dtype.itemsize
-        header[n] = {"dtype": code, "shape": list(p.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes
-    fh.write(len(raw).to_bytes(8, "little"))
-    fh.write(raw)
-    bar = progress_bar(progress, offset, "save")
+def _folder_error(folder: Path, exc: BaseException) -> FileFormatError:
+    return FileFormatError("a folder this process may write a file into",
+                           f"{short(repr(str(folder)), 200)}: {short(str(exc), 300)}",
+                           "choose another path, free space, or fix its permissions; the old file is intact")
+
+
+def _remove_stale(folder: Path, name: str) -> None:
+    """Remove temporary files of ours in ``folder`` left by killed saves
+    (older than ``STALE_SECONDS``): ``.up-<hex>.tmp``, and the
+    ``.<name>.<random>.tmp`` of earlier versions for this target."""
+    cutoff = time.time() - STALE_SECONDS
+    legacy = re.compile(re.escape(f".{name}.") + r"[a-z0-9_]{8}\.tmp\Z")
     try:
-        for p in storages.values():
-            v = contiguous(np.asarray(p.read(copy=False)))  # kernel-last: a tiled transpose
-            if v.dtype.byteorder == ">":
-                v = v.astype(v.dtype.newbyteorder("<"))
-            fh.write(memoryview(v.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
-            if bar is not None:
-                bar.update(v.nbytes)
-    finally:
-        if bar is not None:
-            bar.close()
-    return True
+        with os.scandir(folder) as it:
+            for e in it:
+                if not (_TEMP.match(e.name) or legacy.match(e.name)):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                        os.unlink(e.path)
+                except OSError:
+                    continue
+    except OSError:  # best effort: the save itself reports what matters
+        return
+
+
+def _create_temp(folder: Path) -> tuple[int, str]:
+    """A new file ``.up-<random>.tmp`` in ``folder``, created as ``open(path,
+    'wb')`` creates one (mode 0o666 less the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".up-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) -> Path:
@@ -116,8 +135,10 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
 
     The storages are streamed to a temporary file beside ``path`` (one at a
     time, from zero-copy views where the framework allows), which then
-    replaces ``path``. ``progress``: a tqdm bar (default: for models over
-    256 MiB when stderr is a terminal).
+    replaces ``path``: the file keeps the mode of the one it replaces (a new
+    one follows the umask), a symlink stays a link to the file written. The
+    same model gives the same bytes. ``progress``: a tqdm bar (default: for
+    models over 256 MiB when stderr is a terminal).
 
     >>> import unified_params as up, tempfile, os
     >>> from unified_params import reference as ref
@@ -125,259 +146,113 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
     >>> f = up.save(m, os.path.join(tempfile.mkdtemp(), "m.safetensors"))
     """
     block = _as_block(m, "save")
-    target = _as_path(path, "save to")
-    if target.is_dir():
-        raise FileFormatError("a file path to save to", f"the directory {str(target)!r}",
-                              "add a file name, e.g. model.safetensors")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileFormatError("an existing folder to save into", f"{str(folder)!r} does not exist",
-                              "create it first")
-    storages, meta = _metadata(block)
-    fd, tmp = None, None
+    target = _format.as_path(path, "save to")
+    where = short(repr(str(target)), 200)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        if target.is_dir():
+            raise FileFormatError("a file path to save to", f"the directory {where}",
+                                  "add a file name, e.g. model.safetensors")
+        real = Path(os.path.realpath(target)) if target.is_symlink() else target  # write through a link
+        folder = real.parent if str(real.parent) else Path(".")
+        if not folder.is_dir():
+            raise FileFormatError("an existing folder to save into", f"{short(repr(str(folder)), 200)} does not exist",
+                                  "create it first")
+        try:
+            mode: int | None = stat.S_IMODE(os.stat(real).st_mode)
+        except OSError:
+            mode = None
+    except OSError as exc:  # a path too long, a loop of links
+        raise FileFormatError("a path this process may save to", f"{where}: {short(str(exc), 300)}",
+                              "check the path") from None
+    storages, meta = _metadata(block)
+    entries = []
+    for n, p in storages.items():
+        code = _format.code_of(p.dtype)
+        if code is None:
+            raise FileFormatError(f"dtypes that safetensors stores ({', '.join(_format.DTYPES.values())})",
+                                  f"{short(n, 80)} of dtype {p.dtype}", "cast the model to a supported dtype first")
+        entries.append((n, code, tuple(int(d or 0) for d in p.shape)))
+    head, total = _format.header_bytes(entries, meta)
+    _remove_stale(folder, real.name)
+    tmp = None
+    try:
+        fd, tmp = _create_temp(folder)
         with os.fdopen(fd, "wb") as fh:
-            # small models go through safetensors' own writer (it holds the
-            # file's bytes in memory once, which costs nothing there)
-            large = sum(int(p.size or 0) * p.dtype.itemsize for p in storages.values()) > _limits.LARGE_BYTES
-            streamed = (large or bool(progress)) and _write_stream(storages, meta, fh, progress)
-        if not streamed:
-            from safetensors.numpy import save_file
-
-            save_file({n: np.asarray(p.read(copy=False), order="C") for n, p in storages.items()}, tmp,
-                      metadata=meta)
-        with open(tmp, "rb+") as fh:
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            bar = progress_bar(progress, total, "save")
+            try:
+                # kernel-last storages: a tiled transpose each, one at a time
+                _format.write(fh, head, (contiguous(np.asarray(p.read(copy=False))) for p in storages.values()), bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        os.replace(tmp, real)
         tmp = None
     except OSError as exc:  # permissions, a read-only file system, a full disk
-        raise FileFormatError("a folder this process may write a file into", f"{str(folder)!r}: {exc}",
-                              "choose another path, free space, or fix its permissions; the old file is intact"
-                              ) from None
+        raise _folder_error(folder, exc) from None
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     return target
-
-
-#: safetensors' own limit on the JSON header (its ``MAX_HEADER_SIZE``).
-MAX_HEADER_BYTES = 100_000_000
-_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
-_MAGIC = {b"PK\x03\x04": "a zip archive (a torch.save or .npz file?)", b"\x89HDF": "an HDF5 file (Keras .h5?)",
-          b"\x93NUMPY": "a .npy file", b"\x80": "a Python pickle", b"{": "a JSON text", b"\x1f\x8b": "a gzip file"}
-_LAYOUT = "a safetensors file: an 8-byte little-endian header length, a JSON header, then the tensors' bytes"
-
-
-def _what_it_looks_like(head: bytes) -> str:
-    for magic, what in _MAGIC.items():
-        if head.startswith(magic):
-            return f"; it looks like {what}"
-    return ""
-
-
-def _check_header(p: Path, fh: Any, size: int) -> None:
-    """Validate the framing and the header before safetensors maps the file,
-    so that every defect gets a message naming it (safetensors' own errors
-    are terse, and a header length of 2**64 would be an allocation)."""
-    where = repr(str(p))
-    fix = "the file is damaged or of another format; save the model again with up.save(m, path)"
-    head = fh.read(8)
-    if size < 8:
-        raise FileFormatError(_LAYOUT, f"{where} holds only {size} bytes{_what_it_looks_like(head)}",
-                              "it is empty or cut short; save the model again with up.save(m, path)")
-    n = int.from_bytes(head, "little")
-    if n > MAX_HEADER_BYTES:
-        raise FileFormatError(
-            f"a safetensors header of at most {MAX_HEADER_BYTES} bytes",
-            f"{where} declares a header of {n} bytes{_what_it_looks_like(head)}",
-            fix,
-        )
-    if 8 + n > size:
-        raise FileFormatError(
-            f"{8 + n} bytes or more: the 8-byte length and the {n}-byte header it declares",
-            f"{where} holds {size} bytes{_what_it_looks_like(head)}",
-            "the file is truncated (an interrupted copy or download?); copy or save it again",
-        )
-    raw = fh.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError(f"a JSON {type(header).__name__}, not an object")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FileFormatError(
-            "a JSON object as the safetensors header",
-            f"an unreadable header in {where} ({exc}){_what_it_looks_like(head)}",
-            fix,
-        ) from None
-    data_len = size - 8 - n
-    for key, info in header.items():
-        if key == "__metadata__":
-            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
-                raise FileFormatError("'__metadata__' as a map of strings to strings",
-                                      f"{info!r:.200} in {where}", fix)
-            continue
-        ok = (
-            isinstance(info, dict)
-            and isinstance(info.get("dtype"), str)
-            and isinstance(info.get("shape"), list)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in info["shape"])
-            and isinstance(info.get("data_offsets"), list)
-            and len(info["data_offsets"]) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) for o in info["data_offsets"])
-        )
-        if not ok:
-            raise FileFormatError(
-                "each tensor's entry as {'dtype': str, 'shape': [int >= 0, ...], 'data_offsets': [begin, end]}",
-                f"{key!r}: {info!r:.200} in {where}",
-                fix,
-            )
-        begin, end = info["data_offsets"]
-        if not 0 <= begin <= end <= data_len:
-            raise FileFormatError(
-                f"data offsets of {key!r} within the {data_len} bytes of data after the header",
-                f"data_offsets [{begin}, {end}] in {where}",
-                "the file is truncated or its header corrupted; save or copy it again",
-            )
-        itemsize = _ITEMSIZE.get(info["dtype"])
-        count = int(np.prod(info["shape"], dtype=np.int64))
-        if itemsize is not None and end - begin != count * itemsize:
-            raise FileFormatError(
-                f"{count * itemsize} bytes for {key!r} ({info['dtype']} of shape {tuple(info['shape'])})",
-                f"data_offsets [{begin}, {end}] ({end - begin} bytes) in {where}",
-                fix,
-            )
 
 
 def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All tensors and the metadata of a safetensors file, as NumPy arrays.
 
     The path, the framing, the header and every tensor's offsets are checked
-    (``_checked_file``) before safetensors reads the data, so a truncated,
-    corrupted, oversized or foreign file raises ``FileFormatError`` saying
-    which of these it is.
+    (``_format.Reader``) before any data is read, so a truncated, corrupted,
+    oversized or foreign file raises ``FileFormatError`` saying which of
+    these it is.
     """
-    from safetensors import safe_open
-
-    p = _checked_file(path)
-    with _reading(p), safe_open(str(p), framework="numpy") as fh:
-        meta = fh.metadata() or {}
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    return tensors, meta
+    with _format.Reader(path) as r:
+        return dict(r.tensors()), dict(r.header.metadata)
 
 
-@contextmanager
-def _reading(p: Path) -> Iterator[None]:
-    """What reading a checked file can still raise, as FileFormatErrors."""
-    try:
-        yield
-    except PermissionError as exc:
-        raise FileFormatError("a file this process may read", f"{str(p)!r}: {exc.strerror}",
-                              "fix its permissions") from None
-    except FileFormatError:
-        raise
-    except Exception as exc:  # safetensors raises its own SafetensorError and others
-        raise FileFormatError(
-            "a valid safetensors file",
-            f"{str(p)!r}: {type(exc).__name__}: {exc}",
-            "the file is truncated, corrupted or of another format; save it again with up.save",
-        ) from None
-
-
-def expand_ties(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> dict[str, np.ndarray]:
+def expand_ties(tensors: dict[str, Any], meta: dict[str, str], where: str = "the file") -> dict[str, Any]:
     """Map every name of a file's tie groups to its stored tensor."""
     state = dict(tensors)
-    names = meta.get("names")
-    if names:
-        try:
-            table = json.loads(names)
-            for n, info in table.items():
-                src = info.get("storage", n)
-                if n not in state and src in tensors:
-                    state[n] = tensors[src]
-        except (ValueError, AttributeError, TypeError):
-            raise FileFormatError("unified_params metadata as JSON", "an unreadable 'names' entry",
-                                  "the file's metadata is corrupted; save it again") from None
+    ours = _format.our_metadata(meta, where)
+    if ours is not None:
+        for n, info in ours[0].items():
+            src = info.get("storage", n)
+            if n not in state and src in tensors:
+                state[n] = tensors[src]
     return state
 
 
-def _as_path(path: Any, action: str) -> Path:
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        raise FileFormatError(f"a file path (str or os.PathLike) to {action}", f"{path!r}",
-                              "pass e.g. 'model.safetensors'")
-    return Path(os.fsdecode(path))
-
-
-def _checked_file(path: str | os.PathLike[str]) -> Path:
-    """The checks ``read_file`` makes before reading any data (path, framing,
-    header, offsets), with the same FileFormatErrors."""
-    p = _as_path(path, "read")
-    where = repr(str(p))
-    if p.is_dir():
-        raise FileFormatError("a safetensors file", f"the directory {where}", "name a file inside it")
-    try:
-        with open(p, "rb") as fh:
-            _check_header(p, fh, os.fstat(fh.fileno()).st_size)
-    except FileFormatError:
-        raise
-    except FileNotFoundError:
-        raise FileFormatError("an existing safetensors file", f"{where} does not exist",
-                              "check the path (and the current directory)") from None
-    except NotADirectoryError:
-        raise FileFormatError("a path whose folders are folders", f"{where}: a part of it is a file",
-                              "check the path") from None
-    except PermissionError as exc:
-        raise FileFormatError("a file this process may read", f"{where}: {exc.strerror}",
-                              "fix its permissions or run as a user who may read it") from None
-    except OSError as exc:
-        raise FileFormatError("a readable file", f"{where}: {exc}", "check the path and the device") from None
-    return p
-
-
-def _numpy_dtypes() -> dict[str, np.dtype]:
-    out = {code: np.dtype(name) for name, code in _SAFETENSORS_DTYPES.items() if hasattr(np, name)}
+def _deferred(r: _format.Reader) -> dict[str, Any]:
+    """The file's tensors as ``Deferred`` values, each read (into a private
+    array, the file re-checked) when it is written."""
+    dtypes: dict[str, np.dtype] = {}
+    out: dict[str, Any] = {}
+    for name, e in r.header.entries.items():
+        dt = dtypes.get(e.dtype)
+        if dt is None:
+            dt = dtypes[e.dtype] = _format.numpy_dtype(e.dtype)
+        out[name] = Deferred(e.shape, dt, lambda e=e: r.read(e))  # type: ignore[misc]
     return out
 
 
-_NUMPY_DTYPES = _numpy_dtypes()
-
-
-def _file_view(p: Path, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:
-    """A memory map of one tensor's bytes: the write that follows is the only
-    copy (safetensors' NumPy ``get_tensor`` copies first). Private
-    (copy-on-write): a framework that keeps the buffer instead of copying it
-    (JAX on CPU aliases 64-byte-aligned host memory) may write to it without
-    touching the file, and a later save that replaces the file leaves it be."""
-    if int(np.prod(shape, dtype=np.int64)) == 0:
-        return np.empty(shape, dtype)
-    return np.memmap(p, dtype=dtype.newbyteorder("<"), mode="c", offset=offset, shape=shape)
-
-
-def _deferred_file(path: str | os.PathLike[str], stack: ExitStack) -> tuple[dict[str, Any], dict[str, str]]:
-    """The tensors of a safetensors file as ``Deferred`` values (mapped one
-    at a time when written) and its metadata; the file is checked as
-    ``read_file`` checks it and stays open until ``stack`` closes."""
-    from safetensors import safe_open
-
-    p = _checked_file(path)
-    with _reading(p):
-        fh = stack.enter_context(safe_open(str(p), framework="numpy"))
-        meta = fh.metadata() or {}
-        with open(p, "rb") as raw:  # offsets (checked by _checked_file) to map tensors without a copy
-            n = int.from_bytes(raw.read(8), "little")
-            header = json.loads(raw.read(n).decode("utf-8"))
-        tensors: dict[str, Any] = {}
-        for k in fh.keys():  # noqa: SIM118
-            info = header[k]
-            dtype = _NUMPY_DTYPES.get(info["dtype"])
-            if dtype is None:  # a dtype we do not map: read it now
-                tensors[k] = fh.get_tensor(k)
-            else:
-                shape = tuple(info["shape"])
-                offset = 8 + n + info["data_offsets"][0]
-                tensors[k] = Deferred(shape, dtype, lambda d=dtype, s=shape, o=offset: _file_view(p, d, s, o))  # type: ignore[misc]
-    return tensors, meta
+def _bounded(exc: UnifiedParamsError) -> UnifiedParamsError:
+    """The same error with a message of at most about ``_MAX_MESSAGE``
+    characters (lists cut to their first names and a count)."""
+    if len(str(exc)) <= _MAX_MESSAGE:
+        return exc
+    report = getattr(exc, "report", None)
+    if isinstance(exc, StateError) and isinstance(report, LoadReport):
+        parts = [f"{len(report.loaded)} loaded"]
+        for what, names in (("missing", report.missing), ("unexpected", report.unexpected),
+                            ("mismatched", [f"{n} (expected {e}, found {f})" for n, e, f in report.mismatched])):
+            if names:
+                parts.append(f"{what} {few(names)}")
+        return StateError(short(exc.expected, 400), short("; ".join(parts), 1200), short(exc.todo, 400), report=report)
+    return type(exc)(short(exc.expected, 400), short(exc.received, 1200), short(exc.todo, 400))
 
 
 def load(
@@ -396,55 +271,72 @@ def load(
     PyTorch) loads into the same architecture; it needs the file's
     unified_params metadata. Every name, shape and dtype is checked from the
     file's header before the first write; then the tensors are read and
-    written one at a time.
+    written one at a time, with backups whatever the model's size: a file
+    that another program changes during the load is a ``FileFormatError``
+    and the model is restored.
     """
     if match not in ("name", "order"):
-        raise ArgumentError("match='name' or match='order'", f"match={match!r}",
+        raise ArgumentError("match='name' or match='order'", f"match={short(match)}",
                             "use 'order' for a file saved from another framework")
     block = _as_block(m, "load")
-    with ExitStack() as stack:
-        tensors, meta = _deferred_file(path, stack)
-        if match == "order":
-            state = _pair_by_order(block, tensors, meta, path)
-            report = load_into(block, state, strict=False, what="load", progress=progress)
-            report.missing = []  # state only one framework keeps (num_batches_tracked) is not ported
-            return report
-        return load_into(block, expand_ties(tensors, meta), strict=strict, what="load", progress=progress)
+    with _format.Reader(path) as r:
+        where = short(repr(str(r.path)), 200)
+        tensors, meta = _deferred(r), r.header.metadata
+        try:
+            if match == "order":
+                state = _pair_by_order(block, tensors, meta, where)
+                report = load_into(block, state, strict=False, what="load", progress=progress, backup=True,
+                                   verify=r.check)
+                report.missing = []  # state only one framework keeps (num_batches_tracked) is not ported
+                return report
+            return load_into(block, expand_ties(tensors, meta, where), strict=strict, what="load",
+                             progress=progress, backup=True, verify=r.check)
+        except UnifiedParamsError as exc:
+            raise _bounded(exc) from None
 
 
-def _pair_by_order(
-    block: Block, tensors: dict[str, Any], meta: dict[str, str], path: str | os.PathLike[str]
-) -> dict[str, Any]:
+def pair(what: str, src: Sequence[tuple[str, Any]], dst: Sequence[tuple[str, Any]],
+         src_label: str, dst_label: str, fix: str) -> list[tuple[int, int]]:
+    """Pair ``(name, canonical shape)`` lists by order: the one rule of
+    ``port`` and ``load(match='order')``, with the same ``PortError`` for the
+    same mismatch. Returns the index pairs."""
+    if len(src) != len(dst):
+        extra = dst[len(src)][0] if len(src) < len(dst) else src[len(dst)][0]
+        raise PortError(
+            f"the same number of distinct {what} in {src_label} and {dst_label}",
+            f"{len(src)} in {src_label} and {len(dst)} in {dst_label}; the first unpaired is {short(extra, 80)!r}",
+            fix,
+        )
+    for i, ((sn, ss), (dn, ds)) in enumerate(zip(src, dst)):
+        if tuple(ss) != tuple(ds):
+            raise PortError(
+                f"{what} #{i} of matching canonical shapes",
+                f"{src_label} {short(sn, 80)!r} {tuple(ss)} vs {dst_label} {short(dn, 80)!r} {tuple(ds)}",
+                f"{fix} (pairs go by order, then shape)",
+            )
+    return [(i, i) for i in range(len(src))]
+
+
+def _pair_by_order(block: Block, tensors: dict[str, Any], meta: dict[str, str], where: str) -> dict[str, Any]:
     """``{model name: file tensor}`` paired as ``port`` pairs two models."""
-    try:
-        table: dict[str, dict[str, str]] = json.loads(meta["names"])
-    except (KeyError, ValueError, TypeError):
+    ours = _format.our_metadata(meta, where)
+    if ours is None:
         raise FileFormatError(
             "a file saved by up.save (its metadata gives the model order)",
-            f"{str(path)!r} without unified_params metadata",
+            f"{where} without unified_params metadata",
             "load it by name (match='name'), or save it again with up.save",
-        ) from None
+        )
+    table = ours[0]
     stored = [n for n, info in table.items() if info.get("storage", n) == n and n in tensors]
     fparams = [n for n in stored if table[n].get("kind") == "param"]
     fstats = [n for n in stored if table[n].get("kind") == "buffer" and table[n].get("role") in _PORT_BUFFER_ROLES]
     dparams, dstats = _portable(block)
     state: dict[str, Any] = {}
+    src_label = f"the file ({short(meta.get('backend', 'unknown'), 40)})"
     for what, fl, dl in (("parameters", fparams, dparams), ("running statistics", fstats, dstats)):
-        if len(fl) != len(dl):
-            raise PortError(
-                f"the same number of distinct {what} in the file and the model",
-                f"{len(fl)} in {str(path)!r} ({meta.get('backend', 'unknown')}) and {len(dl)} in the "
-                f"{block.backend} model",
-                "load a file saved from the same architecture",
-            )
-        for i, (fn, dp) in enumerate(zip(fl, dl)):
-            shape = tuple(np.shape(tensors[fn]) if not hasattr(tensors[fn], "shape") else tensors[fn].shape)
-            if shape != dp.shape:
-                raise PortError(
-                    f"{what} #{i} of matching canonical shapes",
-                    f"file {fn!r} {shape} vs model {dp.name!r} {dp.shape}",
-                    "load a file saved from the same architecture (pairs go by order, then shape)",
-                )
+        pair(what, [(n, tensors[n].shape) for n in fl], [(p.name, p.shape) for p in dl],
+             src_label, f"the {block.backend} model", "load a file saved from the same architecture")
+        for fn, dp in zip(fl, dl):
             state[dp.name] = tensors[fn]
     return state
 
@@ -481,30 +373,19 @@ def port(src: Any, dst: Any, *, progress: bool | None = None) -> PortReport:
     s, d = _as_block(src, "port"), _as_block(dst, "port")
     report = PortReport(src_backend=s.backend, dst_backend=d.backend)
     items: list[tuple[Param, Any]] = []
-    for what, sl, dl in zip(("parameters", "running statistics"), _portable(s), _portable(d)):
-        for i in range(max(len(sl), len(dl))):
-            sp = sl[i] if i < len(sl) else None
-            dp = dl[i] if i < len(dl) else None
-            if sp is None or dp is None:
-                have = f"{len(sl)} {what} in the source and {len(dl)} in the destination"
-                extra = dp.name if sp is None else sp.name  # type: ignore[union-attr]
-                raise PortError(
-                    f"the same number of distinct {what} in both models",
-                    f"{have}; the first unpaired is {extra!r}",
-                    "port between models of the same architecture",
-                )
+    portable = list(zip(("parameters", "running statistics"), _portable(s), _portable(d)))
+    for _, sl, dl in portable:
+        for sp, dp in zip(sl, dl):
             if dp.deferred or sp.deferred:
                 raise PortError(
                     "two concrete models",
                     f"{(dp if dp.deferred else sp).name!r} is deferred",
                     "call materialize(x) on it first",
                 )
-            if sp.shape != dp.shape:
-                raise PortError(
-                    f"{what} #{i} of matching canonical shapes",
-                    f"{s.backend} {sp.name!r} {sp.shape} vs {d.backend} {dp.name!r} {dp.shape}",
-                    "port between models of the same architecture (pairs go by order, then shape)",
-                )
+    for what, sl, dl in portable:
+        pair(what, [(p.name, p.shape) for p in sl], [(p.name, p.shape) for p in dl],
+             f"the {s.backend} source", f"the {d.backend} destination", "port between models of the same architecture")
+        for i, (sp, dp) in enumerate(zip(sl, dl)):
             try:
                 value = Deferred(sp._concrete_shape(), sp.dtype, lambda sp=sp: sp.read(copy=False))  # type: ignore[misc]
                 items.append((dp, _check_deferred(dp, value, "port")))

@@ -8,7 +8,7 @@ the write is one transaction (``_transaction.write_atomic``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +63,11 @@ class LoadReport:
 
 
 def load_into(
-    block: Block, state: Mapping[str, Any], *, strict: bool, what: str, progress: bool | None = False
+    block: Block, state: Mapping[str, Any], *, strict: bool, what: str, progress: bool | None = False,
+    backup: bool | None = None, verify: Callable[[], None] | None = None,
 ) -> LoadReport:
-    """Shared by ``load_state``, ``up.load`` and ``up.port``."""
+    """Shared by ``load_state``, ``up.load`` and ``up.port``; ``backup`` and
+    ``verify`` go to ``write_atomic``."""
     if not isinstance(state, Mapping):
         raise StateError(
             "a mapping {name: array} (what m.state() returns)",
@@ -129,6 +131,6 @@ def load_into(
         )
     checked = [(p, check_deferred(p, v, what) if isinstance(v, Deferred) else check_value(p, v, what))
                for p, v in items]
-    write_atomic(checked, what=what, progress=progress)
+    write_atomic(checked, what=what, progress=progress, backup=backup, verify=verify)
     return report
 

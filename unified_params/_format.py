@@ -1,0 +1,482 @@
+"""The safetensors format, in one place: the dtype table, the one header
+parser (used by ``up.load``, ``read_file`` and the CLI's ``inspect``) and
+the one writer (used by ``up.save``).
+
+Design constraints: a file is hostile until checked. The path must name a
+regular file (checked with ``os.stat`` before it is opened, so a FIFO never
+blocks); the header is bounded (``_limits.MAX_HEADER_BYTES``, nesting, dims
+that fit int64, shapes whose bytes fit the data) and its entries must tile
+the data exactly, as safetensors itself requires; our own metadata (``names``,
+``ties``) is checked against its schema. Every defect is a ``FileFormatError``
+whose message is bounded in length. Tensors are read with ``readinto`` into
+private arrays, never memory-mapped (a file truncated by another program would
+raise SIGBUS), and the file's identity (size, mtime, inode) is re-checked
+around every read, so a file changed during a load is reported, not loaded.
+The writer is deterministic: the same model gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import _limits
+from ._errors import FileFormatError
+
+#: safetensors dtype code -> NumPy dtype name (bfloat16 and float8 from ml_dtypes).
+DTYPES: dict[str, str] = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+#: bytes per element of each code
+ITEMSIZE: dict[str, int] = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,
+                            "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+_CODES = {name: code for code, name in DTYPES.items()}
+_ML_DTYPES = ("BF16", "F8_E4M3", "F8_E5M2")
+#: NumPy 1.x arrays have at most 32 dimensions
+MAX_DIMS = 32
+_INT64_MAX = 2**63 - 1
+FORMAT = "unified_params"
+
+_MAGIC = {b"PK\x03\x04": "a zip archive (a torch.save or .npz file?)", b"\x89HDF": "an HDF5 file (Keras .h5?)",
+          b"\x93NUMPY": "a .npy file", b"\x80": "a Python pickle", b"{": "a JSON text", b"\x1f\x8b": "a gzip file"}
+_LAYOUT = "a safetensors file: an 8-byte little-endian header length, a JSON header, then the tensors' bytes"
+_FIX = "the file is damaged or of another format; save the model again with up.save(m, path)"
+CHANGED = "the file changed while it was read"
+
+
+# -- bounded messages ---------------------------------------------------------------
+
+
+def short(x: Any, limit: int = 120) -> str:
+    """``repr(x)`` cut to ``limit`` characters."""
+    r = x if isinstance(x, str) else repr(x)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def few(names: Iterable[Any], k: int = 5) -> str:
+    """The first ``k`` names and how many more: a bounded list for a message."""
+    out, n = [], 0
+    for n, name in enumerate(names, 1):
+        if n <= k:
+            out.append(short(repr(name) if isinstance(name, str) else name, 80))
+    more = f" and {n - k:,} more" if n > k else ""
+    return "[" + ", ".join(out) + "]" + more
+
+
+# -- dtypes -------------------------------------------------------------------------
+
+
+def numpy_dtype(code: str) -> np.dtype:
+    """The little-endian NumPy dtype of a safetensors code (ml_dtypes imported
+    only for bfloat16 and float8)."""
+    name = DTYPES[code]
+    if code in _ML_DTYPES:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise FileFormatError(f"ml_dtypes installed, to read {code} tensors", "it is not installed",
+                                  "pip install ml_dtypes") from None
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name).newbyteorder("<")
+
+
+def code_of(dtype: np.dtype) -> str | None:
+    """The safetensors code of a NumPy dtype, None where the format has none."""
+    return _CODES.get(np.dtype(dtype).name)
+
+
+# -- paths --------------------------------------------------------------------------
+
+
+def as_path(path: Any, action: str) -> Path:
+    """A path from str, bytes or os.PathLike; anything else, or a NUL byte in
+    it (the OS cannot name such a file), is a FileFormatError."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise FileFormatError(f"a file path (str or os.PathLike) to {action}", short(path),
+                              "pass e.g. 'model.safetensors'")
+    try:
+        text = os.fsdecode(path)
+    except (TypeError, UnicodeError) as exc:
+        raise FileFormatError(f"a file path to {action}", f"{short(path)}: {exc}", "pass a str path") from None
+    if "\x00" in text:
+        raise FileFormatError(f"a file path without NUL bytes to {action}", short(text),
+                              "a path cannot contain '\\x00'; check how it was built")
+    return Path(text)
+
+
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _stat_regular(p: Path) -> os.stat_result:
+    """``os.stat`` of a regular file, every other outcome a FileFormatError;
+    nothing is opened, so a FIFO cannot block."""
+    where = short(str(p))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise FileFormatError("an existing safetensors file", f"{where} does not exist",
+                              "check the path (and the current directory)") from None
+    except NotADirectoryError:
+        raise FileFormatError("a path whose folders are folders", f"{where}: a part of it is a file",
+                              "check the path") from None
+    except PermissionError as exc:
+        raise FileFormatError("a file this process may read", f"{where}: {exc.strerror}",
+                              "fix its permissions or run as a user who may read it") from None
+    except (OSError, ValueError) as exc:
+        raise FileFormatError("a readable file", f"{where}: {short(str(exc))}", "check the path") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileFormatError("a safetensors file", f"the directory {where}", "name a file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise FileFormatError("a regular safetensors file", f"{where} is {_kind(st.st_mode)}",
+                              "copy the data into a file first and pass its path")
+    return st
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+# -- the header ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a file: its code, shape and byte range in the data."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {short(dup, 80)} appears twice")
+    return out
+
+
+def loads(text: str | bytes) -> Any:
+    """Strict, bounded JSON: no NaN or Infinity, no duplicate keys; nesting
+    too deep for the parser is a ValueError, not a RecursionError."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def dumps(x: Any) -> str:
+    """Compact JSON, the same text for the same value (dict order kept)."""
+    return json.dumps(x, separators=(",", ":"))
+
+
+def _header_error(where: str, what: str) -> FileFormatError:
+    return FileFormatError("a safetensors header as safetensors defines it", f"{what} in {where}", _FIX)
+
+
+def _what_it_looks_like(head: bytes) -> str:
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            return f"; it looks like {what}"
+    return ""
+
+
+def _valid_str(s: Any) -> bool:
+    if not isinstance(s, str):
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \\ud800 escape
+        return False
+    return True
+
+
+def _entry(name: str, info: Any, where: str, data_len: int) -> Entry:
+    if not _valid_str(name):
+        raise _header_error(where, f"the tensor name {short(name, 80)}, not valid UTF-8")
+    if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()):
+        raise FileFormatError(
+            "each tensor's entry as {'dtype': str, 'shape': [int >= 0, ...], 'data_offsets': [begin, end]}",
+            f"{short(name, 80)}: {short(info)} in {where}", _FIX)
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in DTYPES:
+        raise FileFormatError(f"a dtype among {', '.join(DTYPES)}",
+                              f"{short(code, 40)} for {short(name, 80)} in {where}",
+                              "convert the tensor to a supported dtype and save again")
+    if not (isinstance(shape, list) and len(shape) <= MAX_DIMS
+            and all(type(d) is int and 0 <= d <= _INT64_MAX for d in shape)):
+        raise FileFormatError(f"a shape of at most {MAX_DIMS} dims, each an int in [0, 2**63)",
+                              f"{short(shape)} for {short(name, 80)} in {where}", _FIX)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise FileFormatError("data_offsets as [begin, end], two ints",
+                              f"{short(offsets)} for {short(name, 80)} in {where}", _FIX)
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_len:
+        raise FileFormatError(
+            f"data_offsets of {short(name, 80)} within the {data_len} bytes of data after the header",
+            f"data_offsets [{short(begin, 30)}, {short(end, 30)}] in {where}",
+            "the file is truncated or its header corrupted; save or copy it again")
+    nbytes = ITEMSIZE[code]
+    if 0 not in shape:
+        for d in shape:  # dims >= 1: the product only grows, so stop once past the data
+            nbytes *= d
+            if nbytes > data_len:
+                break
+    else:
+        nbytes = 0
+    if end - begin != nbytes:
+        what = f"{nbytes} bytes" if nbytes <= data_len else f"more than the {data_len} bytes of data"
+        raise FileFormatError(
+            f"{what} for {short(name, 80)} ({code} of shape {short(tuple(shape))})",
+            f"data_offsets [{begin}, {end}] ({end - begin} bytes) in {where}", _FIX)
+    return Entry(name, code, tuple(shape), begin, end)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A checked header: tensors in the file's order, metadata, the offset
+    where the data starts, and the file's stat when it was read."""
+
+    path: Path
+    entries: dict[str, Entry]
+    metadata: dict[str, str]
+    data_start: int
+    size: int
+    stamp: tuple[int, int, int, int]
+
+
+def _read_exact(fh: BinaryIO, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        b = fh.read(n - got)
+        if not b:
+            break
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def _parse(p: Path, fh: BinaryIO, size: int, stamp: tuple[int, int, int, int]) -> Header:
+    where = short(repr(str(p)), 200)
+    head = _read_exact(fh, 8)
+    if size < 8 or len(head) < 8:
+        raise FileFormatError(_LAYOUT, f"{where} holds only {size} bytes, no header{_what_it_looks_like(head)}",
+                              "it is empty or cut short; save the model again with up.save(m, path)")
+    n = int.from_bytes(head, "little")
+    limit = _limits.MAX_HEADER_BYTES
+    if n > limit:
+        raise FileFormatError(f"a safetensors header of at most {limit} bytes",
+                              f"{where} declares a header of {n} bytes{_what_it_looks_like(head)}", _FIX)
+    if 8 + n > size:
+        raise FileFormatError(
+            f"{8 + n} bytes or more: the 8-byte length and the {n}-byte header it declares",
+            f"{where} holds {size} bytes{_what_it_looks_like(head)}",
+            "the file is truncated (an interrupted copy or download?); copy or save it again")
+    raw = _read_exact(fh, n)
+    if len(raw) != n:
+        raise FileFormatError(CHANGED, f"{where} is shorter than when it was opened", "read it again")
+    try:
+        if not raw.startswith(b"{"):
+            raise ValueError("not a JSON object: it does not start with '{'")
+        header = loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FileFormatError("a JSON object as the safetensors header: the header is not JSON",
+                              f"an unreadable header in {where} ({short(str(exc))}){_what_it_looks_like(head)}",
+                              _FIX) from None
+    data_len = size - 8 - n
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(_valid_str(k) and _valid_str(v) for k, v in meta.items()):
+        raise FileFormatError("'__metadata__' as a map of strings to strings", f"{short(meta)} in {where}", _FIX)
+    entries = {k: _entry(k, v, where, data_len) for k, v in header.items()}
+    at = 0  # as safetensors requires: the entries, sorted by offsets, tile the data exactly
+    for e in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        if e.begin != at:
+            what = "overlap" if e.begin < at else "leave a gap"
+            raise FileFormatError(
+                "tensors whose data_offsets tile the data without gaps or overlaps",
+                f"data_offsets [{e.begin}, {e.end}] of {short(e.name, 80)} {what} (at byte {at}) in {where}",
+                _FIX)
+        at = e.end
+    if at != data_len:
+        raise FileFormatError("tensors whose data_offsets cover the data up to the end of the file",
+                              f"data_offsets end at byte {at} of {data_len} in {where}",
+                              "the file has trailing bytes or its header is corrupted; save it again")
+    return Header(p, entries, meta, 8 + n, size, stamp)
+
+
+def read_header(path: Any) -> Header:
+    """The checked header of a safetensors file, without reading its data."""
+    with Reader(path) as r:
+        return r.header
+
+
+class Reader:
+    """An open, checked safetensors file: ``header``, then ``read(entry)`` one
+    tensor at a time into a private array, and ``check()`` that the file is
+    still the one whose header was read."""
+
+    def __init__(self, path: Any) -> None:
+        p = as_path(path, "read")
+        self.path = p
+        st = _stat_regular(p)  # before opening: a FIFO would block in open()
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(p, flags)
+        except PermissionError as exc:
+            raise FileFormatError("a file this process may read", f"{short(str(p))}: {exc.strerror}",
+                                  "fix its permissions or run as a user who may read it") from None
+        except OSError as exc:
+            raise FileFormatError("a readable file", f"{short(str(p))}: {short(str(exc))}",
+                                  "check the path and the device") from None
+        self._fh: BinaryIO = os.fdopen(fd, "rb", buffering=0)
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode) or (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev):
+                raise FileFormatError(CHANGED, f"{short(str(p))} was replaced while it was opened", "read it again")
+            self.header = _parse(p, self._fh, fst.st_size, _stamp(fst))
+        except OSError as exc:
+            self._fh.close()
+            raise FileFormatError("a readable file", f"{short(str(p))}: {short(str(exc))}",
+                                  "check the path and the device") from None
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def check(self) -> None:
+        """FileFormatError unless the path still names the file read, with the
+        size, mtime and inode it had when the header was read."""
+        try:
+            now = (_stamp(os.fstat(self._fh.fileno())), _stamp(os.stat(self.path)))
+        except (OSError, ValueError):
+            now = None
+        if now is None or now[0] != self.header.stamp or now[1] != self.header.stamp:
+            raise FileFormatError(
+                f"{short(repr(str(self.path)), 200)} unchanged while it is loaded",
+                f"{CHANGED} (another program truncated, rewrote or replaced it)",
+                "wait until the other program has finished writing it, then load again; the model is unchanged")
+
+    def read(self, e: Entry) -> np.ndarray:
+        """The tensor ``e`` as a new array (checked around the read)."""
+        self.check()
+        out = np.empty(e.shape, numpy_dtype(e.dtype))
+        n = e.end - e.begin
+        if n:
+            buf = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+            self._fh.seek(self.header.data_start + e.begin)
+            got = 0
+            while got < n:
+                k = self._fh.readinto(buf[got:])  # type: ignore[attr-defined]
+                if not k:
+                    break
+                got += k
+            if got != n:
+                self.check()
+                raise FileFormatError(f"{n} bytes of {short(e.name, 80)}", f"{got} bytes: {CHANGED}",
+                                      "load again once the file is complete; the model is unchanged")
+        self.check()
+        return out
+
+    def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, e in self.header.entries.items():
+            yield name, self.read(e)
+
+
+# -- our own metadata ---------------------------------------------------------------
+
+
+def our_metadata(meta: Mapping[str, str], where: str) -> tuple[dict[str, dict[str, str]], list[list[str]]] | None:
+    """``names`` (model order: name -> role, kind, storage) and ``ties`` of a
+    file saved by up.save, checked against their schema; None for a file
+    without our metadata."""
+    if meta.get("format") != FORMAT:
+        return None
+    fix = "the file's unified_params metadata is corrupted; save it again with up.save"
+    try:
+        names = loads(meta.get("names", "{}"))
+        ties = loads(meta.get("ties", "[]"))
+    except ValueError as exc:
+        raise FileFormatError("unified_params metadata 'names' and 'ties' as JSON",
+                              f"an unreadable entry in {where} ({short(str(exc))})", fix) from None
+    if not (isinstance(names, dict) and all(
+            isinstance(v, dict) and all(isinstance(x, str) for x in v.values()) for v in names.values())):
+        raise FileFormatError("'names' metadata as a JSON object {name: {'role': str, 'kind': str, 'storage': str}}",
+                              f"{short(meta.get('names'))} in {where}", fix)
+    if not (isinstance(ties, list) and all(isinstance(g, list) and all(isinstance(n, str) for n in g)
+                                           for g in ties)):
+        raise FileFormatError("'ties' metadata as a JSON list of lists of names",
+                              f"{short(meta.get('ties'))} in {where}", fix)
+    return names, ties
+
+
+# -- the writer ---------------------------------------------------------------------
+
+
+def header_bytes(entries: Iterable[tuple[str, str, tuple[int, ...]]],
+                 metadata: Mapping[str, str]) -> tuple[bytes, int]:
+    """The framed header (length, JSON padded to 8 bytes as safetensors pads
+    it) for ``(name, code, shape)`` in data order, and the data's length.
+    Deterministic: sorted keys, fixed separators."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name, code, shape in entries:
+        size = ITEMSIZE[code]
+        for d in shape:
+            size *= int(d)
+        header[name] = {"dtype": code, "shape": [int(d) for d in shape], "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw, offset
+
+
+def write(fh: BinaryIO, head: bytes, arrays: Iterable[np.ndarray], bar: Any = None) -> None:
+    """Write the framed header, then each array's bytes (C order, little
+    endian), one at a time."""
+    fh.write(head)
+    for v in arrays:
+        v = np.ascontiguousarray(v)
+        if v.dtype.byteorder == ">" or (v.dtype.byteorder == "=" and not _little()):
+            v = v.astype(v.dtype.newbyteorder("<"))
+        if v.size:
+            fh.write(memoryview(v.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+        if bar is not None:
+            bar.update(v.nbytes)
+
+
+def _little() -> bool:
+    import sys
+
+    return sys.byteorder == "little"
