@@ -67,7 +67,7 @@ def _metadata(block: Block) -> tuple[dict[str, Param], dict[str, str]]:
     """The storages to write (first name -> Param) and the file's metadata;
     one listing of the model each (linear in the number of parameters)."""
     allp = block._all()
-    trainable = set(block.params)
+    trainable = {n for n, p in allp.items() if p._leaf.kind == "param"}
     first: dict[Any, str] = {}
     storages: dict[str, Param] = {}
     names: dict[str, dict[str, str]] = {}

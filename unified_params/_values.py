@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import DTypeError, ShapeMismatchError
+from ._errors import DTypeError, ShapeMismatchError, UnifiedParamsError
 
 if TYPE_CHECKING:
     from ._param import Param
@@ -58,6 +58,8 @@ def as_array(value: Any, shape: Any, name: str, where: str) -> np.ndarray:
             pass
     try:
         arr = np.asarray(value)
+    except UnifiedParamsError:  # a Deferred value's own failure (a file that changed)
+        raise
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ShapeMismatchError(
             f"an array-like of canonical shape {shape} for {name!r}",
