@@ -100,14 +100,14 @@ def load_into(
     items: list[tuple[Param, Any]] = []
     for storage, (name, value) in chosen.items():
         p = allp[name]
+        arr: Deferred | np.ndarray
         if isinstance(value, Deferred):
             arr = value
         else:
-            arr = as_array(value, p.shape, name, what)
-            if not arr.flags.writeable and arr.base is not None:
-                # a read-only view, such as m.state(copy=False) gives, may be of
-                # a storage this very load writes first (two layers swapped)
-                arr = arr.copy()
+            a = as_array(value, p.shape, name, what)
+            # a read-only view, such as m.state(copy=False) gives, may be of a
+            # storage this very load writes first (two layers swapped)
+            arr = a.copy() if not a.flags.writeable and a.base is not None else a
         if p.deferred:
             raise NotInitializedError(
                 f"a concrete model to {what} into",
