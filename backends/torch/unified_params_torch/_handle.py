@@ -83,7 +83,7 @@ _VIEW_AS: dict[torch.dtype, torch.dtype] = {torch.bfloat16: torch.int16}
 for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
     if hasattr(torch, _name):
         _VIEW_AS[getattr(torch, _name)] = torch.uint8
-_RAW_NUMPY = {torch.int16: np.dtype(np.int16), torch.uint8: np.dtype(np.uint8)}
+_RAW_NUMPY: dict[Any, np.dtype] = {torch.int16: np.dtype(np.int16), torch.uint8: np.dtype(np.uint8)}
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
