@@ -32,7 +32,7 @@ from ._param import Param, ParamDict
 from ._shared import shared_for
 from ._state import LoadReport, load_into
 from ._transaction import progress_bar, write_atomic
-from ._tree import Listing, Path, find_leaf
+from ._tree import Listing, Path, find_leaf, no_gc
 from ._values import Deferred, check_deferred, check_value
 from .adapter import Handle, Node
 
@@ -162,11 +162,12 @@ class Block:
         handle, lock = self._handle, self._shared.lock
         groups = listing.groups(kinds)
         out: dict[str, Param] = {}
-        for name, leaf, node_path in listing.entries:
-            if leaf.kind in kinds and name not in out:
-                group = groups[leaf.storage]
-                others = () if len(group) == 1 else tuple(n for n in group if n != name)
-                out[name] = Param(handle, leaf, name, others, node_path, lock=lock)
+        with no_gc():
+            for name, leaf, node_path in listing.entries:
+                if leaf.kind in kinds and name not in out:
+                    group = groups[leaf.storage]
+                    others = () if len(group) == 1 else tuple(n for n in group if n != name)
+                    out[name] = Param(handle, leaf, name, others, node_path, lock=lock)
         return ParamDict(out)
 
     def _lazy(self, kinds: tuple[str, ...]) -> ParamDict:

@@ -9,6 +9,9 @@ it, and walks the whole tree only where it does not.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ._errors import ParamNotFoundError
@@ -78,6 +81,21 @@ def entries(node: Node, base: Path) -> list[Entry]:
     return out
 
 
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a listing allocates its
+    thousands of small acyclic objects: its collections, triggered by those
+    allocations, would otherwise walk every object of the process (the
+    framework's included) several times per listing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 class Listing:
     """One walk of the tree below a block, shared by everything one public
     call needs from it."""
@@ -86,7 +104,9 @@ class Listing:
 
     def __init__(self, handle: Handle, base: Path):
         self.base = base
-        self.node = find(handle.tree(), base)
+        with no_gc():
+            root = handle.tree()
+        self.node = find(root, base)
         self.node.path = base
         self._entries: list[Entry] | None = None
         self._groups: dict[Any, list[str]] | None = None
@@ -94,7 +114,8 @@ class Listing:
     @property
     def entries(self) -> list[Entry]:
         if self._entries is None:
-            self._entries = entries(self.node, self.base)
+            with no_gc():
+                self._entries = entries(self.node, self.base)
         return self._entries
 
     def of(self, kinds: tuple[str, ...]) -> list[Entry]:
@@ -105,9 +126,10 @@ class Listing:
         if kinds == ("param", "buffer") and self._groups is not None:
             return self._groups
         groups: dict[Any, list[str]] = {}
-        for name, leaf, _ in self.entries:
-            if leaf.kind in kinds:
-                groups.setdefault(leaf.storage, []).append(name)
+        with no_gc():
+            for name, leaf, _ in self.entries:
+                if leaf.kind in kinds:
+                    groups.setdefault(leaf.storage, []).append(name)
         if kinds == ("param", "buffer"):
             self._groups = groups
         return groups
