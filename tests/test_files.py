@@ -655,3 +655,26 @@ def test_save_keeps_the_owner_of_the_file_it_replaces(tmp_path: Path) -> None:
     up.save(_ref_model(), f)
     after = f.stat()
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+
+
+def test_save_over_a_fifo_or_a_socket(tmp_path: Path) -> None:
+    """Not replaced by a regular file (as root, a save to /dev/null would
+    otherwise replace the device itself); a FileFormatError instead."""
+    import socket
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "sock"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(sock_path))
+        link = tmp_path / "link.safetensors"
+        link.symlink_to(fifo)
+        for target, word in ((fifo, "FIFO"), (sock_path, "socket"), (link, "FIFO")):
+            with pytest.raises(up.FileFormatError, match=word):
+                up.save(_ref_model(), target)
+        assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISSOCK(sock_path.stat().st_mode) and link.is_symlink()
+        assert sorted(os.listdir(tmp_path)) == ["link.safetensors", "pipe", "sock"]
+    finally:
+        sock.close()

@@ -117,7 +117,8 @@ def as_path(path: Any, action: str) -> Path:
     return Path(text)
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a stat mode names, in words (for messages)."""
     for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
@@ -145,7 +146,7 @@ def _stat_regular(p: Path) -> os.stat_result:
     if stat.S_ISDIR(st.st_mode):
         raise FileFormatError("a safetensors file", f"the directory {where}", "name a file inside it")
     if not stat.S_ISREG(st.st_mode):
-        raise FileFormatError("a regular safetensors file", f"{where} is {_kind(st.st_mode)}",
+        raise FileFormatError("a regular safetensors file", f"{where} is {kind_of(st.st_mode)}",
                               "copy the data into a file first and pass its path")
     return st
 

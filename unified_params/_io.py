@@ -161,6 +161,9 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
             old: os.stat_result | None = os.stat(real)
         except OSError:
             old = None
+        if old is not None and not stat.S_ISREG(old.st_mode):  # a rename would replace /dev/null itself
+            raise FileFormatError("a regular file (or a new path) to save to",
+                                  f"{where} is {_format.kind_of(old.st_mode)}", "save to a file path")
     except OSError as exc:  # a path too long, a loop of links
         raise FileFormatError("a path this process may save to", f"{where}: {short(str(exc), 300)}",
                               "check the path") from None
