@@ -5,6 +5,12 @@ Each ``Native`` builds the benchmark model (``depth`` dense layers of
 does, in the framework's own idiom, what the unified call does: list, read to
 NumPy, write back, save and load with ``safetensors``' own framework
 functions, and initialize with the framework's own normal initializer.
+
+``small(n)`` builds the scaling model of issue 13 (``n / 2`` dense layers of
+2 x 2 with a bias, so ``n`` parameters); ``read_one``/``write_one`` touch
+layer ``k``'s weight the way a user of the framework would (by attribute or
+index, not by a walk), and ``copy_state`` is the native port between two
+such models.
 """
 
 from __future__ import annotations
@@ -39,6 +45,81 @@ class Native:
 
     def init(self, net: Any, seed: int) -> Any:
         raise NotImplementedError
+
+    def small(self, n: int) -> tuple[Any, up.Block]:
+        raise NotImplementedError
+
+    def read_one(self, net: Any, k: int) -> Any:
+        raise NotImplementedError
+
+    def write_one(self, net: Any, k: int) -> Any:
+        raise NotImplementedError
+
+    def copy_state(self, src: Any, dst: Any) -> Any:
+        raise NotImplementedError
+
+
+class Numpy(Native):
+    """The reference backend: its modules hold NumPy arrays in ``_params``
+    and ``_children``; the native side walks them as its user would."""
+
+    name = "numpy"
+
+    def build(self, width: int, depth: int) -> tuple[Any, up.Block]:
+        from unified_params import reference as ref
+
+        net = ref.Sequential(*[ref.Dense(width, in_units=width) for _ in range(depth)])
+        for p in self._walk(net):
+            p[1].data[...] = 0
+        return net, up.wrap(net)
+
+    def _walk(self, mod: Any, prefix: str = "") -> list[tuple[str, Any]]:
+        out = [(prefix + k, p) for k, p in mod._params.items()]
+        for name, child in mod._children.items():
+            out += self._walk(child, f"{prefix}{name}.")
+        return out
+
+    def listing(self, net: Any) -> list[tuple[str, tuple[int, ...], Any]]:
+        return [(n, p.data.shape, p.data.dtype) for n, p in self._walk(net)]
+
+    def read(self, net: Any) -> dict[str, np.ndarray]:
+        return {n: p.data.copy() for n, p in self._walk(net)}
+
+    def write(self, net: Any, values: dict[str, np.ndarray]) -> Any:
+        for n, p in self._walk(net):
+            p.data[...] = values[n]
+
+    def save(self, net: Any, path: str) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({n: p.data for n, p in self._walk(net)}, path)
+
+    def load(self, net: Any, path: str) -> Any:
+        from safetensors.numpy import load_file
+
+        self.write(net, load_file(path))
+
+    def init(self, net: Any, seed: int) -> Any:
+        rng = np.random.default_rng(seed)
+        for _, p in self._walk(net):
+            rng.standard_normal(dtype=p.data.dtype, out=p.data)
+            p.data *= 0.01
+
+    def small(self, n: int) -> tuple[Any, up.Block]:
+        from unified_params import reference as ref
+
+        net = ref.Sequential(*[ref.Dense(2, in_units=2) for _ in range(n // 2)])
+        return net, up.wrap(net)
+
+    def read_one(self, net: Any, k: int) -> Any:
+        return net._children[str(k)]._params["weight"].data.copy()
+
+    def write_one(self, net: Any, k: int) -> Any:
+        net._children[str(k)]._params["weight"].data[0, 0] = 1.0
+
+    def copy_state(self, src: Any, dst: Any) -> Any:
+        for (_, a), (_, b) in zip(self._walk(src), self._walk(dst)):
+            b.data[...] = a.data
 
 
 class Torch(Native):
@@ -84,6 +165,24 @@ class Torch(Native):
             for p in net.parameters():
                 torch.nn.init.normal_(p, 0.0, 0.01)
 
+    def small(self, n: int) -> tuple[Any, up.Block]:
+        from torch import nn
+
+        net = nn.Sequential(*[nn.Linear(2, 2) for _ in range(n // 2)])
+        return net, up.wrap(net)
+
+    def read_one(self, net: Any, k: int) -> Any:
+        return net[k].weight.detach().numpy().copy()
+
+    def write_one(self, net: Any, k: int) -> Any:
+        import torch
+
+        with torch.no_grad():
+            net[k].weight[0, 0] = 1.0
+
+    def copy_state(self, src: Any, dst: Any) -> Any:
+        return dst.load_state_dict(src.state_dict())
+
 
 class TensorFlow(Native):
     name = "tensorflow"
@@ -125,6 +224,39 @@ class TensorFlow(Native):
 
         for i, v in enumerate(net.weights):
             v.assign(keras.initializers.RandomNormal(0.0, 0.01, seed=seed + i)(tuple(v.shape)))
+
+    def small(self, n: int) -> tuple[Any, up.Block]:
+        """A subclassed Model holding its layers in a list, each built
+        directly: a 5,000-layer Sequential takes minutes to trace."""
+        import keras
+
+        class Stack(keras.Model):  # type: ignore[misc]
+            def __init__(self, layers: int) -> None:
+                super().__init__()
+                self.blocks = [keras.layers.Dense(2) for _ in range(layers)]
+
+            def call(self, x: Any) -> Any:
+                for b in self.blocks:
+                    x = b(x)
+                return x
+
+        net = Stack(n // 2)
+        for b in net.blocks:
+            b.build((None, 2))
+        net.built = True
+        return net, up.wrap(net)
+
+    def read_one(self, net: Any, k: int) -> Any:
+        return net.blocks[k].kernel.numpy()
+
+    def write_one(self, net: Any, k: int) -> Any:
+        v = net.blocks[k].kernel
+        a = v.numpy()
+        a[0, 0] = 1.0
+        v.assign(a)
+
+    def copy_state(self, src: Any, dst: Any) -> Any:
+        dst.set_weights(src.get_weights())
 
 
 class Jax(Native):
@@ -180,6 +312,35 @@ class Jax(Native):
         jax.block_until_ready(list(out.values()))
         return unflatten_dict(out)
 
+    def small(self, n: int) -> tuple[Any, up.Block]:
+        """The variables are made directly (``module.init`` of 5,000 layers
+        compiles for minutes); natively the user holds them in a dict."""
+        import types
+
+        import jax.numpy as jnp
+        from flax import linen as nn
+
+        layers = n // 2
+        module = nn.Sequential([nn.Dense(2) for _ in range(layers)])
+
+        def variables() -> dict[str, Any]:
+            return {"params": {f"layers_{i}": {"kernel": jnp.zeros((2, 2), jnp.float32),
+                                               "bias": jnp.zeros((2,), jnp.float32)} for i in range(layers)}}
+
+        return types.SimpleNamespace(variables=variables()), up.wrap(module, variables())
+
+    def read_one(self, net: Any, k: int) -> Any:
+        return np.asarray(net.variables["params"][f"layers_{k}"]["kernel"])
+
+    def write_one(self, net: Any, k: int) -> Any:
+        layer = net.variables["params"][f"layers_{k}"]
+        layer["kernel"] = layer["kernel"].at[0, 0].set(1.0)
+
+    def copy_state(self, src: Any, dst: Any) -> Any:
+        import jax
+
+        dst.variables = jax.tree_util.tree_map(lambda a: a.copy(), src.variables)
+
 
 class MXNet(Native):
     name = "mxnet"
@@ -224,5 +385,25 @@ class MXNet(Native):
         net.initialize(mx.init.Normal(0.01), force_reinit=True)
         mx.nd.waitall()
 
+    def small(self, n: int) -> tuple[Any, up.Block]:
+        import mxnet as mx
+        from mxnet.gluon import nn
 
-NATIVES: dict[str, type[Native]] = {c.name: c for c in (Torch, TensorFlow, Jax, MXNet)}
+        net = nn.Sequential()
+        for _ in range(n // 2):
+            net.add(nn.Dense(2, in_units=2))
+        net.initialize(mx.init.Zero())
+        return net, up.wrap(net)
+
+    def read_one(self, net: Any, k: int) -> Any:
+        return net[k].weight.data().asnumpy()
+
+    def write_one(self, net: Any, k: int) -> Any:
+        net[k].weight.data()[0, 0] = 1.0
+
+    def copy_state(self, src: Any, dst: Any) -> Any:
+        for a, b in zip(src.collect_params().values(), dst.collect_params().values()):
+            b.set_data(a.data())
+
+
+NATIVES: dict[str, type[Native]] = {c.name: c for c in (Numpy, Torch, TensorFlow, Jax, MXNet)}

@@ -1,10 +1,14 @@
 """The measurements of one backend (or every port) in a fresh process:
 ``python -m benchmarks.worker '<json>'``.
 
-Prints one ``RESULT`` JSON line per case. Timings are the best of ``repeat`` runs, ours and the
-native code alternating; memory is the peak resident set of the first run
-above the resident set just before it (``/proc/self/clear_refs`` resets the
-peak), as a multiple of the model's bytes.
+Prints one ``RESULT`` JSON line per case. Timings are rounds of alternating
+runs (native, ours, native, ours, ...; at least 3): each ratio is the median
+of the rounds' ratios, with their min and max, so that a machine that slows
+down midway moves both sides of a round alike; every time of every round is
+in the result. Memory is the peak resident set of the first run above the
+resident set just before it (``/proc/self/clear_refs`` resets the peak), as a
+multiple of the model's bytes. Each case records the load average before and
+after it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import gc
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -68,21 +73,62 @@ def best(fn: Callable[[], Any], repeat: int) -> float:
     return min(times)
 
 
+def once(fn: Callable[[], Any], reps: int = 1) -> float:
+    """Seconds per call of ``reps`` back-to-back calls."""
+    gc.collect()
+    t = time.perf_counter()
+    for _ in range(reps):
+        out = fn()
+    dt = time.perf_counter() - t
+    del out
+    return dt / reps
+
+
+def reps_for(fn: Callable[[], Any], budget: float) -> int:
+    """Calls per timed sample so that a sample lasts about ``budget`` seconds
+    (fast calls are timed in loops; one call is enough for slow ones)."""
+    t = once(fn)
+    return max(1, min(100_000, int(budget / max(t, 1e-7))))
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def rounds(sides: dict[str, Callable[[], Any]], n: int, budget: float = 0.0) -> dict[str, Any]:
+    """``n`` rounds, each running every side once in the given order
+    (native first); per-call seconds of each side in each round, their
+    medians, and per-round ratios of every side to the first one."""
+    reps = {k: reps_for(f, budget) if budget else 1 for k, f in sides.items()}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(n):
+        for k, f in sides.items():
+            times[k].append(once(f, reps[k]))
+    base = next(iter(sides))
+    out: dict[str, Any] = {"rounds": n, "times": times, "reps": reps,
+                           **{f"{k}_s": statistics.median(v) for k, v in times.items()}}
+    for k in sides:
+        if k != base:
+            out[f"{k}_vs_{base}"] = _stats([a / b for a, b in zip(times[k], times[base]) if b > 0] or [float("nan")])
+    return out
+
+
+def load_avg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 def _timed_pair(ours: Callable[[], Any], native: Callable[[], Any], repeat: int, nbytes: int) -> dict[str, Any]:
-    """First runs measure memory (ours first, in a fresh process), then the
-    best of ``repeat`` alternating runs."""
-    t_ours, m_ours = peak_extra(ours)
-    t_native, m_native = peak_extra(native)
-    to, tn = [t_ours], [t_native]
-    for _ in range(repeat - 1):
-        tn.append(best(native, 1))
-        to.append(best(ours, 1))
-    return {
-        "ours_s": min(to),
-        "native_s": min(tn),
-        "peak_extra": None if m_ours is None else m_ours / nbytes,
-        "native_peak_extra": None if m_native is None else m_native / nbytes,
-    }
+    """First runs measure memory (ours first, in a fresh process), then
+    ``repeat`` alternating rounds (native, ours)."""
+    _, m_ours = peak_extra(ours)
+    _, m_native = peak_extra(native)
+    res = rounds({"native": native, "ours": ours}, repeat)
+    res.update(peak_extra=None if m_ours is None else m_ours / nbytes,
+               native_peak_extra=None if m_native is None else m_native / nbytes)
+    return res
 
 
 def _plain_arrays(block: up.Block) -> list[np.ndarray]:
@@ -104,12 +150,8 @@ def case_list(backend: str, spec: dict[str, Any]) -> dict[str, Any]:
             return [(n, p.shape, p.dtype) for n, p in m.params.items()]
 
         assert len(ours()) == len([x for x in nat.listing(net) if "batch_stats" not in str(x[0])])
-        reps = spec["list_repeat"]
-        to, tn = [], []
-        for _ in range(3):
-            tn.append(best(lambda net=net: nat.listing(net), reps) / reps)
-            to.append(best(ours, reps) / reps)
-        out[shape_name] = {"ours_s": min(to), "native_s": min(tn), "n_params": len(ours())}
+        res = rounds({"native": lambda net=net: nat.listing(net), "ours": ours}, spec["repeat"], spec["budget"])
+        out[shape_name] = {**res, "n_params": len(ours())}
         del net, m
         gc.collect()
     return out
@@ -138,7 +180,6 @@ def case_bulk(backend: str, spec: dict[str, Any], built: tuple[Any, up.Block]) -
     def native() -> None:
         nat.write(net, nat.read(net))
 
-    res = _timed_pair(ours, native, spec["repeat"], nbytes)
     src = _plain_arrays(m)
 
     def plain() -> None:  # read: a new copy of every array; write: copy it back in place
@@ -146,8 +187,12 @@ def case_bulk(backend: str, spec: dict[str, Any], built: tuple[Any, up.Block]) -
         for a, c in zip(src, copies):
             np.copyto(a, c)
 
-    res["plain_s"] = best(plain, spec["repeat"])
-    res["nbytes"] = nbytes
+    _, m_ours = peak_extra(ours)
+    _, m_native = peak_extra(native)
+    res = rounds({"native": native, "ours": ours, "plain": plain}, spec["repeat"])
+    res["ours_vs_plain"] = _stats([o / p for o, p in zip(res["times"]["ours"], res["times"]["plain"])])
+    res.update(peak_extra=None if m_ours is None else m_ours / nbytes,
+               native_peak_extra=None if m_native is None else m_native / nbytes, nbytes=nbytes)
     return res
 
 
@@ -182,24 +227,74 @@ def case_port(pair: str, spec: dict[str, Any], models: dict[str, up.Block]) -> d
     src_name, dst_name = pair.split("->")
     src, dst = models[src_name], models[dst_name]
     nbytes = _nbytes(src)
-    t_ours, m_ours = peak_extra(lambda: up.port(src, dst))
+    _, m_ours = peak_extra(lambda: up.port(src, dst))
     views = [p.read(copy=False) for p in src.params.distinct().values()]  # zero-copy where the framework allows
 
     def plain() -> list[np.ndarray]:
         return [np.array(v, copy=True) for v in views]
 
-    t_plain, m_plain = peak_extra(plain)
-    to, tp = [t_ours], [t_plain]
-    for _ in range(spec["repeat"] - 1):
-        tp.append(best(plain, 1))
-        to.append(best(lambda: up.port(src, dst), 1))
+    _, m_plain = peak_extra(plain)
+    res = rounds({"plain": plain, "ours": lambda: up.port(src, dst)}, spec["repeat"])
     a = src.params.distinct()
     b = dst.params.distinct()
     for (na, pa), (nb, pb) in zip(a.items(), b.items()):
         assert np.array_equal(pa.read(copy=False), pb.read(copy=False)), (na, nb)
-    return {"ours_s": min(to), "plain_s": min(tp), "nbytes": nbytes,
-            "peak_extra": None if m_ours is None else m_ours / nbytes,
-            "plain_peak_extra": None if m_plain is None else m_plain / nbytes}
+    res.update(nbytes=nbytes, peak_extra=None if m_ours is None else m_ours / nbytes,
+               plain_peak_extra=None if m_plain is None else m_plain / nbytes)
+    return res
+
+
+def case_scale(backend: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Issue 13 item 6: models of ``n`` small parameters (``n / 2`` dense
+    layers of 2 x 2 and a bias): listing, one parameter's read and write by
+    name, and save, load and port, each against the native equivalent; the
+    per-call times by size show whether the curve is flat."""
+    nat = NATIVES[backend]()
+    folder = tempfile.mkdtemp(dir=_folder())
+    out: dict[str, Any] = {"sizes": {}}
+    deadline = time.perf_counter() + spec.get("scale_budget_s", 300.0)
+    try:
+        for n in spec["sizes"]:
+            if time.perf_counter() > deadline:
+                out["sizes"][str(n)] = {"error": "skipped: the case's time budget was spent on smaller sizes"}
+                continue
+            t0 = time.perf_counter()
+            net, m = nat.small(n)
+            net2, m2 = nat.small(n)
+            build_s = time.perf_counter() - t0
+            names = [k for k, p in m.params.items() if len(p.shape) == 2]
+            k = len(names) // 2  # a layer in the middle
+            name = names[k]
+            f_ours, f_nat = os.path.join(folder, "ours.safetensors"), os.path.join(folder, "native.safetensors")
+            nat.save(net, f_nat)
+            up.save(m, f_ours)
+            r, b, ld = spec["repeat"], spec["budget"], load_avg()
+
+            def write_ours(m: up.Block = m, name: str = name) -> None:
+                m.params[name][0, 0] = 1.0
+
+            res = {
+                "list": rounds({"native": lambda net=net: nat.listing(net),
+                                "ours": lambda m=m: list(m.params.items())}, r, b),
+                "read": rounds({"native": lambda net=net, k=k: nat.read_one(net, k),
+                                "ours": lambda m=m, name=name: m.params[name].value}, r, b),
+                "write": rounds({"native": lambda net=net, k=k: nat.write_one(net, k), "ours": write_ours}, r, b),
+                "save": rounds({"native": lambda net=net: nat.save(net, f_nat),
+                                "ours": lambda m=m: up.save(m, f_ours)}, r, b),
+                "load": rounds({"native": lambda net=net: nat.load(net, f_nat),
+                                "ours": lambda m=m: up.load(m, f_ours)}, r, b),
+                "port": rounds({"native": lambda net=net, net2=net2: nat.copy_state(net, net2),
+                                "ours": lambda m=m, m2=m2: up.port(m, m2)}, r, b),
+            }
+            out["sizes"][str(n)] = {**res, "n_params": len(m.params), "name": name, "build_s": build_s,
+                                    "load_before": ld, "load_after": load_avg()}
+            del net, m, net2, m2
+            gc.collect()
+    finally:
+        for f in os.listdir(folder):
+            os.unlink(os.path.join(folder, f))
+        os.rmdir(folder)
+    return out
 
 
 def run_backend(backend: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -209,6 +304,8 @@ def run_backend(backend: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     cases = spec["cases"]
     if "list" in cases:
         out.append(_timed_case("list", backend, lambda: case_list(backend, spec)))
+    if "scale" in cases:
+        out.append(_timed_case("scale", backend, lambda: case_scale(backend, spec)))
     big = [c for c in ("bulk", "file", "init") if c in cases]
     if big:
         built = NATIVES[backend]().build(spec["width"], spec["depth"])
@@ -232,11 +329,13 @@ def run_ports(pairs: list[str], spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _timed_case(case: str, backend: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     t = time.perf_counter()
+    before = load_avg()
     try:
         result = fn()
     except Exception as exc:  # one failing case does not lose the others
         result = {"error": f"{type(exc).__name__}: {exc}"}
-    result.update(case=case, backend=backend, wall_s=time.perf_counter() - t)
+    result.update(case=case, backend=backend, wall_s=time.perf_counter() - t, load_before=before,
+                  load_after=load_avg())
     print("RESULT " + json.dumps(result), flush=True)
     gc.collect()
     return result

@@ -624,3 +624,57 @@ def test_save_lists_the_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(_block.Block, "params", property(counted))
     up.save(m, tmp_path / "m.safetensors")
     assert calls[0] <= 2, f"block.params listed {calls[0]} times for 100 parameters"
+
+
+def test_a_tied_file_reads_each_storage_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a file of a tied model reads each stored tensor once (its
+    tie group is not given twice and compared)."""
+    from unified_params import _format
+
+    m = _ref_model()
+    f = up.save(_ref_model(fill=3.0), tmp_path / "m.safetensors")
+    stored = sorted(read_file(f)[0])
+    reads: list[str] = []
+    original = _format.Reader.read
+
+    def counted(self: Any, e: Any) -> np.ndarray:
+        reads.append(e.name)
+        return original(self, e)
+
+    monkeypatch.setattr(_format.Reader, "read", counted)
+    up.load(m, f)
+    assert sorted(reads) == stored and len(reads) == len(m.params.distinct())
+
+
+def test_save_keeps_the_owner_of_the_file_it_replaces(tmp_path: Path) -> None:
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"old")
+    if os.geteuid() == 0:  # root may give the file to another user, as open(path, 'wb') keeps it
+        os.chown(f, 65534, 65534)
+    before = f.stat()
+    up.save(_ref_model(), f)
+    after = f.stat()
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+
+
+def test_save_over_a_fifo_or_a_socket(tmp_path: Path) -> None:
+    """Not replaced by a regular file (as root, a save to /dev/null would
+    otherwise replace the device itself); a FileFormatError instead."""
+    import socket
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "sock"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(sock_path))
+        link = tmp_path / "link.safetensors"
+        link.symlink_to(fifo)
+        for target, word in ((fifo, "FIFO"), (sock_path, "socket"), (link, "FIFO")):
+            with pytest.raises(up.FileFormatError, match=word):
+                up.save(_ref_model(), target)
+        assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISSOCK(sock_path.stat().st_mode) and link.is_symlink()
+        assert sorted(os.listdir(tmp_path)) == ["link.safetensors", "pipe", "sock"]
+    finally:
+        sock.close()

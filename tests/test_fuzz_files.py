@@ -11,10 +11,14 @@ default) runs more.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -141,6 +145,27 @@ def byte_flips(draw: st.DrawFn, blob: bytes) -> bytes:
     return bytes(out)
 
 
+@contextlib.contextmanager
+def _timeout(seconds: float) -> Iterator[None]:
+    """A hang is a failure, not a stuck suite: SIGALRM interrupts the case
+    (POSIX, main thread; elsewhere the elapsed time is checked after)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def hang(*_: object) -> None:
+        raise TimeoutError(f"a case ran for more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _snapshot(m: up.Block) -> dict[str, bytes]:
     return {k: np.asarray(v).tobytes() for k, v in m.state().items()}
 
@@ -163,7 +188,8 @@ def _check(kind: str, blob: bytes, match: str) -> None:
         before = _snapshot(m)
         t = time.perf_counter()
         try:
-            up.load(m, path, match=match)
+            with _timeout(10):
+                up.load(m, path, match=match)
         except (up.FileFormatError, up.StateError, up.PortError) as exc:
             msg = str(exc)
             assert exc.expected and exc.received and exc.todo, msg

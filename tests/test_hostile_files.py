@@ -292,3 +292,12 @@ def test_bfloat16_and_float8_files(tmp_path: Path) -> None:
     tensors, _ = read_file(f)
     assert tensors["bf"].dtype == ml_dtypes.bfloat16 and (tensors["bf"] == bf).all()
     assert tensors["f8"].dtype == ml_dtypes.float8_e4m3fn and (tensors["f8"] == f8).all()
+
+
+def test_a_header_length_is_not_taken_for_a_pickle(m: up.Block, tmp_path: Path) -> None:
+    """Only a real pickle's opening bytes (0x80, protocol 2-5) are named one."""
+    f = tmp_path / "long.safetensors"
+    f.write_bytes((0x80 + (1 << 30)).to_bytes(8, "little") + b"{}")
+    assert "pickle" not in _rejected(m, f)
+    f.write_bytes(b"\x80\x04\x95" + bytes(16))
+    assert "pickle" in _rejected(m, f)

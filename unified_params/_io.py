@@ -158,9 +158,12 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
             raise FileFormatError("an existing folder to save into", f"{short(repr(str(folder)), 200)} does not exist",
                                   "create it first")
         try:
-            mode: int | None = stat.S_IMODE(os.stat(real).st_mode)
+            old: os.stat_result | None = os.stat(real)
         except OSError:
-            mode = None
+            old = None
+        if old is not None and not stat.S_ISREG(old.st_mode):  # a rename would replace /dev/null itself
+            raise FileFormatError("a regular file (or a new path) to save to",
+                                  f"{where} is {_format.kind_of(old.st_mode)}", "save to a file path")
     except OSError as exc:  # a path too long, a loop of links
         raise FileFormatError("a path this process may save to", f"{where}: {short(str(exc), 300)}",
                               "check the path") from None
@@ -178,8 +181,13 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
     try:
         fd, tmp = _create_temp(folder)
         with os.fdopen(fd, "wb") as fh:
-            if mode is not None:
-                os.fchmod(fh.fileno(), mode)
+            if old is not None:  # the replaced file's mode and, where allowed, owner
+                os.fchmod(fh.fileno(), stat.S_IMODE(old.st_mode))
+                if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                    try:
+                        os.fchown(fh.fileno(), old.st_uid, old.st_gid)
+                    except OSError:
+                        pass  # not permitted: the file is ours, as open(path, 'wb') by another user would not be
             bar = progress_bar(progress, total, "save")
             try:
                 # kernel-last storages: a tiled transpose each, one at a time
@@ -214,14 +222,18 @@ def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict
         return dict(r.tensors()), dict(r.header.metadata)
 
 
-def expand_ties(tensors: dict[str, Any], meta: dict[str, str], where: str = "the file") -> dict[str, Any]:
-    """Map every name of a file's tie groups to its stored tensor."""
+def expand_ties(tensors: dict[str, Any], meta: dict[str, str], where: str = "the file",
+                block: Block | None = None) -> dict[str, Any]:
+    """Map every name of a file's tie groups to its stored tensor; with
+    ``block``, only names whose tie group in the model has no value yet (a
+    tie group given twice would be read twice to compare its values)."""
     state = dict(tensors)
     ours = _format.our_metadata(meta, where)
     if ours is not None:
+        tied = {n: p.tied_with for n, p in block._all().items()} if block is not None else {}
         for n, info in ours[0].items():
             src = info.get("storage", n)
-            if n not in state and src in tensors:
+            if n not in state and src in tensors and not any(t in state for t in tied.get(n, ())):
                 state[n] = tensors[src]
     return state
 
@@ -231,11 +243,12 @@ def _deferred(r: _format.Reader) -> dict[str, Any]:
     array, the file re-checked) when it is written."""
     dtypes: dict[str, np.dtype] = {}
     out: dict[str, Any] = {}
-    for name, e in r.header.entries.items():
-        dt = dtypes.get(e.dtype)
-        if dt is None:
-            dt = dtypes[e.dtype] = _format.numpy_dtype(e.dtype)
-        out[name] = Deferred(e.shape, dt, lambda e=e: r.read(e))  # type: ignore[misc]
+    with _format.no_gc():
+        for name, e in r.header.entries.items():
+            dt = dtypes.get(e.dtype)
+            if dt is None:
+                dt = dtypes[e.dtype] = _format.numpy_dtype(e.dtype)
+            out[name] = Deferred(e.shape, dt, lambda e=e: r.read(e))  # type: ignore[misc]
     return out
 
 
@@ -289,7 +302,7 @@ def load(
                                    verify=r.check)
                 report.missing = []  # state only one framework keeps (num_batches_tracked) is not ported
                 return report
-            return load_into(block, expand_ties(tensors, meta, where), strict=strict, what="load",
+            return load_into(block, expand_ties(tensors, meta, where, block), strict=strict, what="load",
                              progress=progress, backup=True, verify=r.check)
         except UnifiedParamsError as exc:
             raise _bounded(exc) from None
