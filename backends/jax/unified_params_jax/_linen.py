@@ -6,7 +6,9 @@ Design constraints of this module:
   (``{'params': ..., 'batch_stats': ...}``) and exposes them as ``variables``.
   Every write, reset, tie and materialize replaces that pytree with a new one,
   rebuilding only the dicts along the changed path: the dicts and arrays a
-  user passed in are never modified.
+  user passed in, or read from ``variables``, are never modified. Dicts the
+  handle made since ``variables`` was last read are changed in place, so a
+  loop of writes does not copy a wide dict (a long ``Sequential``'s) each time.
 * A leaf's ``ref`` is its :class:`VarRef`, the path of its slot in the
   variables (``('params', 'layers_0', 'kernel')``). A layer reused (at two
   indices of a Sequential, in two fields) is one scope in Flax, named after
@@ -262,6 +264,10 @@ class LinenHandle(Handle):
         self._order: dict[VarPath, list[str]] = {}  # scope -> child names in call order
         # The last root call's arguments (arrays as ShapeDtypeStructs), for reset:
         self._input: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        # Dicts of the variables this handle made and nobody else has seen
+        # (by id, the dict kept alive): writes change them in place, so that
+        # a loop of writes costs O(depth), not O(width) each.
+        self._owned: dict[int, dict[str, Any]] = {}
 
     # -- identity -----------------------------------------------------------
 
@@ -273,6 +279,7 @@ class LinenHandle(Handle):
     def variables(self) -> dict[str, Any] | None:
         """The variables pytree the model is applied with (``None`` before
         ``materialize``); a new dict after each change, never mutated."""
+        self._owned.clear()  # handed out: the next change copies what it changes
         return self._vars
 
     # -- structure ----------------------------------------------------------
@@ -418,15 +425,29 @@ class LinenHandle(Handle):
         old = self._array(leaf, "write")
         self._put({self._resolve(leaf.ref.path): from_numpy(value, old)})
 
+    def _own_set(self, tree: dict[str, Any], path: Sequence[str], value: Any) -> dict[str, Any]:
+        """``_set`` that changes in place the dicts only this handle has seen
+        (those it made since ``variables`` was last read) and copies the others."""
+        if self._owned.get(id(tree)) is tree:
+            out = tree
+        else:
+            out = dict(tree)
+            self._owned[id(out)] = out
+        if len(path) == 1:
+            out[path[0]] = value
+        else:
+            out[path[0]] = self._own_set(out.get(path[0], {}), path[1:], value)
+        return out
+
     def _put(self, values: dict[VarPath, jax.Array]) -> None:
         """Store arrays at storage slots, and in every slot tied to them."""
         new = self._vars or {}
         for path, arr in values.items():
-            new = _set(new, path, _rebox(_get(new, path), arr) if _has(new, path) else arr)
+            new = self._own_set(new, path, _rebox(_get(new, path), arr) if _has(new, path) else arr)
         for target in self._ties:
             source = self._resolve(target)
             if source in values and _has(new, source):
-                new = _set(new, target, _get(new, source))
+                new = self._own_set(new, target, _get(new, source))
         self._vars = new
 
     def _sync(self) -> None:
@@ -437,7 +458,7 @@ class LinenHandle(Handle):
         for target in self._ties:
             source = self._resolve(target)
             if _has(new, source):
-                new = _set(new, target, _get(new, source))
+                new = self._own_set(new, target, _get(new, source))
         self._vars = new
 
     def native_of(self, leaf: Leaf) -> Any:
@@ -509,7 +530,7 @@ class LinenHandle(Handle):
         for coll, tree in unfreeze(updates).items():
             if coll in new:
                 path = (coll, *scope)
-                new = _set(new, path, _copy_tree(tree)) if scope else {**new, coll: _copy_tree(tree)}
+                new = self._own_set(new, path, _copy_tree(tree))
         self._vars = new
         self._sync()
 
