@@ -38,7 +38,6 @@ Design constraints of this module:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -164,10 +163,16 @@ def _static_leaves(module: Any) -> list[tuple[str, str, tuple[int | None, ...]]]
     return out
 
 
-@functools.cache
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _field_names(cls: type) -> tuple[str, ...]:
-    """The dataclass fields of a module class that may hold submodules."""
-    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
+    """The dataclass fields of a module class that may hold submodules (cached per class)."""
+    found = _FIELD_NAMES.get(cls)
+    if found is None:
+        found = tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
+        _FIELD_NAMES[cls] = found
+    return found
 
 
 def _field_children(module: Any) -> list[tuple[str, Any, str]]:
