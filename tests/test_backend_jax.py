@@ -569,3 +569,36 @@ def test_nnx_call_passes_every_argument_and_sub_block_backward() -> None:
     np.testing.assert_allclose(m.params["2.bias"].grad, [3.0])
     m[2].backward(h)  # the core adds this pass's gradients up
     np.testing.assert_allclose(m.params["2.bias"].grad, [6.0])
+
+
+def test_linen_variables_read_once_are_never_changed_by_later_writes() -> None:
+    net, variables = _mlp()
+    m = up.wrap(net, variables)
+    m.params["layers_0.bias"].fill(1.0)
+    m.params["layers_2.bias"].fill(2.0)  # in place: nobody has seen these dicts yet
+    seen = m.variables
+    inner = seen["params"]["layers_0"]
+    snapshot = {k: np.asarray(v).copy() for k, v in inner.items()}
+    m.params["layers_0.bias"].fill(3.0)
+    m.params["layers_0.weight"].fill(4.0)
+    assert m.variables is not seen and m.variables["params"]["layers_0"] is not inner
+    assert all(np.array_equal(np.asarray(inner[k]), snapshot[k]) for k in snapshot)
+    np.testing.assert_array_equal(np.asarray(seen["params"]["layers_2"]["bias"]), [2.0])
+    np.testing.assert_array_equal(np.asarray(m.variables["params"]["layers_0"]["bias"]), np.full(8, 3.0))
+    assert np.asarray(variables["params"]["layers_0"]["bias"]).sum() == 0  # the user's own, untouched
+
+
+def test_linen_one_write_does_not_copy_a_wide_dict() -> None:
+    """A loop of writes on a long Sequential copies no dict of all its layers."""
+    net = nn.Sequential([nn.Dense(2) for _ in range(50)])
+    handle = up.get_backend("jax").open(net, net.init(jax.random.key(0), jnp.zeros((1, 2))))
+    bias = {n.key: lf for n in handle.tree().children for lf in n.leaves if lf.role == "bias"}
+    _ = handle.variables
+    handle.write(bias["layers_0"], np.ones(2, np.float32))  # the first write after a read copies the path
+    root = handle._vars  # the handle's own dicts, not handed out since
+    params = root["params"]
+    for i in range(1, 50):
+        handle.write(bias[f"layers_{i}"], np.full(2, i, np.float32))
+    assert handle._vars is root and root["params"] is params
+    np.testing.assert_array_equal(np.asarray(handle.variables["params"]["layers_49"]["bias"]), [49.0, 49.0])
+    np.testing.assert_array_equal(np.asarray(handle.variables["params"]["layers_0"]["bias"]), [1.0, 1.0])

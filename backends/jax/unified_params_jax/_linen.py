@@ -6,7 +6,9 @@ Design constraints of this module:
   (``{'params': ..., 'batch_stats': ...}``) and exposes them as ``variables``.
   Every write, reset, tie and materialize replaces that pytree with a new one,
   rebuilding only the dicts along the changed path: the dicts and arrays a
-  user passed in are never modified.
+  user passed in, or read from ``variables``, are never modified. Dicts the
+  handle made since ``variables`` was last read are changed in place, so a
+  loop of writes does not copy a wide dict (a long ``Sequential``'s) each time.
 * A leaf's ``ref`` is its :class:`VarRef`, the path of its slot in the
   variables (``('params', 'layers_0', 'kernel')``). A layer reused (at two
   indices of a Sequential, in two fields) is one scope in Flax, named after
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +163,18 @@ def _static_leaves(module: Any) -> list[tuple[str, str, tuple[int | None, ...]]]
     return out
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass fields of a module class that may hold submodules (cached per class)."""
+    found = _FIELD_NAMES.get(cls)
+    if found is None:
+        found = tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
+        _FIELD_NAMES[cls] = found
+    return found
+
+
 def _field_children(module: Any) -> list[tuple[str, Any, str]]:
     """``(key, object, flax name)`` of the submodules a module holds in its
     dataclass fields, as Flax names them: ``field`` or ``field_<i>`` for a
@@ -170,14 +184,13 @@ def _field_children(module: Any) -> list[tuple[str, Any, str]]:
         return []
     out: list[tuple[str, Any, str]] = []
     first: dict[int, str] = {}
-    for f in dataclasses.fields(module):
-        if f.name in ("parent", "name"):
-            continue
-        value = getattr(module, f.name, None)
+    attrs = vars(module)
+    for field_name in _field_names(type(module)):
+        value = attrs.get(field_name)
         if isinstance(value, nn.Module):
-            items = [(f.name, value)]
+            items = [(field_name, value)]
         elif isinstance(value, (list, tuple)) and any(isinstance(v, nn.Module) for v in value):
-            items = [(f"{f.name}_{i}", v) for i, v in enumerate(value)]
+            items = [(f"{field_name}_{i}", v) for i, v in enumerate(value)]
         else:
             continue
         for key, obj in items:
@@ -199,6 +212,18 @@ def _bound_children(module: Any, variables: dict[str, Any] | None) -> dict[str, 
     except Exception:  # a setup that needs more than variables: rely on the variables
         return {}
     return {k: v for k, v in found.items() if isinstance(v, nn.Module)}
+
+
+#: A block's part of the variables: ``{collection: subtree}`` for the
+#: collections that have its scope (``None`` before ``module.init``).
+Sub = dict[str, dict[str, Any]] | None
+
+
+def _descend(sub: Sub, name: str) -> Sub:
+    """A child's part of the variables, from its parent's."""
+    if sub is None:
+        return None
+    return {c: t[name] for c, t in sub.items() if isinstance(t.get(name), dict)}
 
 
 def _type_name(module: Any) -> str:
@@ -244,6 +269,10 @@ class LinenHandle(Handle):
         self._order: dict[VarPath, list[str]] = {}  # scope -> child names in call order
         # The last root call's arguments (arrays as ShapeDtypeStructs), for reset:
         self._input: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        # Dicts of the variables this handle made and nobody else has seen
+        # (by id, the dict kept alive): writes change them in place, so that
+        # a loop of writes costs O(depth), not O(width) each.
+        self._owned: dict[int, dict[str, Any]] = {}
 
     # -- identity -----------------------------------------------------------
 
@@ -255,54 +284,60 @@ class LinenHandle(Handle):
     def variables(self) -> dict[str, Any] | None:
         """The variables pytree the model is applied with (``None`` before
         ``materialize``); a new dict after each change, never mutated."""
+        self._owned.clear()  # handed out: the next change copies what it changes
         return self._vars
 
     # -- structure ----------------------------------------------------------
 
     def tree(self) -> Node:
-        return self._node("", self._module, ())
+        return self._node("", self._module, (), self._root_sub())
 
     def node(self, path: tuple[str, ...]) -> Node | None:
         """The block at ``path`` with its own leaves: followed through each
         parent's children by the rules of :meth:`tree`."""
-        module, scope = self._scope_of(path)
+        module, scope, sub = self._follow(path)
         return Node(
             key=path[-1] if path else "",
             native=module,
-            leaves=list(self._leaves(module, scope)),
+            leaves=self._leaves(module, scope, sub),
             type_name=_type_name(module),
         )
 
-    def _node(self, key: str, module: Any, scope: VarPath) -> Node:
-        has_vars = any(_has(t, scope) for t in (self._vars or {}).values())
-        if not isinstance(module, nn.Module) and not has_vars:
+    def _root_sub(self) -> Sub:
+        """The variables by collection (``params`` first), ``None`` before init."""
+        if self._vars is None:
+            return None
+        return {c: self._vars[c] for c in sorted(self._vars, key=lambda c: c != "params")}
+
+    def _node(self, key: str, module: Any, scope: VarPath, sub: Sub) -> Node:
+        if not isinstance(module, nn.Module) and not sub:
             # a function layer (nn.relu) or a Sequential slot without variables
             return Node(key=key, native=module, type_name=_type_name(module))
         return Node(
             key=key,
             native=module,
-            leaves=list(self._leaves(module, scope)),
-            children=self._children(module, scope),
+            leaves=self._leaves(module, scope, sub),
+            children=[
+                self._node(k, obj, child, _descend(sub, child[-1]))
+                for k, obj, child in self._entries(module, scope, sub)
+            ],
             type_name=_type_name(module),
         )
 
-    def _entries(self, module: Any, scope: VarPath) -> list[tuple[str, Any, VarPath]]:
-        """``(key, native, scope)`` of the children of the block at ``scope``:
-        submodules held in dataclass fields first (a ``Sequential``'s layers),
-        then those a forward pass recorded, ``setup`` made, or the variables
-        show."""
+    def _entries(self, module: Any, scope: VarPath, sub: Sub) -> list[tuple[str, Any, VarPath]]:
+        """``(key, native, scope)`` of the children of the block at ``scope``
+        (``sub``: its part of the variables): submodules held in dataclass
+        fields first (a ``Sequential``'s layers), then those a forward pass
+        recorded, ``setup`` made, or the variables show."""
         entries = [(k, obj, (*scope, name)) for k, obj, name in _field_children(module)]
         if isinstance(module, nn.Sequential):
             return entries
         covered = {child[-1] for _, _, child in entries}
-        sub_vars = None
-        if self._vars is not None:
-            sub_vars = {c: _get(t, scope) for c, t in self._vars.items() if _has(t, scope)}
-        natives: dict[str, Any] = dict(_bound_children(module, sub_vars))
+        natives: dict[str, Any] = dict(_bound_children(module, sub))
         names = list(self._order.get(scope, []))
         names += [n for n in natives if n not in names]
         from_vars: list[str] = []
-        for coll in (sub_vars or {}).values():
+        for coll in (sub or {}).values():
             from_vars += [k for k, v in coll.items() if isinstance(v, dict) and k not in from_vars]
         rest = [n for n in from_vars if n not in names]
         if rest == sorted(rest):
@@ -317,34 +352,31 @@ class LinenHandle(Handle):
                 entries.append((name, self._seen.get(child, natives.get(name)), child))
         return entries
 
-    def _children(self, module: Any, scope: VarPath) -> list[Node]:
-        return [self._node(k, obj, child) for k, obj, child in self._entries(module, scope)]
-
-    def _leaves(self, module: Any, scope: VarPath) -> Iterator[Leaf]:
-        static = {(c, n): s for c, n, s in _static_leaves(module)}
+    def _leaves(self, module: Any, scope: VarPath, sub: Sub) -> list[Leaf]:
+        # What a layer will create is only needed while nothing is initialized.
+        static = {(c, n): s for c, n, s in _static_leaves(module)} if sub is None else {}
         dtype = getattr(module, "param_dtype", jnp.float32)
-        entries: list[tuple[str, str]] = []
-        if self._vars is not None:
-            colls = sorted(self._vars, key=lambda c: c != "params")
-            for coll in colls:
-                if _has(self._vars[coll], scope):
-                    sub = _get(self._vars[coll], scope)
-                    entries += [(coll, k) for k, v in sub.items() if _is_array(v)]
-        else:
+        if sub is None:
             entries = list(static)
+        else:
+            entries = [(coll, k) for coll, tree in sub.items() for k, v in tree.items() if _is_array(v)]
+        out = []
         for coll, name in entries:
             kind = "param" if coll == "params" else "buffer"
             role, layout = role_of(name, kind)
             path = (coll, *scope, name)
-            yield Leaf(
-                role=role,
-                ref=VarRef(path, static.get((coll, name), (None,)), dtype, module),
-                storage=self._resolve(path),
-                native_name="/".join(path),
-                kind=kind,
-                trainable=kind == "param",
-                layout=layout,
+            out.append(
+                Leaf(
+                    role=role,
+                    ref=VarRef(path, static.get((coll, name), (None,)), dtype, module),
+                    storage=self._resolve(path) if self._ties else path,
+                    native_name="/".join(path),
+                    kind=kind,
+                    trainable=kind == "param",
+                    layout=layout,
+                )
             )
+        return out
 
     def _resolve(self, path: VarPath) -> VarPath:
         """The slot that holds the storage of ``path`` (ties followed)."""
@@ -398,15 +430,29 @@ class LinenHandle(Handle):
         old = self._array(leaf, "write")
         self._put({self._resolve(leaf.ref.path): from_numpy(value, old)})
 
+    def _own_set(self, tree: dict[str, Any], path: Sequence[str], value: Any) -> dict[str, Any]:
+        """``_set`` that changes in place the dicts only this handle has seen
+        (those it made since ``variables`` was last read) and copies the others."""
+        if self._owned.get(id(tree)) is tree:
+            out = tree
+        else:
+            out = dict(tree)
+            self._owned[id(out)] = out
+        if len(path) == 1:
+            out[path[0]] = value
+        else:
+            out[path[0]] = self._own_set(out.get(path[0], {}), path[1:], value)
+        return out
+
     def _put(self, values: dict[VarPath, jax.Array]) -> None:
         """Store arrays at storage slots, and in every slot tied to them."""
         new = self._vars or {}
         for path, arr in values.items():
-            new = _set(new, path, _rebox(_get(new, path), arr) if _has(new, path) else arr)
+            new = self._own_set(new, path, _rebox(_get(new, path), arr) if _has(new, path) else arr)
         for target in self._ties:
             source = self._resolve(target)
             if source in values and _has(new, source):
-                new = _set(new, target, _get(new, source))
+                new = self._own_set(new, target, _get(new, source))
         self._vars = new
 
     def _sync(self) -> None:
@@ -417,7 +463,7 @@ class LinenHandle(Handle):
         for target in self._ties:
             source = self._resolve(target)
             if _has(new, source):
-                new = _set(new, target, _get(new, source))
+                new = self._own_set(new, target, _get(new, source))
         self._vars = new
 
     def native_of(self, leaf: Leaf) -> Any:
@@ -428,19 +474,21 @@ class LinenHandle(Handle):
 
     # -- running ------------------------------------------------------------
 
-    def _scope_of(self, path: tuple[str, ...]) -> tuple[Any, VarPath]:
-        """The native object at ``path`` and its scope in the variables,
-        followed through each parent's children (the first of a key)."""
+    def _follow(self, path: tuple[str, ...]) -> tuple[Any, VarPath, Sub]:
+        """The native object at ``path``, its scope in the variables and its
+        part of them, followed through each parent's children (the first of a
+        key)."""
         module: Any = self._module
         scope: VarPath = ()
+        sub = self._root_sub()
         for key in path:
-            for k, obj, child in self._entries(module, scope):
+            for k, obj, child in self._entries(module, scope, sub):
                 if k == key:
-                    module, scope = obj, child
+                    module, scope, sub = obj, child, _descend(sub, child[-1])
                     break
             else:
                 raise KeyError(key)
-        return module, scope
+        return module, scope, sub
 
     def _record(self) -> Any:
         """An interceptor that learns the objects and call order of submodules."""
@@ -467,7 +515,7 @@ class LinenHandle(Handle):
         """What ``module.apply`` of the block at ``path`` returns with its part
         of ``variables`` and the user's arguments (a function layer is just
         called), and the block's scope."""
-        module, scope = self._scope_of(path)
+        module, scope, _ = self._follow(path)
         if module is None:
             raise RuntimeError(
                 f"the linen submodule at {'.'.join(path)!r} is a @compact submodule that no "
@@ -487,7 +535,7 @@ class LinenHandle(Handle):
         for coll, tree in unfreeze(updates).items():
             if coll in new:
                 path = (coll, *scope)
-                new = _set(new, path, _copy_tree(tree)) if scope else {**new, coll: _copy_tree(tree)}
+                new = self._own_set(new, path, _copy_tree(tree))
         self._vars = new
         self._sync()
 
