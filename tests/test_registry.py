@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,42 @@ def test_detection_is_cached_per_type() -> None:
 
     up.wrap(ref.Dense(2, in_units=2))
     assert _registry._type_cache[ref.Dense].name == "numpy"
+
+
+def test_an_adapter_of_another_protocol_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unified_params import _registry
+    from unified_params.adapter import PROTOCOL_VERSION
+    from unified_params.reference._backend import NumpyBackend
+
+    class Old(NumpyBackend):
+        name = "old"
+        protocol = PROTOCOL_VERSION - 1
+
+    with pytest.raises(up.UnifiedParamsError, match=f"protocol version {PROTOCOL_VERSION}") as info:
+        up.adapter.register(Old)
+    assert "protocol=1" in str(info.value) and "old" not in up.backends()
+
+    class EP:
+        name, value = "old", "old_pkg:Old"
+
+        def load(self) -> Any:
+            return Old
+
+    monkeypatch.setattr(_registry, "_entry_points", {"old": EP()})
+    monkeypatch.setattr(_registry, "_loaded", {})
+    with pytest.raises(up.UnifiedParamsError, match="entry point old = old_pkg:Old"):
+        _registry.get_backend("old")
+
+
+def test_register_and_unregister_in_process() -> None:
+    from unified_params.reference._backend import NumpyBackend
+
+    class Mine(NumpyBackend):
+        name = "mine"
+
+    be = up.adapter.register(Mine)
+    try:
+        assert "mine" in up.backends() and up.get_backend("mine") is be
+    finally:
+        up.adapter.unregister("mine")
+    assert "mine" not in up.backends()

@@ -109,9 +109,31 @@ def get_backend(name: str) -> Backend:
     return _loaded[name]
 
 
+_registered: set[str] = set()
+
+
+def register(backend: Any) -> Backend:
+    """Register an adapter in this process, without an entry point: for an
+    adapter being written, or tests. Validated as an entry point is (the
+    protocol version included); returns the instance."""
+    inst = _validate(backend, f"register({getattr(backend, '__name__', type(backend).__name__)})")
+    _loaded[inst.name] = inst
+    _registered.add(inst.name)
+    _type_cache.clear()
+    return inst
+
+
+def unregister(name: str) -> None:
+    """Undo :func:`register` (nothing for a backend installed by entry point)."""
+    if name in _registered:
+        _registered.discard(name)
+        _loaded.pop(name, None)
+        _type_cache.clear()
+
+
 def names() -> list[str]:
     """Names of the installed backends, ``numpy`` first."""
-    return ["numpy", *sorted(n for n in _discover() if n != "numpy")]
+    return ["numpy", *sorted((set(_discover()) | _registered) - {"numpy"})]
 
 
 def backends() -> dict[str, str]:

@@ -37,6 +37,8 @@ import numpy as np
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "register",
+    "unregister",
     "Backend",
     "Handle",
     "Leaf",
@@ -275,3 +277,18 @@ class Backend(ABC):
 
     def zoo(self) -> Zoo:
         raise NotImplementedError(f"backend {self.name!r} ships no model zoo")
+
+
+def register(backend: type[Backend] | Backend) -> Backend:
+    """Register an adapter in this process without an entry point (while
+    writing one, or in tests); validated as an installed one is."""
+    from ._registry import register as _register
+
+    return _register(backend)
+
+
+def unregister(name: str) -> None:
+    """Undo :func:`register`."""
+    from ._registry import unregister as _unregister
+
+    _unregister(name)
