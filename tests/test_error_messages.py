@@ -2,10 +2,7 @@
 do, in that order; real failures carry those parts; no message ends in
 "?." (a "did you mean ...?" followed by the formatter's period).
 
-The labelled form ("Expected: ... Received: ... What to do: ...") and the
-"?." rule need a change in the formatter, ``UnifiedParamsError.__init__``
-in unified_params/_errors.py; until it lands those two tests are strict
-xfails, so the fix is noticed (remove the markers then).
+The parts are labelled: "Expected: ... Received: ... What to do: ...".
 """
 
 from __future__ import annotations
@@ -22,9 +19,6 @@ from unified_params import _errors
 
 CLASSES = [getattr(_errors, name) for name in _errors.__all__]
 PARTS = ("a parameter name of this block", "'0.weigth'", "did you mean '0.weight'?")
-FORMATTER_PENDING = pytest.mark.xfail(
-    strict=True, reason="the formatter in unified_params/_errors.py does not label the parts nor drop '.' after '?'"
-)
 
 
 def make(cls: type) -> BaseException:
@@ -54,7 +48,6 @@ def test_message_has_the_three_parts_in_order(cls: type) -> None:
     assert str(e) == e.args[0]  # KeyError subclasses do not quote it
 
 
-@FORMATTER_PENDING
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_message_labels_its_parts(cls: type) -> None:
     msg = str(make(cls))
@@ -96,7 +89,6 @@ def test_real_failures_carry_the_parts(case: str) -> None:
     assert f"Received: {e.received}" in str(e), f"{case}: {e}"  # type: ignore[attr-defined]
 
 
-@FORMATTER_PENDING
 def test_no_message_ends_a_question_with_a_period() -> None:
     messages = [str(make(cls)) for cls in CLASSES]
     for cls, call in _catalogue().values():

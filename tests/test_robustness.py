@@ -114,7 +114,7 @@ def test_misspelled_names_list_the_closest(be: Any) -> None:
     name = _weight(m).name
     typo = name[:-2] + name[-1] + name[-2]  # "...weigth"
     e = _contract(up.ParamNotFoundError, lambda: m.params[typo], repr(name), repr(typo))
-    assert isinstance(e, KeyError) and str(e).startswith("the name")  # not KeyError's quoted repr
+    assert isinstance(e, KeyError) and str(e).startswith("Expected: the name")  # not KeyError's quoted repr
     _contract(up.ParamNotFoundError, lambda: m.params.__setitem__(typo, 0.0), repr(name))
     key = next(iter(m.children()))
     _contract(up.ParamNotFoundError, lambda: m[key + "x"], repr(key))

@@ -32,7 +32,7 @@ from ._param import Param, ParamDict
 from ._shared import shared_for
 from ._state import LoadReport, load_into
 from ._transaction import progress_bar, write_atomic
-from ._tree import Listing, Path, find_leaf, no_gc
+from ._tree import Listing, Path, find_leaf, listing_of, no_gc
 from ._values import Deferred, check_deferred, check_value
 from .adapter import Handle, Node
 
@@ -88,7 +88,7 @@ class Block:
 
     def _listing(self) -> Listing:
         with adapter_call(self.backend, "walk the model"):
-            return Listing(self._handle, self._path)
+            return listing_of(self._handle, self._path)
 
     def _node(self) -> Node:
         return self._listing().node
@@ -159,6 +159,9 @@ class Block:
     def _dict(self, kinds: tuple[str, ...], listing: Listing | None = None) -> ParamDict:
         """Every Param of ``kinds`` from one listing (made now if not given)."""
         listing = listing if listing is not None else self._listing()
+        made = listing.dicts.get(kinds)
+        if made is not None:
+            return made  # type: ignore[no-any-return]
         handle, lock = self._handle, self._shared.lock
         groups = listing.groups(kinds)
         out: dict[str, Param] = {}
@@ -168,7 +171,8 @@ class Block:
                     group = groups[leaf.storage]
                     others = () if len(group) == 1 else tuple(n for n in group if n != name)
                     out[name] = Param(handle, leaf, name, others, node_path, lock=lock)
-        return ParamDict(out)
+        listing.dicts[kinds] = made = ParamDict(out)
+        return made
 
     def _lazy(self, kinds: tuple[str, ...]) -> ParamDict:
         handle, base = self._handle, self._path

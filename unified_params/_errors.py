@@ -22,15 +22,21 @@ __all__ = [
 ]
 
 
+def _end(text: str) -> str:
+    """``text`` ending in one full stop (none after a question mark)."""
+    text = text.rstrip().rstrip(".")
+    return text if text.endswith(("?", "!")) else text + "."
+
+
 class UnifiedParamsError(Exception):
     """Root of every error raised by unified_params."""
 
     def __init__(self, expected: str, received: str = "", todo: str = "") -> None:
-        parts = [expected.rstrip(".") + "."]
+        parts = [f"Expected: {_end(expected)}"]
         if received:
-            parts.append(f"Received: {received}.")
+            parts.append(f"Received: {_end(received)}")
         if todo:
-            parts.append(todo.rstrip(".") + ".")
+            parts.append(f"What to do: {_end(todo)}")
         self.expected, self.received, self.todo = expected, received, todo
         super().__init__(" ".join(parts))
 

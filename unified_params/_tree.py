@@ -17,7 +17,7 @@ from typing import Any
 from ._errors import ParamNotFoundError
 from .adapter import Handle, Leaf, Node
 
-__all__ = ["Path", "Entry", "Listing", "sorted_leaves", "find", "entries", "find_leaf"]
+__all__ = ["Path", "Entry", "Listing", "listing_of", "sorted_leaves", "find", "entries", "find_leaf", "no_gc"]
 
 Path = tuple[str, ...]
 _ROLE_PAIRS = (("weight", "bias"), ("running_mean", "running_var"))
@@ -100,7 +100,7 @@ class Listing:
     """One walk of the tree below a block, shared by everything one public
     call needs from it."""
 
-    __slots__ = ("node", "base", "_entries", "_groups")
+    __slots__ = ("node", "base", "_entries", "_groups", "dicts")
 
     def __init__(self, handle: Handle, base: Path):
         self.base = base
@@ -110,6 +110,8 @@ class Listing:
         self.node.path = base
         self._entries: list[Entry] | None = None
         self._groups: dict[Any, list[str]] | None = None
+        #: ParamDicts made from this listing, by kinds (reused with it).
+        self.dicts: dict[tuple[str, ...], Any] = {}
 
     @property
     def entries(self) -> list[Entry]:
@@ -152,6 +154,30 @@ class Listing:
             out.setdefault(name, path)
             stack.extend((c, (*path, c.key), f"{name}.{c.key}") for c in cur.children)
         return out
+
+
+def listing_of(handle: Handle, base: Path) -> Listing:
+    """The listing of the block at ``base``: the last one made for this
+    handle and path while the handle's ``stamp()`` is unchanged, else a new
+    walk."""
+    stamp = handle.stamp()
+    if stamp is None:
+        return Listing(handle, base)
+    cache: dict[Path, tuple[Any, Listing]] | None = getattr(handle, "_up_listings", None)
+    if cache is None:
+        cache = {}
+        try:
+            handle._up_listings = cache  # type: ignore[attr-defined]
+        except AttributeError:
+            return Listing(handle, base)
+    hit = cache.get(base)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    listing = Listing(handle, base)
+    if len(cache) > 64:  # sub-blocks of one model: keep a bounded few
+        cache.clear()
+    cache[base] = (stamp, listing)
+    return listing
 
 
 def find_leaf(handle: Handle, base: Path, name: str, kinds: tuple[str, ...]) -> tuple[Leaf, Path] | None:

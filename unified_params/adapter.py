@@ -120,6 +120,14 @@ class Handle(ABC):
     def tree(self) -> Node:
         """Walk the current model and return its root node."""
 
+    def stamp(self) -> Hashable | None:
+        """A fingerprint of the model's structure, cheaper than ``tree()``:
+        equal stamps promise an equal tree (the same children under the same
+        keys, the same leaves in the same slots, kinds and trainability).
+        The core then reuses its last listing instead of walking. ``None``
+        (the default): no fingerprint, the core walks at every call."""
+        return None
+
     def node(self, path: tuple[str, ...]) -> Node | None:
         """The node at ``path`` with its own leaves and *no* children, found
         without walking the rest of the model; ``None`` (the default) where

@@ -37,6 +37,17 @@ class NumpyHandle(Handle):
 
         return node("", self._model)
 
+    def stamp(self) -> tuple[Any, ...]:
+        """Each module's identity and the identity of every storage it holds."""
+        parts: list[Any] = []
+        stack = [self._model]
+        while stack:
+            mod = stack.pop()
+            parts.append((id(mod), tuple(mod._params), tuple(map(id, mod._params.values())),
+                          tuple(mod._buffers), tuple(map(id, mod._buffers.values())), tuple(mod._children)))
+            stack.extend(reversed(mod._children.values()))
+        return tuple(parts)
+
     def node(self, path: tuple[str, ...]) -> Node | None:
         mod = self._model
         for k in path:

@@ -260,6 +260,30 @@ class TorchHandle(Handle):
     def tree(self) -> Node:
         return _node("", self._module)
 
+    def stamp(self) -> tuple[Any, ...]:
+        """Every module's identity, the keys of its three tables, the
+        identity of each tensor and whether it requires grad: all that
+        ``tree()`` reads, at a fraction of its cost (no objects per leaf)."""
+        parts: list[Any] = []
+        add = parts.append
+        stack = [self._module]
+        while stack:
+            m = stack.pop()
+            add(id(m))
+            params = m._parameters
+            if params:
+                add(tuple(params))
+                add(tuple([None if t is None else (id(t), t.requires_grad) for t in params.values()]))
+            buffers = m._buffers
+            if buffers:
+                add(tuple(buffers))
+                add(tuple(map(id, buffers.values())))
+            children = m._modules
+            if children:
+                add(tuple(children))
+                stack.extend([c for c in reversed(children.values()) if c is not None])
+        return tuple(parts)
+
     def node(self, path: tuple[str, ...]) -> Node | None:
         block = self._module
         for key in path:
