@@ -154,8 +154,9 @@ def _stat_regular(p: Path) -> os.stat_result:
 @contextmanager
 def no_gc() -> Iterator[None]:
     """The cyclic garbage collector paused: building millions of small
-    objects (a header of a million tensors) without it is several times
-    faster, and these objects hold no cycles."""
+    objects (a header of a million tensors, a listing of a large model)
+    without it is several times faster, and these objects hold no cycles.
+    (Shared by ``_tree``.)"""
     was = gc.isenabled()
     gc.disable()
     try:

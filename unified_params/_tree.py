@@ -9,12 +9,10 @@ it, and walks the whole tree only where it does not.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from ._errors import ParamNotFoundError
+from ._format import no_gc
 from .adapter import Handle, Leaf, Node
 
 __all__ = ["Path", "Entry", "Listing", "listing_of", "sorted_leaves", "find", "entries", "find_leaf", "no_gc"]
@@ -79,21 +77,6 @@ def entries(node: Node, base: Path) -> list[Entry]:
         for child in reversed(children):
             stack.append((child, (*path, child.key), f"{prefix}{child.key}."))
     return out
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a listing allocates its
-    thousands of small acyclic objects: its collections, triggered by those
-    allocations, would otherwise walk every object of the process (the
-    framework's included) several times per listing."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class Listing:
