@@ -566,3 +566,22 @@ def test_forward_errors_are_ours_and_still_runtime_errors():
     with pytest.raises(up.UnifiedParamsError, match=r"shape \(2, 3\)") as info:
         m(np.ones((2, 3), np.float32))
     assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_tensors_that_require_grad_are_accepted_as_values():
+    model = nn.Sequential(nn.Linear(4, 3))
+    m = up.wrap(model)
+    source = torch.full((3, 4), 2.0, requires_grad=True)
+    m.params["0.weight"].set(source)
+    assert torch.equal(model[0].weight.detach(), torch.full((3, 4), 2.0))
+    m.load_state({"0.weight": source * 3, "0.bias": torch.zeros(3, requires_grad=True)})
+    assert torch.equal(model[0].weight.detach(), torch.full((3, 4), 6.0))
+    assert model[0].weight.grad_fn is None and model[0].weight.requires_grad
+
+
+def test_framework_reset_with_a_seed_too_large_is_an_argument_error():
+    m = up.wrap(nn.Sequential(nn.Linear(4, 3)))
+    before = m.state()
+    with pytest.raises(up.ArgumentError, match="2\\*\\*63"):
+        m.initialize(None, seed=2**64)
+    assert all(np.array_equal(v, m.state()[k]) for k, v in before.items())

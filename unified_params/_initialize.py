@@ -58,6 +58,12 @@ def initialize(block: Block, init: Any, *, seed: int | None, allow_unmatched: bo
         raise ArgumentError("a seed that is an int in [0, 2**128), or None", f"seed={seed!r}",
                             "pass e.g. seed=0")
     if init is None:
+        if seed is not None and seed >= 2**63:
+            raise ArgumentError(
+                "a seed in [0, 2**63) for the framework's own initializers (init=None)",
+                f"seed={seed!r}",
+                "pass a smaller seed; seeds up to 2**128 work with up.init initializers",
+            )
         listing = block._listing()
         leaves = listing.distinct_leaves()
         with adapter_call(block.backend, "reset the parameters with its own initializers"):
