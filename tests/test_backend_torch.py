@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 import numpy as np
 import pytest
 
+import unified_params as up
 from unified_params._tree import Listing
 
 torch = pytest.importorskip("torch")
