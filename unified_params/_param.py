@@ -348,6 +348,15 @@ class ParamDict(Mapping[str, Param]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._params)
 
+    def items(self) -> Any:  # the dict's own views: no lookup per name
+        return self._params.items()
+
+    def values(self) -> Any:
+        return self._params.values()
+
+    def keys(self) -> Any:
+        return self._params.keys()
+
     def __len__(self) -> int:
         return len(self._params)
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parameter import is_lazy
+from torch.nn.parameter import UninitializedTensorMixin
 
 from unified_params._errors import NotInitializedError, ShapeMismatchError, UnifiedParamsError
 from unified_params.adapter import CANONICAL, Backend, Handle, Leaf, Node
@@ -39,19 +39,17 @@ class Slot:
     """Where a leaf lives: ``module._parameters[name]`` or ``module._buffers[name]``.
     (A plain slotted class: one is made per parameter per listing.)"""
 
-    __slots__ = ("module", "name", "kind")
+    __slots__ = ("module", "name", "kind", "table")
 
     def __init__(self, module: nn.Module, name: str, kind: str) -> None:
         self.module = module
         self.name = name
         self.kind = kind  # "param" or "buffer"
+        #: ``module._parameters`` or ``module._buffers`` (torch never replaces these dicts)
+        self.table: dict[str, Any] = module._parameters if kind == "param" else module._buffers
 
     def __repr__(self) -> str:
         return f"Slot({type(self.module).__name__}, {self.name!r}, {self.kind!r})"
-
-    @property
-    def table(self) -> dict[str, Any]:
-        return self.module._parameters if self.kind == "param" else self.module._buffers
 
     def data(self, action: str) -> torch.Tensor:
         """The tensor in the slot, refusing one without data (the meta device),
@@ -296,8 +294,10 @@ class TorchHandle(Handle):
 
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
         slot: Slot = leaf.ref
-        t = slot.tensor
-        if is_lazy(t):
+        t = slot.table.get(slot.name)
+        if t is None:
+            t = slot.tensor  # raises, saying the slot is gone
+        if isinstance(t, UninitializedTensorMixin):
             return _lazy_shape(slot.module, slot.name, t)
         return tuple(t.shape)
 
@@ -306,7 +306,9 @@ class TorchHandle(Handle):
         return leaf.ref.tensor
 
     def dtype(self, leaf: Leaf) -> np.dtype:
-        return numpy_dtype(leaf.ref.tensor.dtype)
+        slot: Slot = leaf.ref
+        t = slot.table.get(slot.name)
+        return numpy_dtype((t if t is not None else slot.tensor).dtype)
 
     def device(self, leaf: Leaf) -> str:
         return str(leaf.ref.tensor.device)
