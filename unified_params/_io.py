@@ -15,15 +15,17 @@ the model unchanged.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,6 +43,7 @@ from ._block import (
 from ._errors import ArgumentError, DTypeError, FileFormatError, PortError, StateError, UnifiedParamsError
 from ._format import few, short
 from ._layout import contiguous
+from ._verify import output_matches, outputs_agree
 
 __all__ = ["save", "load", "port", "read_file", "PortReport", "FORMAT_VERSION"]
 
@@ -61,6 +64,38 @@ def _as_block(m: Any, what: str) -> Block:
     from . import wrap
 
     return wrap(m)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _holding_locks(*names: str) -> Callable[[F], F]:
+    """Run a file or port function holding the lock of every model it
+    touches (contract 14: atomic against other threads), the models named
+    by ``names`` (its first parameters), locks taken in one global order so
+    that two ports in opposite directions cannot deadlock."""
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            args_l = list(args)
+            blocks = []
+            for i, name in enumerate(names):
+                if i < len(args_l):
+                    args_l[i] = _as_block(args_l[i], fn.__name__)
+                    blocks.append(args_l[i])
+                elif name in kwargs:
+                    kwargs[name] = _as_block(kwargs[name], fn.__name__)
+                    blocks.append(kwargs[name])
+            locks = sorted({id(b._shared.lock): b._shared.lock for b in blocks}.items(), key=lambda kv: kv[0])
+            with ExitStack() as stack:
+                for _, lock in locks:
+                    stack.enter_context(lock)
+                return fn(*args_l, **kwargs)
+
+        return inner  # type: ignore[return-value]
+
+    return deco
+
 
 
 def _metadata(block: Block) -> tuple[dict[str, Param], dict[str, str]]:
@@ -130,6 +165,7 @@ def _create_temp(folder: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name in {folder}")
 
 
+@_holding_locks("m")
 def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) -> Path:
     """Write every storage of ``m`` once to a safetensors file, atomically.
 
@@ -268,6 +304,7 @@ def _bounded(exc: UnifiedParamsError) -> UnifiedParamsError:
     return type(exc)(short(exc.expected, 400), short(exc.received, 1200), short(exc.todo, 400))
 
 
+@_holding_locks("m")
 def load(
     m: Any,
     path: str | os.PathLike[str],
@@ -275,6 +312,7 @@ def load(
     *,
     match: str = "name",
     progress: bool | None = None,
+    check: Any = None,
 ) -> LoadReport:
     """``load_state`` from a safetensors file (any safetensors file).
 
@@ -286,24 +324,34 @@ def load(
     file's header before the first write; then the tensors are read and
     written one at a time, with backups whatever the model's size: a file
     that another program changes during the load is a ``FileFormatError``
-    and the model is restored.
+    and the model is restored. ``check=(x, y)``: after the load the model's
+    output on ``x`` must equal ``y`` (float tolerance), else ``PortError`` and
+    the model is restored.
     """
     if match not in ("name", "order"):
         raise ArgumentError("match='name' or match='order'", f"match={short(match)}",
                             "use 'order' for a file saved from another framework")
     block = _as_block(m, "load")
+    if check is not None and not (isinstance(check, tuple) and len(check) == 2):
+        output_matches(block, check)  # raises the ArgumentError that says what check= takes
     with _format.Reader(path) as r:
         where = short(repr(str(r.path)), 200)
+
+        def verify() -> None:
+            r.check()
+            if check is not None:
+                output_matches(block, check)
+
         tensors, meta = _deferred(r), r.header.metadata
         try:
             if match == "order":
                 state = _pair_by_order(block, tensors, meta, where)
                 report = load_into(block, state, strict=False, what="load", progress=progress, backup=True,
-                                   verify=r.check)
+                                   verify=verify)
                 report.missing = []  # state only one framework keeps (num_batches_tracked) is not ported
                 return report
             return load_into(block, expand_ties(tensors, meta, where, block), strict=strict, what="load",
-                             progress=progress, backup=True, verify=r.check)
+                             progress=progress, backup=True, verify=verify)
         except UnifiedParamsError as exc:
             raise _bounded(exc) from None
 
@@ -374,7 +422,8 @@ def _portable(block: Block) -> tuple[list[Param], list[Param]]:
     return params, buffers
 
 
-def port(src: Any, dst: Any, *, progress: bool | None = None) -> PortReport:
+@_holding_locks("src", "dst")
+def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None) -> PortReport:
     """Copy every value of ``src`` into ``dst`` (any two backends), pairing
     parameters by order and canonical shape; running statistics are paired
     the same way among themselves. Atomic: a mismatch changes nothing.
@@ -382,6 +431,9 @@ def port(src: Any, dst: Any, *, progress: bool | None = None) -> PortReport:
     Everything is checked first; then each storage is read (a zero-copy view
     where the framework allows) and written, one at a time. ``progress``: a
     tqdm bar (default: for models over 256 MiB when stderr is a terminal).
+    ``check=x`` (or ``(x_src, x_dst)``): both models run on it after the copy;
+    outputs that differ beyond float tolerance raise ``PortError`` and
+    restore ``dst`` (pairs right by shape but wrong in meaning).
     """
     s, d = _as_block(src, "port"), _as_block(dst, "port")
     report = PortReport(src_backend=s.backend, dst_backend=d.backend)
@@ -409,5 +461,9 @@ def port(src: Any, dst: Any, *, progress: bool | None = None) -> PortReport:
                     str(exc),
                 ) from None
             report.pairs.append((sp.name, dp.name, tuple(sp.shape)))  # type: ignore[arg-type]
-    write_atomic(items, what="port", progress=progress)
+    if check is None:
+        write_atomic(items, what="port", progress=progress)
+    else:
+        write_atomic(items, what="port", progress=progress, backup=True,
+                     verify=lambda: outputs_agree(s, d, check))
     return report
