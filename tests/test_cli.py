@@ -301,6 +301,170 @@ def test_plot_without_matplotlib_says_what_to_install(capsys: Any, tmp_path: Pat
     assert code == 1 and "pip install 'unified-params[plot]'" in err
 
 
+def test_plot_bf16_and_float8_files(capsys: Any, tmp_path: Path) -> None:
+    """A valid file of bfloat16 and float8 tensors is drawn (ml_dtypes values
+    through float32), never called truncated or corrupted."""
+    pytest.importorskip("matplotlib")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    values = {"wte": ("BF16", np.linspace(-2, 2, 64).reshape(16, 4).astype(ml_dtypes.bfloat16)),
+              "scale": ("F8_E4M3", np.array([0.5, -1, 2, 0.25]).astype(ml_dtypes.float8_e4m3fn)),
+              "f8b": ("F8_E5M2", np.array([1, 2, -3, 4]).astype(ml_dtypes.float8_e5m2))}
+    path = _raw_safetensors(tmp_path / "lm.safetensors", {n: (c, list(a.shape), a.nbytes) for n, (c, a) in
+                                                           values.items()}, {"format": "pt"})
+    blob = path.read_bytes()
+    data = b"".join(a.tobytes() for _, a in values.values())
+    path.write_bytes(blob[: len(blob) - len(data)] + data)
+    out_png = tmp_path / "lm.png"
+    code, out, err = run(capsys, "plot", str(path), "-o", str(out_png))
+    assert code == 0, err
+    assert "(3 tensors)" in out and out_png.read_bytes().startswith(PNG)
+
+
+def test_plot_refuses_by_name_what_it_cannot_draw(tmp_path: Path) -> None:
+    """Complex or text values are named with their dtype, not drawn wrong
+    (a ComplexWarning and the real part) nor ended in a NumPy ValueError."""
+    pytest.importorskip("matplotlib")
+    from unified_params._plot import as_real, plot_tensors
+
+    ok = {"w": np.ones((2, 2), np.float32)}
+    for bad in (np.ones(3, np.complex64), np.array(["a", "b"])):
+        with pytest.raises(up.UnifiedParamsError) as info:
+            plot_tensors({**ok, "z": bad}, tmp_path / "z.png")
+        assert f"'z' of dtype {bad.dtype}" in str(info.value)
+        assert not (tmp_path / "z.png").exists()
+    assert as_real("b", np.array([True, False])).tolist() == [1.0, 0.0]
+
+
+def test_plot_to_a_path_it_cannot_write_exits_1(capsys: Any, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "taken.png"
+    folder.mkdir()
+    code, _, err = run(capsys, "plot", "--backend", "numpy", "-o", str(folder))
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("unified-params: error: Expected: a PNG written to") and len(err.splitlines()) == 1
+
+
+# -- friendly failures: missing frameworks, extras, names ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "meant"),
+    [(["tour", "--backend", "pytorch"], "torch"), (["tour", "--backend", "tf"], "tensorflow"),
+     (["tour", "--backend", "keras"], "tensorflow"), (["tour", "--backend", "flax"], "jax"),
+     (["tour", "--backend", "gluon"], "mxnet"), (["plot", "--backend", "pytorch", "-o", "x.png"], "torch"),
+     (["tour", "--backend", "numpi"], "numpy")],
+)
+def test_a_backend_name_gets_did_you_mean(capsys: Any, argv: list[str], meant: str) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    assert f"Did you mean {meant!r}?" in err
+    typed = argv[argv.index("--backend") + 1]
+    assert f"unified-params-{typed} " not in err + " " and "Traceback" not in err
+    if meant not in _registry.names():
+        assert f"pip install unified-params-{meant} " in err
+
+
+def _frameworkless(monkeypatch: Any, name: str = "torch") -> None:
+    """The adapter of ``name`` installed without its framework (adapters do
+    not depend on a framework build): the adapter imports, its zoo does not."""
+    from importlib import import_module
+
+    from unified_params.reference._backend import NumpyBackend
+
+    class Frameworkless(NumpyBackend):
+        modules = (name,)
+
+        def version(self) -> str:
+            from importlib import metadata
+
+            return metadata.version(name + "-not-installed")  # as the adapters read it: PackageNotFoundError
+
+        def zoo(self) -> Any:
+            import_module(name)
+            return super().zoo()
+
+    Frameworkless.name = name  # type: ignore[misc]
+
+    class EP:
+        value = "unified_params_fake:Frameworkless"
+        dist = None
+
+        def load(self) -> Any:
+            return Frameworkless
+
+    EP.name = name  # type: ignore[attr-defined]
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")] + [name]:
+        monkeypatch.setitem(sys.modules, mod, None)  # import fails
+    monkeypatch.setattr(_registry, "_entry_points", {name: EP()})
+    monkeypatch.setattr(_registry, "_loaded", {})
+
+
+@pytest.mark.parametrize("argv", [["tour", "--backend", "torch"], ["plot", "--backend", "torch", "-o", "t.png"]])
+def test_a_missing_framework_is_one_line_with_the_pip_command(capsys: Any, monkeypatch: Any, tmp_path: Path,
+                                                              argv: list[str]) -> None:
+    _frameworkless(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 1, (out, err)
+    assert err.startswith("unified-params: error: Expected: the framework of backend 'torch' (torch) installed")
+    assert "pip install torch" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_tour_all_and_backends_name_the_missing_framework(capsys: Any, monkeypatch: Any) -> None:
+    _frameworkless(monkeypatch)
+    code, out, err = run(capsys, "tour", "--backend", "all")
+    assert code == 1 and "walked the chapter on numpy" in out
+    assert "the tour failed on torch: " in err and "pip install torch" in err
+    code, out, err = run(capsys, "backends")
+    assert code == 1 and "not importable" in out
+    assert "unified-params: error: torch: " in err and "pip install" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("module", "command"), [("rich", "pip install 'unified-params[cli]'"),
+                                                 ("safetensors", "pip install 'unified-params[cli]'"),
+                                                 ("matplotlib", "pip install 'unified-params[plot]'"),
+                                                 ("torch", "pip install torch")])
+def test_any_missing_module_in_a_command_is_one_line(capsys: Any, monkeypatch: Any, shared_file: Path,
+                                                     module: str, command: str) -> None:
+    """Whatever command meets a missing module, the user reads which and the
+    pip command, not a traceback."""
+    import unified_params._cli as cli
+
+    def inspect(path: str) -> int:
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    monkeypatch.setattr(cli, "_inspect", inspect)
+    code, out, err = run(capsys, "inspect", str(shared_file))
+    assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith(f"unified-params: error: {module} is not installed") and command in err
+
+
+def test_a_bug_is_one_line_and_the_traceback_on_request(capsys: Any, monkeypatch: Any, shared_file: Path) -> None:
+    import unified_params._cli as cli
+
+    def inspect(path: str) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "_inspect", inspect)
+    code, _, err = run(capsys, "inspect", str(shared_file))
+    assert code == 1 and "unexpected RuntimeError: boom" in err and "please report it" in err
+    monkeypatch.setenv("UNIFIED_PARAMS_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["inspect", str(shared_file)])
+
+
+def test_without_rich_a_terminal_gets_plain_text(capsys: Any, monkeypatch: Any, shared_file: Path) -> None:
+    for mod in [m for m in sys.modules if m == "rich" or m.startswith("rich.")] + ["rich"]:
+        monkeypatch.setitem(sys.modules, mod, None)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, err = run(capsys, "inspect", str(shared_file))
+    assert code == 0, err
+    assert "2.weight = 4.weight" in out and "┃" not in out
+    code, out, err = run(capsys, "tour", "--backend", "numpy")
+    assert code == 0, err
+    assert "name      shape   dtype    count  device  tied_with" in out
+
+
 # -- the real command ----------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -102,3 +104,129 @@ def test_register_and_unregister_in_process() -> None:
     finally:
         up.adapter.unregister("mine")
     assert "mine" not in up.backends()
+
+
+# -- friendly failures: "did you mean", missing frameworks and extras ------------------------
+
+
+def _fake_entry_point(name: str) -> Any:
+    class EP:
+        value = f"fake_{name}:Backend"
+
+        def load(self) -> Any:
+            raise AssertionError("a name that is not installed must not load an adapter")
+
+    EP.name = name  # type: ignore[attr-defined]
+    return EP()
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("pytorch", "torch"), ("PyTorch", "torch"), ("Torch", "torch"), ("tf", "tensorflow"),
+     ("keras", "tensorflow"), ("tensorfow", "tensorflow"), ("flax", "jax"), ("nnx", "jax-nnx"),
+     ("gluon", "mxnet"), ("mx", "mxnet"), ("numpyy", "numpy")],
+)
+def test_get_backend_suggests_the_name_meant(monkeypatch: pytest.MonkeyPatch, typed: str, meant: str) -> None:
+    """Installed or not, the message names the backend meant, never a package
+    named after the typo (unified-params-pytorch does not exist)."""
+    for installed in ({}, {meant: _fake_entry_point(meant)} if meant != "numpy" else {}):
+        monkeypatch.setattr(_registry, "_entry_points", installed)
+        with pytest.raises(up.BackendNotInstalledError) as info:
+            up.get_backend(typed)
+        msg = str(info.value)
+        assert f"did you mean {meant!r}?" in msg, msg
+        assert not re.search(rf"unified-params-{re.escape(typed)}\b", msg)
+        assert msg.startswith("Expected: an installed backend among") and "What to do:" in msg
+        if meant not in ("numpy", *installed):
+            adapter = "unified-params-jax" if meant == "jax-nnx" else f"unified-params-{meant}"
+            assert f"It is not installed: pip install {adapter}" in msg
+
+
+def test_a_name_like_no_backend_gets_no_guess(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_registry, "_entry_points", {})
+    with pytest.raises(up.BackendNotInstalledError) as info:
+        up.get_backend("caffe")
+    msg = str(info.value)
+    assert "did you mean" not in msg and "unified-params-caffe" not in msg
+    assert "use one of numpy" in msg and "adapters are named unified-params-<backend>" in msg
+
+
+def test_require_names_the_extra_instead_of_a_bare_module_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails
+    with pytest.raises(up.BackendNotInstalledError) as info:
+        _registry.require("safetensors")
+    assert isinstance(info.value, ImportError)
+    assert "pip install 'unified-params[files]'" in str(info.value)
+    assert str(info.value).startswith("Expected: safetensors installed")
+    assert _registry.require("json").__name__ == "json"
+
+
+def test_the_conformance_check_without_safetensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one place the library imports safetensors (the suite's file check,
+    which compares with safetensors' own reader)."""
+    from unified_params.testing import checks
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    with pytest.raises(up.BackendNotInstalledError, match=r"pip install 'unified-params\[files\]'"):
+        checks.check_save_load_file(up.get_backend("numpy"))
+
+
+def test_save_with_progress_without_tqdm(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    m = up.get_backend("numpy").zoo().mlp()
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with pytest.raises(up.BackendNotInstalledError, match=r"pip install 'unified-params\[cli\]'"):
+        up.save(m, tmp_path / "m.safetensors", progress=True)
+    assert not (tmp_path / "m.safetensors").exists()
+    up.save(m, tmp_path / "m.safetensors")  # no bar asked for: no tqdm needed
+
+
+def test_summary_rich_without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    for mod in [m for m in sys.modules if m == "rich" or m.startswith("rich.")] + ["rich"]:
+        monkeypatch.setitem(sys.modules, mod, None)
+    summary = up.get_backend("numpy").zoo().mlp().summary()
+    with pytest.raises(up.BackendNotInstalledError, match=r"pip install 'unified-params\[cli\]'"):
+        summary.rich()
+    assert str(summary).startswith("name")  # the plain table needs nothing
+
+
+class _Frameworkless:
+    """An adapter installed without its framework, as ``pip install
+    unified-params-torch`` without torch leaves it: the adapter imports,
+    the framework does not."""
+
+    @staticmethod
+    def make(monkeypatch: pytest.MonkeyPatch, name: str = "torch", module: str = "torch") -> Any:
+        from unified_params.reference._backend import NumpyBackend
+
+        class Frameworkless(NumpyBackend):
+            modules = (module,)
+
+            def zoo(self) -> Any:
+                import importlib
+
+                importlib.import_module(module)  # as the real adapter's zoo does
+                return super().zoo()
+
+        Frameworkless.name = name  # type: ignore[misc]
+        monkeypatch.setitem(sys.modules, module, None)
+        monkeypatch.setattr(_registry, "_loaded", {name: Frameworkless()})
+
+        class EP:
+            value = "unified_params_fake:Frameworkless"
+
+            def load(self) -> Any:
+                return Frameworkless
+
+        EP.name = name  # type: ignore[attr-defined]
+        monkeypatch.setattr(_registry, "_entry_points", {name: EP()})
+        return Frameworkless
+
+
+def test_require_framework_names_the_framework(monkeypatch: pytest.MonkeyPatch) -> None:
+    _Frameworkless.make(monkeypatch)
+    assert up.get_backend("torch").name == "torch"  # the adapter itself imports
+    with pytest.raises(up.BackendNotInstalledError) as info:
+        _registry.require_framework("torch")
+    msg = str(info.value)
+    assert "pip install torch" in msg and "the adapter of 'torch' is installed" in msg
+    assert _registry.require_framework("numpy").name == "numpy"

@@ -2,7 +2,9 @@
 
 Commands: ``tour``, ``backends``, ``inspect``, ``plot``; ``--help`` on each.
 Exit codes: 0 success, 1 a failure while running (a bad file, a backend that
-fails to import: the contract's error message, no traceback), 2 a usage error.
+fails to import, a missing framework or extra: one line on stderr with the
+contract's message or the pip command, no traceback), 2 a usage error (a
+backend name that is not installed: "did you mean" and how to install it).
 
 Design constraints: importing this module imports no framework and neither
 rich nor matplotlib; output is plain text unless stdout is a terminal, where
@@ -84,12 +86,40 @@ def _version() -> str:
 
 
 def _check_backend(name: str) -> None:
-    from ._registry import names
+    """A usage error (2) for a name that is not installed, with the name
+    meant; a contract error (1) for an adapter whose framework is missing."""
+    from ._registry import names, require_framework, unknown_backend_hint
 
     installed = names()
     if name not in installed:
+        hint = unknown_backend_hint(name, installed)
         raise UsageError(f"backend {name!r} is not installed; installed: {', '.join(installed)}. "
-                         f"Install its adapter: pip install unified-params-{name}")
+                         + hint[0].upper() + hint[1:])
+    require_framework(name)
+
+
+def _friendly(exc: BaseException) -> str:
+    """One line for an exception a user's setup causes: a missing module names
+    its pip command (the CLI's extras: ``[cli]``, ``[plot]``)."""
+    from ._registry import EXTRAS, pip_command
+
+    if isinstance(exc, UnifiedParamsError):
+        return str(exc)
+    if isinstance(exc, ImportError):
+        module = (getattr(exc, "name", None) or "").split(".")[0]
+        if module:
+            extra = EXTRAS.get(module)
+            command = pip_command(module, "plot" if extra == "plot" else "cli" if extra else None)
+            return f"{module} is not installed ({type(exc).__name__}: {_one_line(exc)}); install it: {command}"
+    if isinstance(exc, OSError):
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        return f"cannot access{where}: {exc.strerror or _one_line(exc)}"
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- tour ---------------------------------------------------------------------
@@ -112,7 +142,7 @@ def _tour(backend: str | None, seed: int) -> int:
             results[name] = tour(name, seed=seed, out=lambda x: None)
             print(f"walked the chapter on {name}")
         except Exception as exc:  # one backend's failure must not hide the others
-            failed[name] = f"{type(exc).__name__}: {exc}"
+            failed[name] = _friendly(exc)
             print(f"{_PROG}: error: the tour failed on {name}: {failed[name]}", file=sys.stderr)
     if not results:
         return 1
@@ -154,7 +184,7 @@ def _backends() -> int:
             framework, caps = be.version(), ", ".join(sorted(be.capabilities))
         except Exception as exc:  # report every backend; fail at the end
             framework, caps = f"not importable: {type(exc).__name__}", "-"
-            broken.append(f"{name}: {exc}")
+            broken.append(f"{name}: {_friendly(exc)}")
         rows.append([name, framework, adapter, caps])
     _print_table(["backend", "framework", "adapter", "capabilities"], rows, title="installed backends")
     for line in broken:
@@ -318,17 +348,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subparser.print_usage(sys.stderr)
         print(f"{_PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except UnifiedParamsError as exc:
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{_PROG}: interrupted", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # `unified-params tour | head`: the reader left; stop quietly
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
         except (OSError, ValueError, AttributeError):
             pass
+        return 1
+    except (UnifiedParamsError, ImportError, OSError, MemoryError) as exc:  # a user's setup: one line
+        print(f"{_PROG}: error: {_friendly(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug of ours: one line to report, the traceback on request
+        if os.environ.get("UNIFIED_PARAMS_TRACEBACK"):
+            raise
+        print(f"{_PROG}: error: unexpected {_friendly(exc)} (a bug in unified-params: please report it with the "
+              f"command line; set UNIFIED_PARAMS_TRACEBACK=1 to see the traceback)", file=sys.stderr)
         return 1
     return 2

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import UnifiedParamsError
+from ._errors import FileFormatError, UnifiedParamsError
 
-__all__ = ["plot_tensors", "MAX_HISTOGRAMS"]
+__all__ = ["plot_tensors", "as_real", "MAX_HISTOGRAMS"]
 
 #: Histograms drawn at most; the norms panel always lists every tensor.
 MAX_HISTOGRAMS = 16
@@ -26,18 +26,36 @@ _MAX_SAMPLES = 200_000
 
 
 def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UnifiedParamsError(
-            "matplotlib, to draw parameters",
-            "it is not installed",
-            "install the plot extra: pip install 'unified-params[plot]'",
-        ) from None
+    """matplotlib, or a ``BackendNotInstalledError`` (an ``ImportError``)
+    naming ``pip install 'unified-params[plot]'``."""
+    from ._registry import require
+
+    require("matplotlib", "plot", "to draw parameters")
 
 
-def _sample(a: np.ndarray) -> np.ndarray:
-    flat = np.asarray(a, dtype=np.float64).ravel()
+def as_real(name: str, a: object) -> np.ndarray:
+    """``a`` as float64 values to draw: floats of any width (ml_dtypes'
+    bfloat16 and float8 through float32, the cast they all define), integers
+    and booleans; any other dtype (complex, strings, objects) is refused by
+    name rather than drawn wrong."""
+    arr = np.asarray(a)
+    dt = arr.dtype
+    if dt.kind in "fiub":
+        return arr.astype(np.float64)
+    if dt.kind == "V" and dt.itemsize <= 2 and dt.names is None:  # ml_dtypes' floats (bfloat16, float8_*)
+        try:
+            return arr.astype(np.float32).astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    raise UnifiedParamsError(
+        "tensors of real numbers to draw (floats of any width, bfloat16 and float8 included, integers, booleans)",
+        f"{name!r} of dtype {dt} ({'complex' if dt.kind == 'c' else 'not a real number type'})",
+        "draw the other tensors (or a real part) with plot_tensors, or inspect the file with unified-params inspect",
+    )
+
+
+def _sample(name: str, a: np.ndarray) -> np.ndarray:
+    flat = as_real(name, a).ravel()
     flat = flat[np.isfinite(flat)]
     if flat.size > _MAX_SAMPLES:  # a strided sample keeps the picture fast for large tensors
         flat = flat[:: math.ceil(flat.size / _MAX_SAMPLES)]
@@ -72,6 +90,8 @@ def plot_tensors(
     names = list(tensors)
     if not names:
         raise UnifiedParamsError("at least one tensor to draw", "an empty model or file", "check the input")
+    for n in names:  # refuse what cannot be drawn before drawing (a 0-size slice: the dtype, no copy)
+        as_real(n, np.asarray(tensors[n]).ravel()[:0])
     shown = names[:MAX_HISTOGRAMS]
     cols = len(shown) if len(shown) <= 4 else (3 if len(shown) in (5, 6, 9) else 4)  # few empty panels
     rows = math.ceil(len(shown) / cols)
@@ -82,7 +102,7 @@ def plot_tensors(
     for i, name in enumerate(shown):
         ax = fig.add_subplot(grid[i // cols, i % cols])
         a = np.asarray(tensors[name])
-        values = _sample(a)
+        values = _sample(name, a)
         if values.size:
             lo, hi = float(values.min()), float(values.max())
             bins = int(np.clip(2 * np.sqrt(values.size), 5, 50)) if hi > lo else 1
@@ -96,7 +116,7 @@ def plot_tensors(
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(grid[rows, :])
-    norms = [float(np.linalg.norm(np.asarray(tensors[n], dtype=np.float64).ravel())) for n in names]
+    norms = [float(np.linalg.norm(as_real(n, tensors[n]).ravel())) for n in names]
     ypos = np.arange(len(names))
     ax.barh(ypos, norms, color="#e1812c")
     ax.set_yticks(ypos, labels=names, fontsize=7)
@@ -108,5 +128,9 @@ def plot_tensors(
     ax.set_xlim(0, max(norms) * 1.15 if max(norms) > 0 else 1)
     more = f" (histograms of the first {len(shown)} of {len(names)})" if len(names) > len(shown) else ""
     fig.suptitle((title or "parameters") + more, fontsize=10)
-    fig.savefig(target, format="png")
+    try:
+        fig.savefig(target, format="png")
+    except OSError as exc:
+        raise FileFormatError(f"a PNG written to {str(target)!r}", f"{type(exc).__name__}: {exc.strerror or exc}",
+                              "pick a path you can write (a file, not a folder) on a disk with free space") from exc
     return target

@@ -11,14 +11,17 @@ The type -> backend answer is cached.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import sys
 from importlib import metadata
+from types import ModuleType
 from typing import Any
 
 from ._errors import BackendNotInstalledError, UnifiedParamsError, UnsupportedModelError
 from .adapter import CAPABILITIES, PROTOCOL_VERSION, Backend
 
-__all__ = ["backends", "get_backend", "backend_for"]
+__all__ = ["backends", "get_backend", "backend_for", "require", "require_framework", "pip_command", "suggest"]
 
 GROUP = "unified_params.backends"
 
@@ -32,6 +35,26 @@ KNOWN_FRAMEWORKS = {
     "jax": "jax",
     "mxnet": "mxnet",
 }
+
+#: Backends we know of, and the frameworks each needs: backend -> pip packages.
+KNOWN_BACKENDS = {"numpy": "", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax flax",
+                  "jax-nnx": "jax flax", "mxnet": "mxnet"}
+
+#: Names people type for a backend: alias -> backend name.
+ALIASES = {
+    "pytorch": "torch", "pt": "torch", "th": "torch",
+    "tf": "tensorflow", "keras": "tensorflow", "tf.keras": "tensorflow", "tf_keras": "tensorflow",
+    "flax": "jax", "linen": "jax", "flax-linen": "jax", "jaxlib": "jax",
+    "nnx": "jax-nnx", "flax-nnx": "jax-nnx", "jax_nnx": "jax-nnx",
+    "gluon": "mxnet", "mx": "mxnet", "mxnet-gluon": "mxnet",
+    "np": "numpy", "reference": "numpy", "ref": "numpy",
+}  # fmt: skip
+
+#: Optional dependencies of the core -> the extra of unified-params that installs them.
+EXTRAS = {"safetensors": "files", "rich": "cli", "tqdm": "cli", "matplotlib": "plot"}
+
+#: Importable module -> the pip package that provides it, where they differ.
+_PIP_NAMES = {"jaxlib": "jax", "tf_keras": "tf-keras", "PIL": "pillow", "yaml": "pyyaml"}
 
 _loaded: dict[str, Backend] = {}
 _entry_points: dict[str, metadata.EntryPoint] | None = None
@@ -82,6 +105,55 @@ def _builtin() -> Backend:
     return NumpyBackend()
 
 
+def pip_command(module: str, extra: str | None = None) -> str:
+    """The command that installs ``module``: the extra of unified-params that
+    brings it (``extra``, or the one :data:`EXTRAS` knows), else its package."""
+    top = module.split(".")[0]
+    extra = extra or EXTRAS.get(top)
+    if extra:
+        return f"pip install 'unified-params[{extra}]'"
+    return f"pip install {_PIP_NAMES.get(top, top)}"
+
+
+def _install_backend(name: str) -> str:
+    """The command that installs backend ``name``: its adapter and framework."""
+    adapter = "unified-params-jax" if name == "jax-nnx" else f"unified-params-{name}"
+    framework = KNOWN_BACKENDS.get(name, "")
+    return f"pip install {adapter}" + (f" {framework}" if framework else "")
+
+
+def suggest(name: object, installed: list[str] | None = None) -> str | None:
+    """The backend a user most likely meant by ``name`` ('pytorch' -> 'torch',
+    'tf' -> 'tensorflow', 'flax' -> 'jax', 'gluon' -> 'mxnet', close
+    spellings by difflib), installed or not; None when nothing is close."""
+    if not isinstance(name, str) or not name.strip():
+        return None
+    key = name.strip().lower()
+    candidates = list(dict.fromkeys([*(installed if installed is not None else names()), *KNOWN_BACKENDS]))
+    if key in candidates:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    longer = [a for a in ALIASES if len(a) >= 4]  # 'np' or 'tf' would be close to too much
+    close = difflib.get_close_matches(key, candidates + longer, n=1, cutoff=0.6)
+    return ALIASES.get(close[0], close[0]) if close else None
+
+
+def unknown_backend_hint(name: object, installed: list[str]) -> str:
+    """What to do about a backend name that is not installed: the name meant
+    and, if it is not installed, its install command."""
+    guess = suggest(name, installed)
+    if guess is not None and guess != name:
+        if guess in installed:
+            return f"did you mean {guess!r}?"
+        return f"did you mean {guess!r}? It is not installed: {_install_backend(guess)}"
+    if guess is not None:  # a known backend, not installed
+        return f"install it: {_install_backend(guess)}"
+    return (f"use one of {', '.join(installed)}, or install the adapter of another framework "
+            f"(known: {', '.join(b for b in KNOWN_BACKENDS if b not in installed) or 'none'}; "
+            "adapters are named unified-params-<backend>)")
+
+
 def get_backend(name: str) -> Backend:
     """The backend registered under ``name`` (imports its adapter module)."""
     if name in _loaded:
@@ -91,10 +163,11 @@ def get_backend(name: str) -> Backend:
         return _loaded[name]
     eps = _discover()
     if name not in eps:
+        installed = names()
         raise BackendNotInstalledError(
-            f"an installed backend among {sorted(['numpy', *eps])}",
+            f"an installed backend among {installed}",
             f"backend={name!r}",
-            f"install its adapter: pip install unified-params-{name}",
+            unknown_backend_hint(name, installed),
         )
     ep = eps[name]
     try:
@@ -107,6 +180,52 @@ def get_backend(name: str) -> Backend:
         ) from exc
     _loaded[name] = _validate(target, f"entry point {name} = {ep.value}")
     return _loaded[name]
+
+
+def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleType:
+    """Import the optional dependency ``module`` (safetensors, rich, tqdm,
+    matplotlib, ...), or raise :class:`BackendNotInstalledError` (an
+    ``ImportError``) naming the pip command, instead of a bare
+    ``ModuleNotFoundError``; ``extra`` is the unified-params extra that
+    installs it (default: the one :data:`EXTRAS` knows)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendNotInstalledError(
+            f"{module} installed" + (f", {purpose}" if purpose else ""),
+            f"{type(exc).__name__}: {_cut(str(exc))}",
+            f"install it: {pip_command(module, extra)}",
+        ) from None
+
+
+def require_framework(name: str) -> Backend:
+    """The backend ``name`` with its framework imported: an adapter installed
+    without its framework (adapters do not depend on the framework build)
+    raises :class:`BackendNotInstalledError` naming ``pip install <framework>``
+    here, rather than a ``ModuleNotFoundError`` from deep in the adapter."""
+    be = get_backend(name)
+    for module in getattr(be, "modules", ()):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            missing = (getattr(exc, "name", None) or module).split(".")[0]
+            raise BackendNotInstalledError(
+                f"the framework of backend {name!r} ({module}) installed",
+                f"{type(exc).__name__}: {_cut(str(exc))}",
+                f"install it: {pip_command(missing)} (the adapter of {name!r} is installed, the framework is not)",
+            ) from None
+        except Exception as exc:  # a framework that is installed but broken
+            raise BackendNotInstalledError(
+                f"the framework of backend {name!r} ({module}) to import",
+                f"{type(exc).__name__}: {_cut(str(exc))}",
+                f"reinstall it ({pip_command(module)}) in versions that work together (see the adapter's README)",
+            ) from exc
+    return be
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _registered: set[str] = set()

@@ -70,6 +70,9 @@ class Summary:
 
     def rich(self) -> Any:
         """A ``rich.table.Table`` of the summary."""
+        from ._registry import require
+
+        require("rich", "cli", "for Summary.rich()")
         from rich.table import Table
 
         table = Table(title=f"{self.backend} model", caption=str(self).splitlines()[-1])

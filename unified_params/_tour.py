@@ -56,7 +56,9 @@ def _like(t: np.ndarray, y: Any) -> Any:
 
 def tour(backend: str, seed: int = 0, out: Printer = print) -> dict[str, Any]:
     """Walk the chapter on ``backend``; return the key numbers for comparison."""
-    be = up.get_backend(backend)
+    from ._registry import require_framework
+
+    be = require_framework(backend)  # a missing framework: its pip command, not a ModuleNotFoundError midway
     zoo = be.zoo()
     results: dict[str, Any] = {}
     X = np.random.default_rng(seed).uniform(size=(2, 4)).astype(np.float32)

@@ -32,11 +32,13 @@ def progress_bar(progress: bool | None, total: int, desc: str) -> Any:
     tqdm is imported only then."""
     if progress is False or (progress is None and total <= _limits.LARGE_BYTES):
         return None
+    if progress:  # asked for: a missing tqdm is a BackendNotInstalledError naming the extra
+        from ._registry import require
+
+        require("tqdm", "cli", "for progress=True")
     try:
         from tqdm import tqdm
     except ImportError:
-        if progress:
-            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
         return None
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False,
                 disable=None if progress is None else False)

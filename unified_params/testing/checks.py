@@ -24,6 +24,7 @@ import numpy as np
 
 import unified_params as up
 from unified_params._adapter import Backend
+from unified_params._registry import require
 
 __all__ = ["CHECKS", "requires", "iter_checks"]
 
@@ -602,7 +603,7 @@ def check_state_of_ties(be: Backend) -> None:
 @check
 def check_save_load_file(be: Backend) -> None:
     """7.3: safetensors file, each storage once, metadata, ties, atomic save."""
-    from safetensors import safe_open
+    safe_open = require("safetensors", "files", "to check that a saved file is plain safetensors").safe_open
 
     for arch in ("mlp", "shared") if "tie" in be.capabilities else ("mlp",):
         m = getattr(be.zoo(), arch)()
