@@ -148,7 +148,7 @@ def test_a_name_like_no_backend_gets_no_guess(monkeypatch: pytest.MonkeyPatch) -
         up.get_backend("caffe")
     msg = str(info.value)
     assert "did you mean" not in msg and "unified-params-caffe" not in msg
-    assert "use one of numpy" in msg and "adapters are named unified-params-<backend>" in msg
+    assert "use one of numpy" in msg and "pip install unified-params-<backend> (known backends" in msg
 
 
 def test_require_names_the_extra_instead_of_a_bare_module_not_found(monkeypatch: pytest.MonkeyPatch) -> None:

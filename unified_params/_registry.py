@@ -149,9 +149,9 @@ def unknown_backend_hint(name: object, installed: list[str]) -> str:
         return f"did you mean {guess!r}? It is not installed: {_install_backend(guess)}"
     if guess is not None:  # a known backend, not installed
         return f"install it: {_install_backend(guess)}"
-    return (f"use one of {', '.join(installed)}, or install the adapter of another framework "
-            f"(known: {', '.join(b for b in KNOWN_BACKENDS if b not in installed) or 'none'}; "
-            "adapters are named unified-params-<backend>)")
+    known = ", ".join(b for b in KNOWN_BACKENDS if b not in installed and b != "jax-nnx") or "none"
+    return (f"use one of {', '.join(installed)}, or install the adapter of another framework: "
+            f"pip install unified-params-<backend> (known backends not installed: {known})")
 
 
 def get_backend(name: str) -> Backend:
