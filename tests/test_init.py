@@ -290,3 +290,21 @@ def test_wrong_initializer_result_changes_nothing() -> None:
         m.initialize(lambda shape, rng, p: np.ones(shape) * (1j if p.name == "1.weight" else 1), seed=0)
     after = m.state()
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_draw_into_out_gives_the_same_numbers() -> None:
+    """``out=`` (a view of the framework's memory, for the core) draws in
+    place, the same bits as a new array; a wrong ``out`` is refused and a
+    failing initializer leaves it unchanged."""
+    for init in (up.init.Normal(0, 1), up.init.Uniform(), up.init.Orthogonal()):
+        expected = draw(init, (5, 7), np.dtype(np.float32), seed=4, index=2, param=None)
+        buf = np.full((5, 7), 9.0, np.float32)
+        assert draw(init, (5, 7), np.dtype(np.float32), seed=4, index=2, param=None, out=buf) is buf
+        np.testing.assert_array_equal(buf, np.asarray(expected).astype(np.float32))
+    for bad in (np.zeros((7, 5), np.float32), np.zeros((5, 7), np.float64), np.zeros((7, 5), np.float32).T):
+        with pytest.raises(up.ArgumentError, match="out"):
+            draw(up.init.Normal(), (5, 7), np.dtype(np.float32), seed=0, index=0, param=None, out=bad)
+    buf = np.full((5, 7), 9.0, np.float32)
+    with pytest.raises(up.DTypeError):
+        draw(lambda shape, rng, p: np.ones(shape) * 1j, (5, 7), np.dtype(np.float32), 0, 0, None, out=buf)
+    assert (buf == 9.0).all()

@@ -556,31 +556,48 @@ def draw(
     seed: int | None,
     index: int,
     param: Any,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Values of one storage (canonical ``shape``) by the recipe above; the
     chunks are drawn straight into the result, in threads (NumPy releases
-    the GIL in bulk draws)."""
+    the GIL in bulk draws).
+
+    ``out``: a C-contiguous array of ``shape`` in the draw's dtype (float64
+    for float64 storages, float32 otherwise), e.g. a writable view of the
+    framework's host memory, to draw into instead of a new array (no
+    allocation, no copy afterwards); it is returned. Only the elementwise
+    built-ins draw in place; other initializers' results are checked first
+    and then copied in, so a failing initializer leaves ``out`` unchanged."""
     draw_dtype = _draw_dtype(dtype)
+    if out is not None and (out.shape != tuple(shape) or out.dtype != draw_dtype
+                            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ArgumentError(f"out: a writable C-contiguous {draw_dtype} array of shape {tuple(shape)}",
+                            f"{out.dtype} array of shape {out.shape} (contiguous: {out.flags.c_contiguous}, "
+                            f"writable: {out.flags.writeable})", "pass out=None to get a new array")
     if isinstance(init, Initializer) and init.elementwise:
         n = int(np.prod(shape))
         fan = fans(shape)
         n_chunks = max(1, -(-n // CHUNK))
         root = np.random.SeedSequence(seed) if seed is not None else np.random.SeedSequence()
-        out = np.empty(n, dtype=draw_dtype)
+        flat = np.empty(n, dtype=draw_dtype) if out is None else out.reshape(n)
 
         def one(j: int) -> None:
             ss = np.random.SeedSequence(root.entropy, spawn_key=(index, j))
             lo, hi = j * CHUNK, min(n, (j + 1) * CHUNK)
-            init._fill_into(np.random.Generator(np.random.PCG64(ss)), out[lo:hi], fan)
+            init._fill_into(np.random.Generator(np.random.PCG64(ss)), flat[lo:hi], fan)
 
         if n_chunks == 1:
             one(0)
         else:
             list(_pool().map(one, range(n_chunks)))
-        return out.reshape(shape)
+        return flat.reshape(shape) if out is None else out
     ss = np.random.SeedSequence(seed, spawn_key=(index,)) if seed is not None else np.random.SeedSequence()
     rng = np.random.Generator(np.random.PCG64(ss))
-    return _checked(init(shape, rng, param), tuple(shape), np.dtype(dtype), init, param)
+    value = _checked(init(shape, rng, param), tuple(shape), np.dtype(dtype), init, param)
+    if out is None:
+        return value
+    np.copyto(out, value, casting="unsafe")
+    return out
 
 
 def _checked(result: Any, shape: tuple[int, ...], dtype: np.dtype, init: Any, param: Any) -> np.ndarray:
