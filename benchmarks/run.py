@@ -34,6 +34,7 @@ BACKENDS = ("numpy", "torch", "tensorflow", "jax", "mxnet")
 PORTS = ("torch->jax", "torch->tensorflow", "jax->torch")
 MODULES = {"numpy": "unified_params", "torch": "unified_params_torch", "tensorflow": "unified_params_tensorflow",
            "jax": "unified_params_jax", "mxnet": "unified_params_mxnet"}
+FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "tensorflow": "keras", "jax": "flax", "mxnet": "mxnet"}
 CASES = ("list", "bulk", "file", "init", "scale", "port")
 DOCS_TABLE = ROOT / "docs" / "benchmarks-table.md"
 
@@ -64,20 +65,26 @@ def _python_for(backend: str, args: argparse.Namespace) -> str | None:
 
 
 def _available(backend: str, python: str) -> bool:
-    mods = [MODULES[b] for b in backend.split("->")]
-    if python == sys.executable:
-        return all(importlib.util.find_spec(m) is not None for m in mods)
+    mods = [m for b in backend.split("->") for m in (MODULES[b], FRAMEWORKS[b])]
+    if python == sys.executable and all(importlib.util.find_spec(m) is not None for m in mods):
+        return True
     code = f"import importlib.util,sys; sys.exit(0 if all(importlib.util.find_spec(m) for m in {mods!r}) else 1)"
-    return subprocess.run([python, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+    return subprocess.run([python, "-c", code], cwd=ROOT, env=_env(), capture_output=True).returncode == 0
+
+
+def _env() -> dict[str, str]:
+    """The workers' environment: this checkout and its adapters first on the
+    path (as ``/work/bin/uptest`` sets it), quiet frameworks, JAX on CPU."""
+    paths = [str(ROOT)] + [str(ROOT / "backends" / b) for b in BACKENDS if (ROOT / "backends" / b).is_dir()]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONWARNINGS="ignore",
+                KERAS_BACKEND="tensorflow", PYTHONPATH=os.pathsep.join(paths))
 
 
 def _run_worker(python: str, spec: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
     """Run one worker; its ``RESULT`` lines (those it printed before a
     timeout or a crash), plus an error line if it did not finish cleanly."""
-    paths = [str(ROOT)] + [str(ROOT / "backends" / b) for b in BACKENDS if (ROOT / "backends" / b).is_dir()]
-    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONWARNINGS="ignore",
-               KERAS_BACKEND="tensorflow", PYTHONPATH=os.pathsep.join(paths))
+    env = _env()
     t = time.perf_counter()
     try:
         proc = subprocess.run([python, "-m", "benchmarks.worker", json.dumps(spec)], cwd=ROOT, env=env,
@@ -163,15 +170,16 @@ def _scale_rows(r: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]
                 out.append({**base, "what": f"scale {op} n={n}", "error": x["error"]})
                 continue
             v, sp = _r(x[op].get("ours_vs_native"))
-            target = TARGETS.get(f"scale {op}") if (op == "list" or n == max(ok, key=int)) else None
+            largest = bool(ok) and n == max(ok, key=int)
+            target = TARGETS.get(f"scale {op}") if (op == "list" or largest) else None
             out.append({**base, "what": f"scale {op} n={n}", "target": target, "vs_native": v,
                         "vs_native_spread": sp, "ours_s": x[op]["ours_s"], "native_s": x[op]["native_s"],
-                        "rounds": x[op]["rounds"], "load": (x.get("load_before") or [None])[0]})
-        if len(ok) >= 2:  # flatness: per-call time at the largest size over the smallest
+                        "rounds": x[op]["rounds"], "load": (x.get("load_before") or [None])[0],
+                        "headline": largest})
+        if len(ok) >= 2 and op in ("read", "write"):  # O(1): time at the largest size over the smallest
             lo, hi = min(ok, key=int), max(ok, key=int)
-            out.append({**base, "what": f"scale {op} flatness (n={hi} / n={lo})",
-                        "target": TARGETS["flat"] if op in ("read", "write") else None,
-                        "flat": sizes[hi][op]["ours_s"] / sizes[lo][op]["ours_s"],
+            out.append({**base, "what": f"scale {op}: n={hi} / n={lo} (flat: O(1))", "target": TARGETS["flat"],
+                        "flat": sizes[hi][op]["ours_s"] / sizes[lo][op]["ours_s"], "headline": True,
                         "native_flat": sizes[hi][op]["native_s"] / sizes[lo][op]["native_s"]})
     return out
 
@@ -200,8 +208,8 @@ def _cells(r: dict[str, Any]) -> tuple[str, ...]:
     if "error" in r:
         return (r["what"], r["backend"], "error: " + r["error"][:60], "", "", "", "", "", _fmt(r.get("load"), ""))
     if "flat" in r:
-        return (r["what"], r["backend"], f"native {r['native_flat']:.2f}x", "", _fmt_target(r),
-                "", "", f"{r['flat']:.2f}x", "")
+        return (r["what"], r["backend"], f"ours {r['flat']:.2f}x (native {r['native_flat']:.2f}x)", "",
+                _fmt_target(r), "", "", "", "")
     return (r["what"], r["backend"], _fmt_ratio(r.get("vs_native"), r.get("vs_native_spread")),
             _fmt_ratio(r.get("vs_plain"), r.get("vs_plain_spread")), _fmt_target(r),
             _fmt(r.get("peak_extra")), _fmt(r.get("native_peak_extra")), _fmt_s(r.get("ours_s")),
@@ -212,8 +220,14 @@ def _fmt_target(r: dict[str, Any]) -> str:
     return "" if r.get("target") is None else f"<= {r['target']}x"
 
 
+def _main_row(r: dict[str, Any]) -> bool:
+    """Rows of the main table: all but the scale case's, of which the
+    largest size and the flatness of read and write (the curves hold the rest)."""
+    return not r["what"].startswith("scale ") or bool(r.get("headline")) or "error" in r
+
+
 def table(rows_: list[dict[str, Any]]) -> str:
-    lines = [HEAD] + [_cells(r) for r in rows_ if not r["what"].startswith("scale ") or "flatness" in r["what"]]
+    lines = [HEAD] + [_cells(r) for r in rows_ if _main_row(r)]
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(HEAD))]
     text = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
@@ -227,7 +241,7 @@ def curve_tables(rows_: list[dict[str, Any]]) -> str:
     by_be: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     for r in rows_:
         w = r["what"]
-        if w.startswith("scale ") and " n=" in w and "flatness" not in w:
+        if w.startswith("scale ") and " n=" in w and "flat" not in r and "error" not in r:
             op, n = w[len("scale "):].split(" n=")
             by_be.setdefault(r["backend"], {})[(op, n)] = r
     out = []
@@ -264,7 +278,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"{os.cpu_count()} cores; above that, the numbers move).", "",
              "| " + " | ".join(HEAD + ("when",)) + " |", "|" + "---|" * (len(HEAD) + 1)]
     for r in rows_:
-        if r["what"].startswith("scale ") and "flatness" not in r["what"]:
+        if not _main_row(r):
             continue
         lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(r) + (str(r.get("when") or ""),)) + " |")
     curves = curve_tables(rows_)

@@ -70,7 +70,7 @@ def test_scale_case_and_curves_on_numpy(tmp_path: Path) -> None:
     res["when"] = "2026-12-02T00:00:00"
     rows = run.rows([res])
     whats = {r["what"] for r in rows}
-    assert {"scale write n=10", "scale write n=20", "scale write flatness (n=20 / n=10)"} <= whats
+    assert {"scale write n=10", "scale write n=20", "scale write: n=20 / n=10 (flat: O(1))"} <= whats
     curves = run.curve_tables(rows)
     assert "scale (numpy)" in curves and "n=10" in curves and "write" in curves
     latest = tmp_path / "latest.json"
