@@ -100,8 +100,10 @@ def _holding_locks(*names: str) -> Callable[[F], F]:
 
 def _metadata(block: Block) -> tuple[dict[str, Param], dict[str, str]]:
     """The storages to write (first name -> Param) and the file's metadata;
-    one listing of the model each (linear in the number of parameters)."""
-    allp = block._all()
+    one listing of the model each (linear in the number of parameters).
+    Non-persistent state (``Leaf.persistent``) is left out, as the
+    framework's own checkpoints leave it out."""
+    allp = {n: p for n, p in block._all().items() if p._leaf.persistent}
     trainable = {n for n, p in allp.items() if p._leaf.kind == "param"}
     first: dict[Any, str] = {}
     storages: dict[str, Param] = {}
@@ -168,6 +170,8 @@ def _create_temp(folder: Path) -> tuple[int, str]:
 @_holding_locks("m")
 def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) -> Path:
     """Write every storage of ``m`` once to a safetensors file, atomically.
+    Non-persistent buffers (``position_ids``) are not written: no strict
+    load requires them.
 
     The storages are streamed to a temporary file beside ``path`` (one at a
     time, from zero-copy views where the framework allows), which then

@@ -84,7 +84,8 @@ def load_into(
     for names in groups.values():
         given = [n for n in names if n in state]
         if not given:
-            report.missing.extend(names)
+            if any(allp[n]._leaf.persistent for n in names):  # non-persistent state is never required
+                report.missing.extend(names)
             continue
         first = given[0]
         for other in given[1:]:

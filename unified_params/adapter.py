@@ -78,6 +78,10 @@ class Leaf:
     ``ref`` is opaque to the core: the adapter reads and writes through it.
     ``storage`` is equal (``==`` and ``hash``) for two leaves that are the
     same storage: a module reused, or a tie made by :meth:`Handle.tie`.
+    ``persistent=False`` marks state the framework keeps out of its own
+    checkpoints (PyTorch ``register_buffer(..., persistent=False)``, such as
+    ``position_ids``): ``m.state()`` lists it, ``up.save`` does not write
+    it, and no strict load requires it.
     """
 
     role: str
@@ -87,6 +91,7 @@ class Leaf:
     kind: str = "param"  # "param" (m.params) or "buffer" (m.buffers)
     trainable: bool = True
     layout: str = CANONICAL
+    persistent: bool = True
 
 
 @dataclass(eq=False, slots=True)

@@ -177,15 +177,16 @@ def _lazy_shape(module: nn.Module, name: str, t: torch.Tensor) -> tuple[int | No
 
 
 def _leaves(module: nn.Module) -> list[Leaf]:
-    # Positional arguments: role, ref, storage, native_name, kind, trainable, layout.
+    # Positional arguments: role, ref, storage, native_name, kind, trainable, layout, persistent.
     out = [
         Leaf(name, Slot(module, name, "param"), id(t), name, "param", t.requires_grad, CANONICAL)
         for name, t in module._parameters.items()
         if t is not None
     ]
     if module._buffers:
+        transient = module._non_persistent_buffers_set
         out += [
-            Leaf(name, Slot(module, name, "buffer"), id(t), name, "buffer", False, CANONICAL)
+            Leaf(name, Slot(module, name, "buffer"), id(t), name, "buffer", False, CANONICAL, name not in transient)
             for name, t in module._buffers.items()
             if t is not None
         ]
@@ -260,7 +261,8 @@ class TorchHandle(Handle):
 
     def stamp(self) -> tuple[Any, ...]:
         """Every module's identity, the keys of its three tables, the
-        identity of each tensor and whether it requires grad: all that
+        identity of each tensor, whether it requires grad and which buffers
+        are non-persistent: all that
         ``tree()`` reads, at a fraction of its cost (no objects per leaf)."""
         parts: list[Any] = []
         add = parts.append
@@ -276,6 +278,8 @@ class TorchHandle(Handle):
             if buffers:
                 add(tuple(buffers))
                 add(tuple(map(id, buffers.values())))
+                if m._non_persistent_buffers_set:
+                    add(frozenset(m._non_persistent_buffers_set))
             children = m._modules
             if children:
                 add(tuple(children))

@@ -1,0 +1,67 @@
+"""Checkpoints from elsewhere (contract 13): non-persistent buffers, safetensors'
+alias metadata, sharded directories, every dtype through every path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unified_params as up
+from unified_params import reference as ref
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+st_torch = pytest.importorskip("safetensors.torch")
+
+
+class _WithPositions(nn.Module):
+    """A layer with a non-persistent buffer, as BERT's embeddings have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.register_buffer("position_ids", torch.arange(6).reshape(1, -1), persistent=False)
+        self.register_buffer("scale", torch.ones(4))
+
+    def forward(self, x):
+        return self.embed(x + self.position_ids[:, : x.shape[1]]) * self.scale
+
+
+def _twin(cls, seed):
+    torch.manual_seed(seed)
+    return cls()
+
+
+# -- 13.2 non-persistent buffers ---------------------------------------------------
+
+
+def test_non_persistent_buffer_not_saved_nor_required(tmp_path):
+    a, b = _twin(_WithPositions, 0), _twin(_WithPositions, 1)
+    b.position_ids += 3  # to see that a load leaves it alone
+    ma, mb = up.wrap(a), up.wrap(b)
+    assert "position_ids" in ma.state()  # state still lists it
+    f = up.save(ma, tmp_path / "m.safetensors")
+    keys = set(st_torch.load_file(str(f)))
+    assert keys == {"embed.weight", "scale"} == set(a.state_dict())
+    report = up.load(mb, f)  # strict
+    assert report.ok and "position_ids" not in report.missing
+    assert torch.equal(b.embed.weight, a.embed.weight)
+    assert torch.equal(b.position_ids, torch.arange(6).reshape(1, -1) + 3)
+    mb.load_state(ma.state())  # strict, with it
+    assert torch.equal(b.position_ids, a.position_ids)
+    mb.load_state(a.state_dict())  # strict, without it (torch's own state_dict)
+
+
+def test_non_persistent_buffer_file_from_torch_loads_strictly(tmp_path):
+    a, b = _twin(_WithPositions, 0), _twin(_WithPositions, 1)
+    st_torch.save_file(a.state_dict(), str(tmp_path / "t.safetensors"))
+    up.load(up.wrap(b), tmp_path / "t.safetensors")
+    assert torch.equal(b.embed.weight, a.embed.weight)
+    missing, unexpected = a.load_state_dict(st_torch.load_file(str(up.save(up.wrap(b), tmp_path / "u.safetensors"))))
+    assert (missing, unexpected) == ([], [])
+
+
+def test_persistent_buffers_still_required(tmp_path):
+    a = _twin(_WithPositions, 0)
+    with pytest.raises(up.StateError, match="scale"):
+        up.wrap(a).load_state({"embed.weight": np.zeros((10, 4), np.float32)})
