@@ -65,3 +65,50 @@ def test_persistent_buffers_still_required(tmp_path):
     a = _twin(_WithPositions, 0)
     with pytest.raises(up.StateError, match="scale"):
         up.wrap(a).load_state({"embed.weight": np.zeros((10, 4), np.float32)})
+
+
+# -- 13.1 safetensors' alias metadata ----------------------------------------------
+
+
+class _Tied(nn.Module):
+    def __init__(self, tie: bool) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(6, 4)
+        self.hidden = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 6, bias=False)
+        if tie:
+            self.head.weight = self.embed.weight
+
+    def forward(self, x):
+        return self.head(self.hidden(self.embed(x)))
+
+
+def test_save_model_alias_restored_into_untied_twin(tmp_path):
+    torch.manual_seed(0)
+    src = _Tied(tie=True)
+    f = str(tmp_path / "tied.safetensors")
+    st_torch.save_model(src, f)
+    from safetensors import safe_open
+
+    with safe_open(f, "pt") as fh:
+        stored, meta = set(fh.keys()), fh.metadata()
+    dropped = {"embed.weight", "head.weight"} - stored
+    assert len(dropped) == 1 and meta[dropped.pop()] in stored  # the alias safetensors records
+    torch.manual_seed(1)
+    dst = _Tied(tie=False)
+    report = up.load(up.wrap(dst), f)  # strict: the dropped name is restored
+    assert report.ok
+    assert torch.equal(dst.head.weight, src.embed.weight) and torch.equal(dst.embed.weight, src.embed.weight)
+    x = torch.tensor([[1, 2, 3]])
+    assert torch.equal(dst(x), src(x))
+
+
+def test_save_model_alias_into_tied_twin_and_user_metadata(tmp_path):
+    torch.manual_seed(0)
+    src = _Tied(tie=True)
+    f = str(tmp_path / "tied.safetensors")
+    st_torch.save_model(src, f, metadata={"format": "pt", "note": "hidden.weight is fine-tuned"})
+    torch.manual_seed(1)
+    dst = _Tied(tie=True)
+    assert up.load(up.wrap(dst), f).ok
+    assert torch.equal(dst.head.weight, src.embed.weight) and dst.head.weight is dst.embed.weight

@@ -21,7 +21,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,19 +262,42 @@ def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict
         return dict(r.tensors()), dict(r.header.metadata)
 
 
+def aliases(tensors: Mapping[str, Any], meta: Mapping[str, str]) -> dict[str, str]:
+    """``{removed name: kept name}`` from the metadata of a file written by
+    ``safetensors.torch.save_model``, which drops all but one name of each
+    shared tensor and records each dropped one as a metadata entry ``removed
+    -> kept``. An entry counts only where its key is no tensor of the file
+    and its value is one (``{"format": "pt"}`` is not an alias)."""
+    return {k: v for k, v in meta.items() if k not in tensors and v in tensors}
+
+
 def expand_ties(tensors: dict[str, Any], meta: dict[str, str], where: str = "the file",
                 block: Block | None = None) -> dict[str, Any]:
-    """Map every name of a file's tie groups to its stored tensor; with
-    ``block``, only names whose tie group in the model has no value yet (a
-    tie group given twice would be read twice to compare its values)."""
+    """Map every name of a file's tie groups to its stored tensor (our
+    metadata's ``names``, or safetensors' alias entries of a foreign file);
+    with ``block``, only names whose tie group in the model has no value yet
+    (of a foreign file's aliases, only names the model has) (a tie group given twice would be read twice to compare its
+    values)."""
     state = dict(tensors)
     ours = _format.our_metadata(meta, where)
     if ours is not None:
-        tied = {n: p.tied_with for n, p in block._all().items()} if block is not None else {}
-        for n, info in ours[0].items():
-            src = info.get("storage", n)
-            if n not in state and src in tensors and not any(t in state for t in tied.get(n, ())):
-                state[n] = tensors[src]
+        links = {n: info.get("storage", n) for n, info in ours[0].items()}
+    else:
+        links = aliases(tensors, meta)
+    if not links:
+        return state
+    allp = block._all() if block is not None else None
+    for n, src in links.items():
+        if n in state or src not in tensors:
+            continue
+        if allp is not None:
+            p = allp.get(n)
+            if p is None:
+                if ours is None:  # a foreign alias only for a name the model has
+                    continue
+            elif any(t in state for t in p.tied_with):
+                continue
+        state[n] = tensors[src]
     return state
 
 
