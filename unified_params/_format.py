@@ -438,6 +438,70 @@ class Reader:
             yield name, self.read(e)
 
 
+# -- sharded directories ------------------------------------------------------------
+
+#: the index of a sharded directory, as transformers and safetensors name it
+INDEX = "model.safetensors.index.json"
+#: the single file of an unsharded directory (transformers' ``save_pretrained``)
+SINGLE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Index:
+    """A checked ``model.safetensors.index.json``: ``weight_map`` (tensor
+    name -> shard path, in the index's order), the string entries of its
+    ``metadata``, and each shard once in order of first appearance."""
+
+    path: Path
+    weight_map: dict[str, Path]
+    metadata: dict[str, str]
+    shards: list[Path]
+
+
+def read_index(path: Any) -> Index:
+    """The checked index of a sharded directory: bounded in size, strict JSON,
+    ``{"metadata": {...}, "weight_map": {name: file}}`` with every file a
+    relative path inside the index's folder (no ``..``, not absolute)."""
+    p = as_path(path, "read")
+    where = short(repr(str(p)), 200)
+    st = _stat_regular(p)
+    limit = _limits.MAX_HEADER_BYTES
+    if st.st_size > limit:
+        raise FileFormatError(f"an index of at most {limit} bytes", f"{where} of {st.st_size} bytes",
+                              "check that the path names a model.safetensors.index.json")
+    try:
+        with open(p, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise FileFormatError("a readable index file", f"{where}: {short(str(exc))}", "check the path") from None
+    fix = ("the index is damaged; copy the checkpoint again, or save it again with "
+           "up.save(m, folder, max_shard_size=...)")
+    try:
+        with no_gc():
+            doc = loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FileFormatError("a JSON index of a sharded checkpoint",
+                              f"unreadable JSON in {where} ({short(str(exc))}){_what_it_looks_like(raw[:8])}",
+                              fix) from None
+    wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+    meta = doc.get("metadata", {}) if isinstance(doc, dict) else None
+    if not (isinstance(wmap, dict) and isinstance(meta, dict)
+            and all(_valid_str(k) and _valid_str(v) for k, v in wmap.items())):
+        raise FileFormatError('an index {"metadata": {...}, "weight_map": {tensor name: shard file}}',
+                              f"{short(doc)} in {where}", fix)
+    folder = p.parent
+    files: dict[str, Path] = {}
+    for f in wmap.values():
+        if f not in files:
+            parts = Path(f).parts
+            if not f or Path(f).is_absolute() or ".." in parts or "\x00" in f:
+                raise FileFormatError("shard files named relative to the index's folder",
+                                      f"{short(f, 120)} in {where}", fix)
+            files[f] = folder / f
+    return Index(p, {k: files[v] for k, v in wmap.items()},
+                 {k: v for k, v in meta.items() if isinstance(k, str) and isinstance(v, str)}, list(files.values()))
+
+
 # -- our own metadata ---------------------------------------------------------------
 
 

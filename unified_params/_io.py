@@ -16,6 +16,7 @@ the model unchanged.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import secrets
@@ -167,9 +168,79 @@ def _create_temp(folder: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name in {folder}")
 
 
+def _write_temp(folder: Path, head: bytes, arrays: Any, bar: Any, old: os.stat_result | None = None) -> str:
+    """A temporary file in ``folder`` holding ``head`` then ``arrays`` (one at
+    a time), flushed to disk; with ``old``, that file's mode and, where
+    allowed, owner. The caller renames it into place or removes it."""
+    fd, tmp = _create_temp(folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if old is not None:  # the replaced file's mode and, where allowed, owner
+                os.fchmod(fh.fileno(), stat.S_IMODE(old.st_mode))
+                if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                    try:
+                        os.fchown(fh.fileno(), old.st_uid, old.st_gid)
+                    except OSError:
+                        pass  # not permitted: the file is ours, as open(path, 'wb') by another user would not be
+            _format.write(fh, head, arrays, bar)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return tmp
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _arrays(storages: Sequence[Param]) -> Any:
+    """Each storage's canonical bytes, one at a time (kernel-last storages: a
+    tiled transpose each)."""
+    return (contiguous(np.asarray(p.read(copy=False))) for p in storages)
+
+
+def _entries(storages: dict[str, Param]) -> list[tuple[str, str, tuple[int, ...]]]:
+    entries = []
+    for n, p in storages.items():
+        code = _format.code_of(p.dtype)
+        if code is None:
+            raise FileFormatError(f"dtypes that safetensors stores ({', '.join(_format.DTYPES.values())})",
+                                  f"{short(n, 80)} of dtype {p.dtype}", "cast the model to a supported dtype first")
+        entries.append((n, code, tuple(int(d or 0) for d in p.shape)))
+    return entries
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+
+
+def shard_bytes(size: int | str) -> int:
+    """``max_shard_size`` in bytes: an int, or a string such as ``"5MB"``
+    (powers of 10, as transformers reads it) or ``"2GiB"`` (powers of 2)."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        n = int(size)
+    elif isinstance(size, str) and (found := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)) \
+            and found.group(2).upper() in _UNITS:
+        n = int(float(found.group(1)) * _UNITS[found.group(2).upper()])
+    else:
+        raise ArgumentError("max_shard_size as bytes (int > 0) or a string such as '500MB' or '2GiB'",
+                            f"max_shard_size={short(size)}", "pass e.g. max_shard_size='5GB'")
+    if n <= 0:
+        raise ArgumentError("max_shard_size > 0 bytes", f"max_shard_size={short(size)}",
+                            "pass e.g. max_shard_size='5GB'")
+    return n
+
+
 @_holding_locks("m")
-def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) -> Path:
-    """Write every storage of ``m`` once to a safetensors file, atomically.
+def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None,
+         max_shard_size: int | str | None = None) -> Path:
+    """Write every storage of ``m`` once to a safetensors file, atomically;
+    with ``max_shard_size``, to a sharded directory.
     Non-persistent buffers (``position_ids``) are not written: no strict
     load requires them.
 
@@ -180,18 +251,31 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
     same model gives the same bytes. ``progress``: a tqdm bar (default: for
     models over 256 MiB when stderr is a terminal).
 
+    ``max_shard_size`` (bytes, or ``"5GB"``, ``"2GiB"``): ``path`` is a
+    directory (created if absent) that receives
+    ``model-00001-of-0000N.safetensors`` shards of at most that many bytes of
+    tensors each (a larger tensor gets a shard of its own) and
+    ``model.safetensors.index.json``, the layout transformers' and
+    safetensors' loaders read. Shards and index are written to temporary
+    names first and renamed into place, the index last; the shards of an
+    earlier save (another count) and a ``model.safetensors`` in the
+    directory are then removed, so that no loader finds a stale checkpoint.
+
     >>> import unified_params as up, tempfile, os
     >>> from unified_params import reference as ref
     >>> m = up.wrap(ref.Sequential(ref.Dense(2, in_units=3)))
     >>> f = up.save(m, os.path.join(tempfile.mkdtemp(), "m.safetensors"))
     """
     block = _as_block(m, "save")
+    if max_shard_size is not None:
+        return _save_sharded(block, path, shard_bytes(max_shard_size), progress)
     target = _format.as_path(path, "save to")
     where = short(repr(str(target)), 200)
     try:
         if target.is_dir():
             raise FileFormatError("a file path to save to", f"the directory {where}",
-                                  "add a file name, e.g. model.safetensors")
+                                  "add a file name, e.g. model.safetensors, or pass max_shard_size for a "
+                                  "sharded directory")
         real = Path(os.path.realpath(target)) if target.is_symlink() else target  # write through a link
         folder = real.parent if str(real.parent) else Path(".")
         if not folder.is_dir():
@@ -208,45 +292,107 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None) 
         raise FileFormatError("a path this process may save to", f"{where}: {short(str(exc), 300)}",
                               "check the path") from None
     storages, meta = _metadata(block)
-    entries = []
-    for n, p in storages.items():
-        code = _format.code_of(p.dtype)
-        if code is None:
-            raise FileFormatError(f"dtypes that safetensors stores ({', '.join(_format.DTYPES.values())})",
-                                  f"{short(n, 80)} of dtype {p.dtype}", "cast the model to a supported dtype first")
-        entries.append((n, code, tuple(int(d or 0) for d in p.shape)))
-    head, total = _format.header_bytes(entries, meta)
+    head, total = _format.header_bytes(_entries(storages), meta)
     _remove_stale(folder, real.name)
-    tmp = None
+    bar = progress_bar(progress, total, "save")
     try:
-        fd, tmp = _create_temp(folder)
-        with os.fdopen(fd, "wb") as fh:
-            if old is not None:  # the replaced file's mode and, where allowed, owner
-                os.fchmod(fh.fileno(), stat.S_IMODE(old.st_mode))
-                if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
-                    try:
-                        os.fchown(fh.fileno(), old.st_uid, old.st_gid)
-                    except OSError:
-                        pass  # not permitted: the file is ours, as open(path, 'wb') by another user would not be
-            bar = progress_bar(progress, total, "save")
-            try:
-                # kernel-last storages: a tiled transpose each, one at a time
-                _format.write(fh, head, (contiguous(np.asarray(p.read(copy=False))) for p in storages.values()), bar)
-            finally:
-                if bar is not None:
-                    bar.close()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, real)
-        tmp = None
+        tmp = _write_temp(folder, head, _arrays(list(storages.values())), bar, old)
+        try:
+            os.replace(tmp, real)
+        except BaseException:
+            _unlink(tmp)
+            raise
     except OSError as exc:  # permissions, a read-only file system, a full disk
         raise _folder_error(folder, exc) from None
     finally:
-        if tmp is not None:
+        if bar is not None:
+            bar.close()
+    return target
+
+
+#: the shards of a sharded save, as transformers names them
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors\Z")
+
+
+def _save_sharded(block: Block, path: str | os.PathLike[str], limit: int, progress: bool | None) -> Path:
+    """``save`` with ``max_shard_size``: shards and the index, streamed one
+    tensor at a time, renamed into place once all are written (index last)."""
+    target = _format.as_path(path, "save to")
+    where = short(repr(str(target)), 200)
+    created = False
+    try:
+        if target.exists() and not target.is_dir():
+            raise FileFormatError("a directory (or a new path) to save a sharded checkpoint into",
+                                  f"{where} is a file", "name a directory, or drop max_shard_size for one file")
+        if not target.exists():
+            parent = target.parent if str(target.parent) else Path(".")
+            if not parent.is_dir():
+                raise FileFormatError("an existing folder to create the checkpoint directory in",
+                                      f"{short(repr(str(parent)), 200)} does not exist", "create it first")
+            os.mkdir(target)
+            created = True
+    except OSError as exc:
+        raise FileFormatError("a path this process may save to", f"{where}: {short(str(exc), 300)}",
+                              "check the path") from None
+    storages, meta = _metadata(block)
+    entries = _entries(storages)
+    params = list(storages.values())
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i, (_, code, shape) in enumerate(entries):
+        nbytes = _format.ITEMSIZE[code] * int(np.prod(shape, dtype=np.int64))
+        if groups[-1] and size + nbytes > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += nbytes
+    count = len(groups)
+    files = [f"model-{k + 1:05d}-of-{count:05d}.safetensors" for k in range(count)]
+    weight_map: dict[str, str] = {}
+    heads = []
+    total = 0
+    for f, group in zip(files, groups):
+        head, n = _format.header_bytes([entries[i] for i in group], {"format": "pt"})
+        heads.append(head)
+        total += n
+        weight_map.update({entries[i][0]: f for i in group})
+    index = {"metadata": {"total_size": total, **meta}, "weight_map": dict(sorted(weight_map.items()))}
+    index_bytes = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    _remove_stale(target, _format.INDEX)
+    temps: list[tuple[str, Path]] = []
+    bar = progress_bar(progress, total, "save")
+    try:
+        for f, group, head in zip(files, groups, heads):
+            temps.append((_write_temp(target, head, _arrays([params[i] for i in group]), bar), target / f))
+        fd, tmp = _create_temp(target)
+        temps.append((tmp, target / _format.INDEX))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(index_bytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for tmp, final in temps:  # shards first, the index last
+            os.replace(tmp, final)
+        temps = []
+    except OSError as exc:
+        raise _folder_error(target, exc) from None
+    finally:
+        for tmp, _ in temps:
+            _unlink(tmp)
+        if temps and created:
             try:
-                os.unlink(tmp)
+                os.rmdir(target)
             except OSError:
                 pass
+        if bar is not None:
+            bar.close()
+    keep = set(files)
+    try:
+        with os.scandir(target) as it:
+            stale = [e.path for e in it if (_SHARD.match(e.name) and e.name not in keep) or e.name == _format.SINGLE]
+    except OSError:
+        stale = []
+    for f in stale:
+        _unlink(f)
     return target
 
 
@@ -341,19 +487,23 @@ def load(
     progress: bool | None = None,
     check: Any = None,
 ) -> LoadReport:
-    """``load_state`` from a safetensors file (any safetensors file).
+    """``load_state`` from a safetensors file (any safetensors file), or from
+    a sharded directory (``model.safetensors.index.json`` and its shards, as
+    transformers writes them; the directory or its index may be named).
 
     ``match="name"`` pairs the file's names with the model's. ``match="order"``
     pairs storages by order and canonical shape as ``port`` does, so a file
     saved from another framework (``layers_0.weight`` in Flax, ``0.weight`` in
     PyTorch) loads into the same architecture; it needs the file's
-    unified_params metadata. Every name, shape and dtype is checked from the
-    file's header before the first write; then the tensors are read and
-    written one at a time, with backups whatever the model's size: a file
-    that another program changes during the load is a ``FileFormatError``
-    and the model is restored. ``check=(x, y)``: after the load the model's
-    output on ``x`` must equal ``y`` (float tolerance), else ``PortError`` and
-    the model is restored.
+    unified_params metadata. Every shard's header, name, shape and dtype is
+    checked before the first write; then the tensors are read and written
+    one at a time, with backups whatever the model's size, as one transaction
+    across all shards: a file that another program changes during the load is
+    a ``FileFormatError`` and the model is restored. Names that safetensors'
+    ``save_model`` dropped as aliases of a shared tensor are restored from
+    the name they alias; non-persistent buffers are not required. ``check=(x, y)``:
+    after the load the model's output on ``x`` must equal ``y`` (float
+    tolerance), else ``PortError`` and the model is restored.
     """
     if match not in ("name", "order"):
         raise ArgumentError("match='name' or match='order'", f"match={short(match)}",
@@ -361,15 +511,15 @@ def load(
     block = _as_block(m, "load")
     if check is not None and not (isinstance(check, tuple) and len(check) == 2):
         output_matches(block, check)  # raises the ArgumentError that says what check= takes
-    with _format.Reader(path) as r:
-        where = short(repr(str(r.path)), 200)
+    with _Source(path) as src:
+        where = src.where
 
         def verify() -> None:
-            r.check()
+            src.check()
             if check is not None:
                 output_matches(block, check)
 
-        tensors, meta = _deferred(r), r.header.metadata
+        tensors, meta = src.tensors, src.metadata
         try:
             if match == "order":
                 state = _pair_by_order(block, tensors, meta, where)
@@ -381,6 +531,89 @@ def load(
                              progress=progress, backup=True, verify=verify)
         except UnifiedParamsError as exc:
             raise _bounded(exc) from None
+
+
+class _Source:
+    """What ``load`` reads: one safetensors file, or a sharded directory
+    (its index and every shard opened and checked up front). ``tensors``:
+    name -> ``Deferred``; ``metadata``: the file's, or the index's (with
+    the shards' alias entries for a foreign checkpoint); ``check()``: every
+    file still the one whose header was read."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        p = _format.as_path(path, "load")
+        self.readers: list[_format.Reader] = []
+        self.index: _format.Index | None = None
+        try:
+            is_dir = p.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if (p / _format.INDEX).exists():
+                p = p / _format.INDEX
+            elif (p / _format.SINGLE).exists():
+                p = p / _format.SINGLE
+            else:
+                raise FileFormatError(f"a file, or a folder holding {_format.INDEX} or {_format.SINGLE}",
+                                      f"the folder {short(repr(str(p)), 200)} holds neither",
+                                      "name the checkpoint file itself")
+        self.where = short(repr(str(p)), 200)
+        try:
+            if p.name.endswith(".json"):
+                self._open_index(p)
+            else:
+                r = _format.Reader(p)
+                self.readers.append(r)
+                self.tensors = _deferred(r)
+                self.metadata = dict(r.header.metadata)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_index(self, p: Path) -> None:
+        index = self.index = _format.read_index(p)
+        fix = "copy the checkpoint again (every shard the index lists), or save it again"
+        self.tensors = {}
+        shard_meta: dict[str, str] = {}
+        listed = index.weight_map
+        for shard in index.shards:
+            try:
+                r = _format.Reader(shard)
+            except FileFormatError as exc:
+                raise FileFormatError(f"every shard that {self.where} lists, readable",
+                                      f"{short(repr(shard.name), 120)}: {exc.received}", fix) from None
+            self.readers.append(r)
+            for name, value in _deferred(r).items():
+                if listed.get(name) != shard:
+                    raise FileFormatError(
+                        "shards that hold the tensors the index lists for them, each once",
+                        f"{short(name, 80)!r} in {short(repr(shard.name), 120)}, listed in the index "
+                        + (f"under {short(repr(listed[name].name), 120)}" if name in listed else "nowhere"), fix)
+                self.tensors[name] = value
+            for k, v in r.header.metadata.items():
+                shard_meta.setdefault(k, v)
+        absent = [n for n in listed if n not in self.tensors]
+        if absent:
+            raise FileFormatError("every tensor the index lists, in its shard",
+                                  f"{len(absent)} absent: {few(absent)} in {self.where}", fix)
+        self.metadata = dict(index.metadata)
+        if _format.our_metadata(self.metadata, self.where) is None:
+            self.metadata.update({k: v for k, v in aliases(self.tensors, shard_meta).items()
+                                  if k not in self.metadata})
+
+    def check(self) -> None:
+        for r in self.readers:
+            r.check()
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+    def __enter__(self) -> _Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def pair(what: str, src: Sequence[tuple[str, Any]], dst: Sequence[tuple[str, Any]],
