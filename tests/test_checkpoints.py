@@ -259,3 +259,119 @@ def test_directory_with_a_single_file(tmp_path):
     assert _unchanged(dst, _state(src))
     with pytest.raises(up.FileFormatError, match="holds neither"):
         up.load(up.wrap(dst), tmp_path)
+
+
+# -- 13.3 every dtype through every path (torch) --------------------------------------
+
+TORCH_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
+                torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
+
+
+class _Typed(nn.Module):
+    """A float parameter and a buffer of ``dtype`` (a parameter for floats)."""
+
+    def __init__(self, dtype, seed) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        raw = torch.randn(3, 5, generator=g) * 3
+        if dtype.is_floating_point:
+            self.w = nn.Parameter(raw.to(dtype))
+        elif dtype == torch.bool:
+            self.register_buffer("w", raw > 0)
+        else:
+            self.register_buffer("w", (raw.abs() * 10).to(dtype))
+        self.register_buffer("steps", torch.tensor([seed, 2 * seed], dtype=dtype))
+
+
+def _bits_t(t):
+    return t.detach().contiguous().view(torch.uint8)
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES, ids=str)
+def test_every_dtype_through_every_path_torch(dtype, tmp_path):
+    src = _Typed(dtype, 1)
+    a = up.wrap(src)
+    for p in up.wrap(src)._all().values():
+        p.set(p.value)  # p.set of its own value
+    state = a.state()
+    twins = [_Typed(dtype, 2) for _ in range(5)]
+    up.wrap(twins[0]).load_state(state)
+    up.load(up.wrap(twins[1]), up.save(a, tmp_path / "m.safetensors"))
+    up.port(a, up.wrap(twins[2]))
+    up.load(up.wrap(twins[3]), up.save(a, tmp_path / "d", max_shard_size=16))
+    st_torch.save_file(src.state_dict(), str(tmp_path / "t.safetensors"))  # safetensors' own writer
+    up.load(up.wrap(twins[4]), tmp_path / "t.safetensors")
+    for i, twin in enumerate(twins):
+        ported = dict(src.named_parameters())  # port copies parameters (and running statistics) only
+        for k, v in (ported if i == 2 else src.state_dict()).items():
+            assert twin.state_dict()[k].dtype == dtype
+            assert torch.equal(_bits_t(twin.state_dict()[k]), _bits_t(v)), (i, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_low_precision_file_from_safetensors_into_float32_and_same_dtype(dtype, tmp_path):
+    src = _Typed(dtype, 1)
+    f = str(tmp_path / "low.safetensors")
+    st_torch.save_file(src.state_dict(), f)
+    f32, same = _Typed(torch.float32, 2), _Typed(dtype, 2)
+    up.load(up.wrap(f32), f)
+    up.load(up.wrap(same), f)
+    for k, v in src.state_dict().items():
+        assert torch.equal(f32.state_dict()[k], v.float()), k  # widening: exact
+        assert torch.equal(_bits_t(same.state_dict()[k]), _bits_t(v)), k
+    # and the other way: a float32 file into the low-precision model rounds to nearest, as torch's .to() does
+    wide = _Typed(torch.float32, 3)
+    st_torch.save_file(wide.state_dict(), str(tmp_path / "f32.safetensors"))
+    up.load(up.wrap(same), tmp_path / "f32.safetensors")
+    for k, v in wide.state_dict().items():
+        assert torch.equal(_bits_t(same.state_dict()[k]), _bits_t(v.to(dtype))), k
+
+
+def test_low_precision_file_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    src = _Typed(torch.bfloat16, 1)
+    f = tmp_path / "bf16.safetensors"
+    st_torch.save_file({"0.weight": src.w.detach().reshape(5, 3), "0.bias": torch.arange(5).to(torch.float8_e5m2)},
+                       str(f))
+    code = (
+        "import sys, numpy as np, unified_params as up\n"
+        "from unified_params import reference as ref\n"
+        "m = up.wrap(ref.Sequential(ref.Dense(5, in_units=3)))\n"
+        "print(up.load(m, sys.argv[1]))\n"
+        "np.save(sys.argv[2], m.params['0.weight'].value)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(f), str(tmp_path / "w.npy")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), src.w.detach().float().reshape(5, 3).numpy())
+
+
+def test_port_low_precision_between_backends():
+    import ml_dtypes
+
+    for dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        low = {torch.bfloat16: ml_dtypes.bfloat16, torch.float8_e4m3fn: ml_dtypes.float8_e4m3fn}[dtype]
+        dst = up.wrap(ref.Sequential(ref.Dense(3, in_units=5, dtype=low)))
+        up.port(up.wrap(nn.Sequential(nn.Linear(5, 3).to(dtype))), dst)
+        back = nn.Sequential(nn.Linear(5, 3).to(dtype))
+        up.port(dst, up.wrap(back))
+        assert back[0].weight.dtype == dtype
+        np.testing.assert_array_equal(dst.params["0.weight"].value.view(np.uint8),
+                                      back[0].weight.detach().view(torch.uint8).numpy())
+
+
+def test_dtype_torch_cannot_cross_is_a_dtype_error(tmp_path):
+    m = nn.Module()
+    m.register_buffer("scales", torch.zeros(3, dtype=torch.float8_e8m0fnu))  # no NumPy or ml_dtypes twin
+    w = up.wrap(m)
+    for call in (lambda: w.buffers["scales"].dtype, lambda: w.buffers["scales"].value, w.state,
+                 lambda: up.save(w, tmp_path / "x.safetensors")):
+        with pytest.raises(up.DTypeError, match="float8_e8m0fnu"):
+            call()
+    assert not (tmp_path / "x.safetensors").exists()
+    fnuz = nn.Module()
+    fnuz.register_buffer("b", torch.zeros(3, dtype=torch.float8_e4m3fnuz))  # NumPy holds it, safetensors does not
+    with pytest.raises(up.DTypeError, match="safetensors"):
+        up.save(up.wrap(fnuz), tmp_path / "x.safetensors")

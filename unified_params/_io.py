@@ -209,8 +209,9 @@ def _entries(storages: dict[str, Param]) -> list[tuple[str, str, tuple[int, ...]
     for n, p in storages.items():
         code = _format.code_of(p.dtype)
         if code is None:
-            raise FileFormatError(f"dtypes that safetensors stores ({', '.join(_format.DTYPES.values())})",
-                                  f"{short(n, 80)} of dtype {p.dtype}", "cast the model to a supported dtype first")
+            raise DTypeError(f"dtypes that safetensors files store ({', '.join(_format.DTYPES.values())})",
+                             f"{short(n, 80)} of dtype {p.dtype}, which a safetensors file cannot hold",
+                             "cast the model (or that parameter) to a supported dtype first")
         entries.append((n, code, tuple(int(d or 0) for d in p.shape)))
     return entries
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedTensorMixin
 
-from unified_params._errors import NotInitializedError, ShapeMismatchError, UnifiedParamsError
+from unified_params._errors import DTypeError, NotInitializedError, ShapeMismatchError, UnifiedParamsError
 from unified_params.adapter import CANONICAL, Backend, Handle, Leaf, Node
 
 __all__ = ["ForwardError", "Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
@@ -97,7 +97,15 @@ def numpy_dtype(dtype: torch.dtype) -> np.dtype:
         found = np.dtype(getattr(ml_dtypes, str(dtype).removeprefix("torch.")))
     else:
         # An empty tensor converts without touching any data.
-        found = torch.empty(0, dtype=dtype).numpy().dtype
+        try:
+            found = torch.empty(0, dtype=dtype).numpy().dtype
+        except TypeError:  # float8_e8m0fnu, complex32, quantized types: no NumPy (or ml_dtypes) twin
+            raise DTypeError(
+                "a torch dtype that NumPy (with ml_dtypes) can hold: float64/32/16, bfloat16, float8 "
+                "e4m3fn/e5m2, integers, bool",
+                f"a storage of dtype {dtype}, which unified_params cannot hold",
+                "cast the model (or that parameter) to a supported dtype first, e.g. model.float()",
+            ) from None
     _NUMPY_DTYPES[dtype] = found
     return found
 
@@ -110,6 +118,7 @@ def _host_array(t: torch.Tensor) -> np.ndarray:
     t = t.resolve_conj().resolve_neg()
     view_as = _VIEW_AS.get(t.dtype)
     if view_as is None:
+        numpy_dtype(t.dtype)  # a DTypeError for a dtype NumPy cannot hold (cached: a dict lookup)
         return t.numpy()
     return t.view(view_as).numpy().view(numpy_dtype(t.dtype))
 
@@ -144,7 +153,8 @@ def _from_numpy(value: np.ndarray, source: bool = False) -> torch.Tensor:
 
 
 def _wrap(value: np.ndarray) -> torch.Tensor:
-    if value.dtype.kind == "V":  # ml_dtypes types (bfloat16, float8)
+    if value.dtype.kind in "Vf" and value.dtype.type.__module__.startswith("ml_dtypes"):
+        # ml_dtypes types (bfloat16, float8): kind "V", but "f" for some (float8_e5m2 in ml_dtypes 0.7)
         for torch_dtype, view_as in _VIEW_AS.items():
             try:
                 known = numpy_dtype(torch_dtype)
