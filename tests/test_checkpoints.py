@@ -375,3 +375,53 @@ def test_dtype_torch_cannot_cross_is_a_dtype_error(tmp_path):
     fnuz.register_buffer("b", torch.zeros(3, dtype=torch.float8_e4m3fnuz))  # NumPy holds it, safetensors does not
     with pytest.raises(up.DTypeError, match="safetensors"):
         up.save(up.wrap(fnuz), tmp_path / "x.safetensors")
+
+
+# -- issue 15 item 4: names that barely meet ----------------------------------------
+
+
+class _Named(nn.Module):
+    """The architecture of ``nn.Sequential(Linear(4, 8), ReLU(), Linear(8, 3))`` under other names, one
+    of which ("2.bias") meets the Sequential's by chance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense0 = nn.Linear(4, 8)
+        self.dense1 = nn.Linear(8, 3, bias=False)
+        self.add_module("2", nn.Module())
+        getattr(self, "2").bias = nn.Parameter(torch.zeros(3))
+
+
+def _seq():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_strict_load_whose_names_barely_meet_suggests_match_order(tmp_path):
+    f = up.save(up.wrap(_Named()), tmp_path / "ours.safetensors")
+    dst = _seq()
+    before = _state(dst)
+    with pytest.raises(up.StateError, match="match='order'") as info:
+        up.load(up.wrap(dst), f)
+    assert "barely meet: 1 of the file's 4 tensors" in str(info.value)
+    assert _unchanged(dst, before)
+    up.load(up.wrap(dst), f, match="order")  # the advice works
+
+
+def test_strict_load_of_a_foreign_file_whose_names_barely_meet(tmp_path):
+    f = str(tmp_path / "other.safetensors")
+    st_torch.save_file({k: v.detach().contiguous() for k, v in _Named().state_dict().items()}, f)
+    dst = _seq()
+    before = _state(dst)
+    with pytest.raises(up.StateError, match="rename the file's keys") as info:
+        up.load(up.wrap(dst), f)
+    assert "barely meet" in str(info.value) and "strict=False would load only the 1" in str(info.value)
+    st_torch.save_file({"x." + k: v.detach().contiguous() for k, v in _Named().state_dict().items()}, f)
+    with pytest.raises(up.StateError, match="rename the file's keys"):  # none meets
+        up.load(up.wrap(dst), f)
+    partial = dict(_seq().state_dict())
+    partial["2.bias"] = partial["2.bias"][:2].contiguous()  # most names meet: the usual advice
+    st_torch.save_file(partial, f)
+    with pytest.raises(up.StateError) as info:
+        up.load(up.wrap(dst), f)
+    assert "barely" not in str(info.value)
+    assert _unchanged(dst, before)

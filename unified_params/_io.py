@@ -521,6 +521,7 @@ def load(
                 output_matches(block, check)
 
         tensors, meta = src.tensors, src.metadata
+        ours = _format.our_metadata(meta, where) is not None
         try:
             if match == "order":
                 state = _pair_by_order(block, tensors, meta, where)
@@ -531,7 +532,34 @@ def load(
             return load_into(block, expand_ties(tensors, meta, where, block), strict=strict, what="load",
                              progress=progress, backup=True, verify=verify)
         except UnifiedParamsError as exc:
-            raise _bounded(exc) from None
+            raise _bounded(_names_barely_meet(exc, len(tensors), ours)) from None
+
+
+def _names_barely_meet(exc: UnifiedParamsError, in_file: int, ours: bool) -> UnifiedParamsError:
+    """A strict load's StateError where few of the file's names are the
+    model's (no more matched than did not): the file is most likely of
+    another framework, so say so and point to ``match='order'`` (a file of
+    up.save, whose metadata gives the order) or to renaming the keys, rather
+    than to ``strict=False``, which would load only the few that match."""
+    report = getattr(exc, "report", None)
+    if not (isinstance(exc, StateError) and isinstance(report, LoadReport) and report.unexpected):
+        return exc
+    loaded = len(report.loaded)
+    if loaded == 0 and ours:
+        return exc  # load_into already points to match='order'
+    if loaded > len(report.unexpected):
+        return exc  # most names meet: a real mismatch, the usual advice
+    fix = ("up.load(m, path, match='order') pairs this up.save file's tensors by order and shape"
+           if ours else
+           "rename the file's keys to the model's names (m.params; match='order' needs a file saved by up.save: "
+           "load it into its own framework's model and up.port, or up.save it there)")
+    return StateError(
+        exc.expected,
+        f"the names barely meet: {loaded} of the file's {in_file} tensors are named as in the model; "
+        f"{LoadReport(report.missing, report.unexpected, report.mismatched, report.loaded)}",
+        f"{fix}; strict=False would load only the {loaded} that match",
+        report=report,
+    )
 
 
 class _Source:
