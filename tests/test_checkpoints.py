@@ -425,3 +425,15 @@ def test_strict_load_of_a_foreign_file_whose_names_barely_meet(tmp_path):
         up.load(up.wrap(dst), f)
     assert "barely" not in str(info.value)
     assert _unchanged(dst, before)
+
+
+def test_sharded_tied_model_into_untied_twin(tmp_path):
+    torch.manual_seed(0)
+    src = _Tied(tie=True)
+    d = up.save(up.wrap(src), tmp_path / "d", max_shard_size=64)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    assert len({"embed.weight", "head.weight"} & set(index["weight_map"])) == 1  # the storage once
+    torch.manual_seed(1)
+    dst = _Tied(tie=False)
+    assert up.load(up.wrap(dst), d).ok  # the tie's other name restored from the index's metadata
+    assert torch.equal(dst.head.weight, src.embed.weight) and torch.equal(dst.embed.weight, src.embed.weight)
