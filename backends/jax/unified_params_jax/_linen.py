@@ -199,6 +199,36 @@ def _field_children(module: Any) -> list[tuple[str, Any, str]]:
     return out
 
 
+def _field_child(module: Any, key: str, sub: Sub) -> tuple[Any, str] | None:
+    """``(object, flax name)`` of the child ``key`` held in a dataclass field
+    (``field`` or ``field_<i>``), found without listing every field's items,
+    where the variables show that Flax named its scope ``key`` (so it is the
+    object's first place, not a reuse); ``None`` otherwise (the caller lists
+    the children)."""
+    if sub is None or not isinstance(module, nn.Module):
+        return None
+    if not any(isinstance(t.get(key), dict) for t in sub.values()):
+        return None
+    names = _field_names(type(module))
+    attrs = vars(module)
+    field_name, _, index = key.rpartition("_")
+    indexed = field_name in names and index.isdigit() and str(int(index)) == index
+    if key in names:
+        if indexed:  # both a field and an item of another: let the listing decide
+            return None
+        value = attrs.get(key)
+        return (value, key) if isinstance(value, nn.Module) else None
+    if not indexed:
+        return None
+    items = attrs.get(field_name)
+    if not isinstance(items, (list, tuple)) or int(index) >= len(items):
+        return None
+    obj = items[int(index)]
+    if not isinstance(obj, nn.Module) or not any(isinstance(v, nn.Module) for v in items):
+        return None
+    return obj, key
+
+
 def _bound_children(module: Any, variables: dict[str, Any] | None) -> dict[str, Any]:
     """Submodules a module defines in ``setup`` (bound clones), by name."""
     if not isinstance(module, nn.Module) or isinstance(module, nn.Sequential):
@@ -482,12 +512,16 @@ class LinenHandle(Handle):
         scope: VarPath = ()
         sub = self._root_sub()
         for key in path:
-            for k, obj, child in self._entries(module, scope, sub):
-                if k == key:
-                    module, scope, sub = obj, child, _descend(sub, child[-1])
-                    break
-            else:
-                raise KeyError(key)
+            found = _field_child(module, key, sub)
+            if found is None:
+                for k, obj, child in self._entries(module, scope, sub):
+                    if k == key:
+                        found = (obj, child[-1])
+                        break
+                else:
+                    raise KeyError(key)
+            module, name = found
+            scope, sub = (*scope, name), _descend(sub, name)
         return module, scope, sub
 
     def _record(self) -> Any:
