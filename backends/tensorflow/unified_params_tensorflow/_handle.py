@@ -492,7 +492,11 @@ class KerasHandle(Handle):
         ref: VarRef = leaf.ref
         if ref.pending:
             return _np_dtype(ref.layer.variable_dtype)
-        return _np_dtype(ref.variable().dtype)
+        v = ref.variable()
+        # The storage's own dtype, standardized when the variable was made
+        # (``dtype`` would answer an autocast scope's compute dtype, slowly).
+        stored = getattr(v, "_dtype", None)
+        return _np_dtype_of(stored) if isinstance(stored, str) else _np_dtype(v.dtype)
 
     def device(self, leaf: Leaf) -> str:
         ref: VarRef = leaf.ref
