@@ -125,7 +125,7 @@ def _device(value: Any) -> str:
 # -- walking -----------------------------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class VarRef:
     """A leaf's variable and the layer that holds it. ``var`` is ``None`` for
     a variable an unbuilt layer will create: it is found by name once built."""
