@@ -410,6 +410,8 @@ class LinenHandle(Handle):
 
     def _resolve(self, path: VarPath) -> VarPath:
         """The slot that holds the storage of ``path`` (ties followed)."""
+        if path not in self._ties:
+            return path
         seen = {path}
         while path in self._ties:
             path = self._ties[path]
@@ -422,10 +424,14 @@ class LinenHandle(Handle):
 
     def _lookup(self, leaf: Leaf) -> jax.Array | None:
         """The array of ``leaf``'s storage, ``None`` before ``module.init``."""
-        path = self._resolve(leaf.ref.path)
-        if self._vars is None or not _has(self._vars, path):
+        tree: Any = self._vars
+        if tree is None:
             return None
-        return _unbox(_get(self._vars, path))  # type: ignore[no-any-return]
+        for key in self._resolve(leaf.ref.path):
+            if not isinstance(tree, dict) or key not in tree:
+                return None
+            tree = tree[key]
+        return _unbox(tree)  # type: ignore[no-any-return]
 
     def _array(self, leaf: Leaf, action: str) -> jax.Array:
         found = self._lookup(leaf)
@@ -441,7 +447,7 @@ class LinenHandle(Handle):
         found = self._lookup(leaf)
         if found is None:
             return leaf.ref.static_shape  # type: ignore[no-any-return]
-        return tuple(int(d) for d in found.shape)
+        return tuple(found.shape)
 
     def dtype(self, leaf: Leaf) -> np.dtype:
         found = self._lookup(leaf)
