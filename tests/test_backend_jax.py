@@ -602,3 +602,29 @@ def test_linen_one_write_does_not_copy_a_wide_dict() -> None:
     assert handle._vars is root and root["params"] is params
     np.testing.assert_array_equal(np.asarray(handle.variables["params"]["layers_49"]["bias"]), [49.0, 49.0])
     np.testing.assert_array_equal(np.asarray(handle.variables["params"]["layers_0"]["bias"]), [1.0, 1.0])
+
+
+def test_lookup_by_name_lists_no_siblings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One parameter's read costs O(depth): a linen field child whose scope the
+    variables hold, an NNX index or attribute, are followed directly."""
+    from unified_params_jax import _linen, _nnx
+
+    net = nn.Sequential([nn.Dense(2) for _ in range(6)])
+    m = up.wrap(net, net.init(jax.random.key(0), jnp.zeros((1, 2))))
+    r = nnx.Rngs(0)
+    seq = nnx.Sequential(*[nnx.Linear(2, 2, rngs=r) for _ in range(6)])
+    n = up.wrap(seq)
+    listed: list[object] = []
+    real_entries, real_kids = _linen.LinenHandle._entries, _nnx._kids
+    monkeypatch.setattr(_linen.LinenHandle, "_entries", lambda *a: listed.append(a) or real_entries(*a))
+    monkeypatch.setattr(_nnx, "_kids", lambda *a: listed.append(a) or real_kids(*a))
+    np.testing.assert_array_equal(
+        m.params["layers_4.weight"].value, np.asarray(m.variables["params"]["layers_4"]["kernel"]).T
+    )
+    m.params["layers_3.bias"].fill(2.0)
+    np.testing.assert_array_equal(np.asarray(m.variables["params"]["layers_3"]["bias"]), [2.0, 2.0])
+    n.params["5.bias"].fill(3.0)
+    np.testing.assert_array_equal(np.asarray(seq.layers[5].bias.get_value()), [3.0, 3.0])
+    assert up.get_backend("jax").open(net, m.variables).node(("layers_5",)).native is net.layers[5]
+    assert up.get_backend("jax").open(seq).node(("2",)).native is seq.layers[2]
+    assert listed == []

@@ -497,7 +497,8 @@ def test_node_by_path_matches_the_tree() -> None:
     sub = _Sub()
     sub(_x())
     models = [zoo.nested().native, zoo.shared().native, zoo.norm().native, zoo.lazy().native]
-    for native in (*models, functional, sub):
+    with_input = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.Dense(2)])
+    for native in (*models, functional, sub, with_input):
         assert _assert_node_matches_tree(be.open(native)) > 1
     assert be.open(sub).node(("blocks", "1")).native is sub.blocks[1]
 
@@ -531,3 +532,25 @@ def test_reset_of_a_sub_block_leaves_the_rest() -> None:
     np.testing.assert_array_equal(m.params["0.weight"].value, np.full((8, 4), 3.0))
     np.testing.assert_array_equal(m.params["1.bias"].value, [0.0])
     assert np.all(m.params["1.weight"].value != 3.0)
+
+
+def test_lookup_by_name_lists_no_siblings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One parameter's read costs O(depth): Sequential indices, attributes and
+    their lists are followed directly, not by listing every child."""
+    from unified_params_tensorflow import _handle
+
+    sub = _Sub()
+    sub(_x())
+    seq = keras.Sequential([keras.Input((4,))] + [layers.Dense(4) for _ in range(5)])
+    ms, mq = up.wrap(sub), up.wrap(seq)
+    listed: list[object] = []
+    real = _handle.children
+    monkeypatch.setattr(_handle, "children", lambda obj: listed.append(obj) or real(obj))
+    np.testing.assert_array_equal(ms.params["blocks.1.weight"].value, sub.blocks[1].kernel.numpy().T)
+    np.testing.assert_array_equal(ms.params["again.bias"].value, sub.shared.bias.numpy())
+    mq.params["3.bias"].fill(2.0)
+    np.testing.assert_array_equal(seq.layers[3].bias.numpy(), np.full(4, 2.0))
+    handle = up.get_backend("tensorflow").open(sub)
+    assert handle.node(("blocks", "0")).native is sub.blocks[0]
+    assert up.get_backend("tensorflow").open(seq).node(("4",)).native is seq.layers[4]
+    assert listed == []

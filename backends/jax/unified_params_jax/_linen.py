@@ -199,6 +199,36 @@ def _field_children(module: Any) -> list[tuple[str, Any, str]]:
     return out
 
 
+def _field_child(module: Any, key: str, sub: Sub) -> tuple[Any, str] | None:
+    """``(object, flax name)`` of the child ``key`` held in a dataclass field
+    (``field`` or ``field_<i>``), found without listing every field's items,
+    where the variables show that Flax named its scope ``key`` (so it is the
+    object's first place, not a reuse); ``None`` otherwise (the caller lists
+    the children)."""
+    if sub is None or not isinstance(module, nn.Module):
+        return None
+    if not any(isinstance(t.get(key), dict) for t in sub.values()):
+        return None
+    names = _field_names(type(module))
+    attrs = vars(module)
+    field_name, _, index = key.rpartition("_")
+    indexed = field_name in names and index.isdigit() and str(int(index)) == index
+    if key in names:
+        if indexed:  # both a field and an item of another: let the listing decide
+            return None
+        value = attrs.get(key)
+        return (value, key) if isinstance(value, nn.Module) else None
+    if not indexed:
+        return None
+    items = attrs.get(field_name)
+    if not isinstance(items, (list, tuple)) or int(index) >= len(items):
+        return None
+    obj = items[int(index)]
+    if not isinstance(obj, nn.Module) or not any(isinstance(v, nn.Module) for v in items):
+        return None
+    return obj, key
+
+
 def _bound_children(module: Any, variables: dict[str, Any] | None) -> dict[str, Any]:
     """Submodules a module defines in ``setup`` (bound clones), by name."""
     if not isinstance(module, nn.Module) or isinstance(module, nn.Sequential):
@@ -380,6 +410,8 @@ class LinenHandle(Handle):
 
     def _resolve(self, path: VarPath) -> VarPath:
         """The slot that holds the storage of ``path`` (ties followed)."""
+        if path not in self._ties:
+            return path
         seen = {path}
         while path in self._ties:
             path = self._ties[path]
@@ -392,10 +424,14 @@ class LinenHandle(Handle):
 
     def _lookup(self, leaf: Leaf) -> jax.Array | None:
         """The array of ``leaf``'s storage, ``None`` before ``module.init``."""
-        path = self._resolve(leaf.ref.path)
-        if self._vars is None or not _has(self._vars, path):
+        tree: Any = self._vars
+        if tree is None:
             return None
-        return _unbox(_get(self._vars, path))  # type: ignore[no-any-return]
+        for key in self._resolve(leaf.ref.path):
+            if not isinstance(tree, dict) or key not in tree:
+                return None
+            tree = tree[key]
+        return _unbox(tree)  # type: ignore[no-any-return]
 
     def _array(self, leaf: Leaf, action: str) -> jax.Array:
         found = self._lookup(leaf)
@@ -411,7 +447,7 @@ class LinenHandle(Handle):
         found = self._lookup(leaf)
         if found is None:
             return leaf.ref.static_shape  # type: ignore[no-any-return]
-        return tuple(int(d) for d in found.shape)
+        return tuple(found.shape)
 
     def dtype(self, leaf: Leaf) -> np.dtype:
         found = self._lookup(leaf)
@@ -482,12 +518,16 @@ class LinenHandle(Handle):
         scope: VarPath = ()
         sub = self._root_sub()
         for key in path:
-            for k, obj, child in self._entries(module, scope, sub):
-                if k == key:
-                    module, scope, sub = obj, child, _descend(sub, child[-1])
-                    break
-            else:
-                raise KeyError(key)
+            found = _field_child(module, key, sub)
+            if found is None:
+                for k, obj, child in self._entries(module, scope, sub):
+                    if k == key:
+                        found = (obj, child[-1])
+                        break
+                else:
+                    raise KeyError(key)
+            module, name = found
+            scope, sub = (*scope, name), _descend(sub, name)
         return module, scope, sub
 
     def _record(self) -> Any:

@@ -73,6 +73,14 @@ def _is_container(value: Any) -> bool:
     return isinstance(value, (*_SEQUENCES, *_MAPPINGS))
 
 
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, _MAPPINGS)
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, _SEQUENCES)
+
+
 def _items(container: Any) -> list[tuple[str, Any]]:
     if isinstance(container, _MAPPINGS):
         return [(str(k), v) for k, v in container.items()]  # type: ignore[attr-defined]
@@ -119,6 +127,40 @@ def _kids(obj: Any, native_path: tuple[str, ...]) -> list[tuple[str, Any, tuple[
             (k, v, (*native_path, k)) for k, v in _items(obj) if _holds_modules(v) or callable(v)
         ]
     return []
+
+
+def _index(key: str, n: int) -> int | None:
+    """``key`` as an index below ``n`` if it is written as ``str(i)`` would."""
+    if key.isdigit() and str(int(key)) == key and int(key) < n:
+        return int(key)
+    return None
+
+
+def _kid(obj: Any, key: str, native_path: tuple[str, ...]) -> tuple[Any, tuple[str, ...]] | None:
+    """The child ``key`` of :func:`_kids` found where the key says it is (an
+    index, an attribute, a string key), without listing the siblings;
+    ``None`` where it cannot be found so (the caller lists them)."""
+    if isinstance(obj, nnx.Module):
+        if isinstance(obj, nnx.Sequential):
+            i = _index(key, len(obj.layers))
+            return None if i is None else (obj.layers[i], (*native_path, "layers", key))
+        attr = vars(obj).get(key)
+        if key.startswith("_") or attr is None or not _holds_modules(attr):
+            return None
+        return attr, (*native_path, key)
+    value: Any
+    if _is_mapping(obj):
+        if key not in obj:
+            return None
+        value = obj[key]
+    elif _is_sequence(obj):
+        i = _index(key, len(obj))
+        if i is None:
+            return None
+        value = obj[i]
+    else:
+        return None
+    return (value, (*native_path, key)) if _holds_modules(value) or callable(value) else None
 
 
 def _type_name(obj: Any) -> str:
@@ -194,12 +236,15 @@ class NnxHandle(Handle):
         obj: Any = self._module
         native_path: tuple[str, ...] = ()
         for key in path:
-            for k, child, child_path in _kids(obj, native_path):
-                if k == key:
-                    obj, native_path = child, child_path
-                    break
-            else:
-                raise KeyError(key)
+            found = _kid(obj, key, native_path)
+            if found is None:
+                for k, child, child_path in _kids(obj, native_path):
+                    if k == key:
+                        found = (child, child_path)
+                        break
+                else:
+                    raise KeyError(key)
+            obj, native_path = found
         return Node(
             key=path[-1] if path else "",
             native=obj,

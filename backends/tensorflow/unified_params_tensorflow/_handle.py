@@ -125,7 +125,7 @@ def _device(value: Any) -> str:
 # -- walking -----------------------------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class VarRef:
     """A leaf's variable and the layer that holds it. ``var`` is ``None`` for
     a variable an unbuilt layer will create: it is found by name once built."""
@@ -220,6 +220,54 @@ def children(obj: Any) -> list[tuple[str, Any]]:
     # Layers tracked through a container Keras hides (a private list): by name.
     out.extend((layer.name, layer) for layer in obj._layers if id(layer) not in seen)
     return out
+
+
+def _index(key: str, n: int) -> int | None:
+    """``key`` as an index below ``n`` if it is written as ``str(i)`` would."""
+    if key.isdigit() and str(int(key)) == key and int(key) < n:
+        return int(key)
+    return None
+
+
+def _direct_child(obj: Any, key: str) -> Any:
+    """The child ``key`` of ``obj`` where the key itself says where it is (an
+    index, an attribute, a dict key), without listing every child; ``None``
+    where it does not, or not surely: :func:`child` then lists them."""
+    if not isinstance(obj, keras.layers.Layer):
+        if isinstance(obj, dict):
+            found = obj.get(key)
+            return found if found is not None and _has_layer(found) else None
+        if isinstance(obj, (list, tuple)):
+            i = _index(key, len(obj))
+            return obj[i] if i is not None and _has_layer(obj[i]) else None
+        return None
+    if _is_sequential(obj):
+        layers = obj._layers  # what ``obj.layers`` copies, less the InputLayer
+        offset = 1 if layers and isinstance(layers[0], keras.layers.InputLayer) else 0
+        i = _index(key, len(layers) - offset)
+        return None if i is None else layers[i + offset]
+    if _is_functional(obj):
+        return None
+    value = vars(obj).get(key)
+    if isinstance(value, keras.layers.Layer):
+        tracker = vars(obj).get("_tracker")
+        ids = tracker.stored_ids.get("layers") if tracker is not None else None
+        return value if ids is not None and id(value) in ids else None
+    if not key.startswith("_") and isinstance(value, (list, tuple, dict)) and _has_layer(value):
+        return value
+    return None
+
+
+def child(obj: Any, key: str) -> Any:
+    """The first of ``children(obj)`` with ``key``: found directly where the
+    key says where it is, else by listing the children."""
+    found = _direct_child(obj, key)
+    if found is not None:
+        return found
+    for k, value in children(obj):
+        if k == key:
+            return value
+    raise KeyError(key)
 
 
 def _flat_layers(value: Any) -> Iterator[Any]:
@@ -411,10 +459,11 @@ class KerasHandle(Handle):
 
     def node(self, path: tuple[str, ...]) -> Node | None:
         """The layer at ``path``, followed through each parent's own children
-        only (the first child of a key, as in :meth:`tree`)."""
+        only (the first child of a key, as in :meth:`tree`): O(depth) for
+        Sequential indices, attributes and their lists and dicts."""
         obj = self._model
         for key in path:
-            obj = next(child for k, child in children(obj) if k == key)
+            obj = child(obj, key)
         return Node(
             key=path[-1] if path else "",
             native=obj,
@@ -443,7 +492,11 @@ class KerasHandle(Handle):
         ref: VarRef = leaf.ref
         if ref.pending:
             return _np_dtype(ref.layer.variable_dtype)
-        return _np_dtype(ref.variable().dtype)
+        v = ref.variable()
+        # The storage's own dtype, standardized when the variable was made
+        # (``dtype`` would answer an autocast scope's compute dtype, slowly).
+        stored = getattr(v, "_dtype", None)
+        return _np_dtype_of(stored) if isinstance(stored, str) else _np_dtype(v.dtype)
 
     def device(self, leaf: Leaf) -> str:
         ref: VarRef = leaf.ref
