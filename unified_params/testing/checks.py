@@ -1,6 +1,6 @@
 """The conformance checks: plain functions ``check_x(backend)``.
 
-Each check takes a :class:`~unified_params._adapter.Backend` and asserts one
+Each check takes a :class:`~unified_params.adapter.Backend` and asserts one
 item of the contract (its section number is in the docstring) on the
 backend's model zoo. Checks that need a capability declare it with
 ``@requires``; the pytest plugin turns a missing capability into a skip whose
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 import unified_params as up
-from unified_params._adapter import Backend
+from unified_params.adapter import Backend
 from unified_params._registry import require
 
 __all__ = ["CHECKS", "requires", "iter_checks"]
