@@ -396,3 +396,13 @@ def test_blocks_of_different_models_do_not_share_a_lock() -> None:
 
 def test_fault_type_is_exported() -> None:
     assert issubclass(InjectedFault, RuntimeError) and FaultyHandle and KernelLastHandle
+
+
+def test_a_child_is_found_by_key_without_walking_the_model() -> None:
+    h = CountingHandle(big(50))
+    m = Block(h)
+    child = m["30"]
+    assert child.path == "30" and child.params["weight"].shape == (2, 2)
+    assert h.walks == 0
+    with pytest.raises(up.ParamNotFoundError):
+        m["nope"]

@@ -116,6 +116,11 @@ class Block:
         return {c.key: self._child(c.key) for c in self._node().children}
 
     def __getitem__(self, key: int | str) -> Block:
+        if isinstance(key, str) and "." not in key:  # a child key: found alone where the adapter can
+            with adapter_call(self.backend, "find a sub-block"):
+                found = self._handle.node((*self._path, key))
+            if found is not None:
+                return self._child(key)
         listing = self._listing()
         keys = [c.key for c in listing.node.children]
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
