@@ -46,6 +46,15 @@ FORMULAS = {
 }
 
 
+def _stable_repr(obj: object) -> str:
+    """``repr`` with sets sorted: a set's order follows string hashes, which
+    change between processes, and the page must not."""
+    if isinstance(obj, (set, frozenset)):
+        items = ", ".join(repr(x) for x in sorted(obj, key=repr))
+        return f"{type(obj).__name__}({{{items}}})" if obj else f"{type(obj).__name__}()"
+    return repr(obj)
+
+
 def _md(doc: str) -> str:
     """A docstring as Markdown: doctest lines fenced as ``pycon``, numpydoc
     section underlines dropped."""
@@ -101,7 +110,7 @@ def _signature(obj: Any) -> str:
         if p.annotation is not p.empty:
             text += f": {_annotation(p.annotation)}"
         if p.default is not p.empty:
-            text += f" = {p.default!r}" if p.annotation is not p.empty else f"={p.default!r}"
+            text += f" = {_stable_repr(p.default)}" if p.annotation is not p.empty else f"={_stable_repr(p.default)}"
         params.append(text)
     out = f"({', '.join(params)})"
     ret = sig.return_annotation
@@ -167,7 +176,7 @@ def _module(lines: list[str], modname: str) -> None:
         elif callable(obj):
             _function(lines, qual, obj)
         else:
-            lines += [f"### `{qual} = {obj!r}`", ""]
+            lines += [f"### `{qual} = {_stable_repr(obj)}`", ""]
             comment = _constant_comment(mod, name)
             if comment:
                 lines += [comment, ""]
