@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 import unified_params as up
-from unified_params.adapter import Backend
 from unified_params._registry import require
+from unified_params.adapter import Backend
 
 __all__ = ["CHECKS", "requires", "iter_checks"]
 
