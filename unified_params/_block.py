@@ -97,8 +97,10 @@ class Block:
     def native(self) -> Any:
         if not self._path:
             return self._handle.native
-        with adapter_call(self.backend, "find a sub-block"):
+        try:
             node = self._handle.node(self._path)
+        except Exception:  # the listing finds it, or says why not
+            node = None
         return (node if node is not None else self._node()).native
 
     @property
@@ -117,8 +119,10 @@ class Block:
 
     def __getitem__(self, key: int | str) -> Block:
         if isinstance(key, str) and "." not in key:  # a child key: found alone where the adapter can
-            with adapter_call(self.backend, "find a sub-block"):
+            try:
                 found = self._handle.node((*self._path, key))
+            except Exception:  # a key the adapter cannot follow: the listing below decides and words it
+                found = None
             if found is not None:
                 return self._child(key)
         listing = self._listing()
