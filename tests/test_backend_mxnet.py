@@ -272,7 +272,7 @@ def test_unregistered_parameter_of_an_old_style_block(interface: str) -> None:
 
 
 def test_save_load_round_trip_is_exact(interface: str, tmp_path) -> None:
-    pytest.importorskip("safetensors")
+    import safetensors  # noqa: F401 - a test dependency: missing is a failure
     src = up.wrap(_mlp())
     src.initialize(up.init.Normal(0, 1), seed=1)
     dst = up.wrap(_mlp())

@@ -13,7 +13,7 @@ from unified_params import reference as ref
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-st_torch = pytest.importorskip("safetensors.torch")
+import safetensors.torch as st_torch  # noqa: E402 - after the torch check
 
 
 class _WithPositions(nn.Module):

@@ -11,7 +11,7 @@ import pytest
 import unified_params as up
 
 torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import transformers as transformers  # noqa: E402 - after the torch check
 
 
 def _bert(seed):

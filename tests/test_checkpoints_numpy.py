@@ -41,7 +41,7 @@ def test_sharded_save_to_a_file_path_is_refused(tmp_path):
 
 # -- 13.3 every dtype through every path --------------------------------------------
 
-ml_dtypes = pytest.importorskip("ml_dtypes")  # a dependency of the core's bfloat16/float8 support
+import ml_dtypes  # noqa: E402 - a test dependency of the core's bfloat16/float8 support
 
 DTYPES = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn,
           ml_dtypes.float8_e5m2, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_]

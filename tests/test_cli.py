@@ -267,7 +267,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.parametrize("model", ["mlp", "nested", "shared", "cnn"])
 def test_plot_a_zoo_model(capsys: Any, tmp_path: Path, model: str) -> None:
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401 - a test dependency: missing is a failure
     out_png = tmp_path / f"{model}.png"
     code, out, err = run(capsys, "plot", "--backend", "numpy", "--model", model, "-o", str(out_png))
     assert code == 0, err
@@ -277,7 +277,7 @@ def test_plot_a_zoo_model(capsys: Any, tmp_path: Path, model: str) -> None:
 
 
 def test_plot_a_file(capsys: Any, tmp_path: Path, shared_file: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401 - a test dependency: missing is a failure
     out_png = tmp_path / "shared.png"
     code, out, err = run(capsys, "plot", str(shared_file), "-o", str(out_png))
     assert code == 0, err
@@ -285,7 +285,7 @@ def test_plot_a_file(capsys: Any, tmp_path: Path, shared_file: Path) -> None:
 
 
 def test_plot_failures_exit_1(capsys: Any, tmp_path: Path, shared_file: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401 - a test dependency: missing is a failure
     code, _, err = run(capsys, "plot", str(shared_file), "-o", str(tmp_path / "x.jpg"))
     assert code == 1 and "ending in .png" in err
     code, _, err = run(capsys, "plot", str(shared_file), "-o", str(tmp_path / "no" / "x.png"))
@@ -304,8 +304,8 @@ def test_plot_without_matplotlib_says_what_to_install(capsys: Any, tmp_path: Pat
 def test_plot_bf16_and_float8_files(capsys: Any, tmp_path: Path) -> None:
     """A valid file of bfloat16 and float8 tensors is drawn (ml_dtypes values
     through float32), never called truncated or corrupted."""
-    pytest.importorskip("matplotlib")
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import matplotlib  # noqa: F401 - a test dependency: missing is a failure
+    import ml_dtypes as ml_dtypes
     values = {"wte": ("BF16", np.linspace(-2, 2, 64).reshape(16, 4).astype(ml_dtypes.bfloat16)),
               "scale": ("F8_E4M3", np.array([0.5, -1, 2, 0.25]).astype(ml_dtypes.float8_e4m3fn)),
               "f8b": ("F8_E5M2", np.array([1, 2, -3, 4]).astype(ml_dtypes.float8_e5m2))}
@@ -323,7 +323,8 @@ def test_plot_bf16_and_float8_files(capsys: Any, tmp_path: Path) -> None:
 def test_plot_refuses_by_name_what_it_cannot_draw(tmp_path: Path) -> None:
     """Complex or text values are named with their dtype, not drawn wrong
     (a ComplexWarning and the real part) nor ended in a NumPy ValueError."""
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401 - a test dependency: missing is a failure
+
     from unified_params._plot import as_real, plot_tensors
 
     ok = {"w": np.ones((2, 2), np.float32)}
@@ -336,7 +337,7 @@ def test_plot_refuses_by_name_what_it_cannot_draw(tmp_path: Path) -> None:
 
 
 def test_plot_to_a_path_it_cannot_write_exits_1(capsys: Any, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401 - a test dependency: missing is a failure
     folder = tmp_path / "taken.png"
     folder.mkdir()
     code, _, err = run(capsys, "plot", "--backend", "numpy", "-o", str(folder))

@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-pytest.importorskip("safetensors")
+import safetensors  # noqa: F401 - a test dependency: missing is a failure
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.S | re.M)

@@ -30,13 +30,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors  # noqa: F401 - a test dependency: missing is a failure
 
 import unified_params as up
 from unified_params import _registry
 from unified_params._io import read_file
 from unified_params._limits import MAX_HEADER_BYTES
-
-pytest.importorskip("safetensors")
 
 BACKENDS = _registry.names()
 

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors  # noqa: F401 - a test dependency: missing is a failure
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unified_params as up
-
-pytest.importorskip("safetensors")
 
 settings.register_profile(
     "ci", max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

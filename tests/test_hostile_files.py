@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors  # noqa: F401 - a test dependency: missing is a failure
 
 import unified_params as up
 from unified_params import _limits
 from unified_params._cli import main
 from unified_params._io import read_file
-
-pytest.importorskip("safetensors")
 
 #: longest message allowed for any error here (a file may name millions of tensors)
 MAX_MESSAGE = 4000
@@ -282,7 +281,7 @@ def test_a_header_over_the_limit(m: up.Block, tmp_path: Path, capsys: Any, monke
 
 def test_bfloat16_and_float8_files(tmp_path: Path) -> None:
     """Read with ml_dtypes where safetensors' NumPy reader has no type."""
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes as ml_dtypes
     bf = np.arange(6, dtype=np.float32).reshape(2, 3).astype(ml_dtypes.bfloat16)
     f8 = np.array([0.5, -2.0], dtype=ml_dtypes.float8_e4m3fn)
     head = {"bf": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]},
