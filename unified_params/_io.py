@@ -43,7 +43,8 @@ from ._block import (
 )
 from ._errors import ArgumentError, DTypeError, FileFormatError, PortError, StateError, UnifiedParamsError
 from ._format import few, short
-from ._layout import contiguous
+from ._layout import NATIVE, contiguous
+from ._pairing import Entry, combine, pair
 from ._verify import output_matches, outputs_agree
 
 __all__ = ["save", "load", "port", "read_file", "PortReport", "FORMAT_VERSION"]
@@ -115,6 +116,10 @@ def _metadata(block: Block) -> tuple[dict[str, Param], dict[str, str]]:
             p._require_concrete("save")
             storages[n] = p
         names[n] = {"role": p.role, "kind": "param" if n in trainable else "buffer", "storage": first[p.storage]}
+        if p.layout == NATIVE:
+            names[n]["layout"] = NATIVE
+        if p._leaf.rnn_bias:
+            names[n]["rnn_bias"] = p._leaf.rnn_bias
     groups: dict[str, list[str]] = {}
     for n, info in names.items():
         groups.setdefault(info["storage"], []).append(n)
@@ -645,26 +650,8 @@ class _Source:
         self.close()
 
 
-def pair(what: str, src: Sequence[tuple[str, Any]], dst: Sequence[tuple[str, Any]],
-         src_label: str, dst_label: str, fix: str) -> list[tuple[int, int]]:
-    """Pair ``(name, canonical shape)`` lists by order: the one rule of
-    ``port`` and ``load(match='order')``, with the same ``PortError`` for the
-    same mismatch. Returns the index pairs."""
-    if len(src) != len(dst):
-        extra = dst[len(src)][0] if len(src) < len(dst) else src[len(dst)][0]
-        raise PortError(
-            f"the same number of distinct {what} in {src_label} and {dst_label}",
-            f"{len(src)} in {src_label} and {len(dst)} in {dst_label}; the first unpaired is {short(extra, 80)!r}",
-            fix,
-        )
-    for i, ((sn, ss), (dn, ds)) in enumerate(zip(src, dst)):
-        if tuple(ss) != tuple(ds):
-            raise PortError(
-                f"{what} #{i} of matching canonical shapes",
-                f"{src_label} {short(sn, 80)!r} {tuple(ss)} vs {dst_label} {short(dn, 80)!r} {tuple(ds)}",
-                f"{fix} (pairs go by order, then shape)",
-            )
-    return [(i, i) for i in range(len(src))]
+def _entry(p: Param) -> Entry:
+    return Entry(p.name, p.shape, p.layout, p.role, p._leaf.rnn_bias)
 
 
 def _pair_by_order(block: Block, tensors: dict[str, Any], meta: dict[str, str], where: str) -> dict[str, Any]:
@@ -684,10 +671,17 @@ def _pair_by_order(block: Block, tensors: dict[str, Any], meta: dict[str, str], 
     state: dict[str, Any] = {}
     src_label = f"the file ({short(meta.get('backend', 'unknown'), 40)})"
     for what, fl, dl in (("parameters", fparams, dparams), ("running statistics", fstats, dstats)):
-        pair(what, [(n, tensors[n].shape) for n in fl], [(p.name, p.shape) for p in dl],
-             src_label, f"the {block.backend} model", "load a file saved from the same architecture")
-        for fn, dp in zip(fl, dl):
-            state[dp.name] = tensors[fn]
+        fe = [Entry(n, tuple(tensors[n].shape), table[n].get("layout", "canonical"), table[n].get("role", ""),
+                    table[n].get("rnn_bias", "")) for n in fl]
+        links = pair(what, fe, [_entry(p) for p in dl], src_label, f"the {block.backend} model",
+                     "load a file saved from the same architecture")
+        for link in links:
+            if link.how == "copy":
+                state[dl[link.dst[0]].name] = tensors[fl[link.src[0]]]
+                continue
+            values = combine(link.how, [np.asarray(tensors[fl[k]]) for k in link.src])
+            for k, v in zip(link.dst, values):
+                state[dl[k].name] = v
     return state
 
 
@@ -729,27 +723,37 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
     items: list[tuple[Param, Any]] = []
     portable = list(zip(("parameters", "running statistics"), _portable(s), _portable(d)))
     for _, sl, dl in portable:
-        for sp, dp in zip(sl, dl):
-            if dp.deferred or sp.deferred:
+        for q in (*sl, *dl):
+            if q.deferred:
                 raise PortError(
                     "two concrete models",
-                    f"{(dp if dp.deferred else sp).name!r} is deferred",
+                    f"{q.name!r} is deferred",
                     "call materialize(x) on it first",
                 )
     for what, sl, dl in portable:
-        pair(what, [(p.name, p.shape) for p in sl], [(p.name, p.shape) for p in dl],
-             f"the {s.backend} source", f"the {d.backend} destination", "port between models of the same architecture")
-        for i, (sp, dp) in enumerate(zip(sl, dl)):
-            try:
-                value = Deferred(sp._concrete_shape(), sp.dtype, lambda sp=sp: sp.read(copy=False))  # type: ignore[misc]
-                items.append((dp, _check_deferred(dp, value, "port")))
-            except DTypeError as exc:
-                raise PortError(
-                    f"{what} #{i} of compatible dtypes",
-                    f"{sp.name!r} {sp.dtype} -> {dp.name!r} {dp.dtype}",
-                    str(exc),
-                ) from None
-            report.pairs.append((sp.name, dp.name, tuple(sp.shape)))  # type: ignore[arg-type]
+        links = pair(what, [_entry(p) for p in sl], [_entry(p) for p in dl], f"the {s.backend} source",
+                     f"the {d.backend} destination", "port between models of the same architecture")
+        for n, link in enumerate(links):
+            srcs = [sl[k] for k in link.src]
+            for pos, k in enumerate(link.dst):
+                dp = dl[k]
+                try:
+                    if link.how == "copy":
+                        sp = srcs[0]
+                        value = Deferred(sp._concrete_shape(), sp.dtype,
+                                         lambda sp=sp: sp.read(copy=False))  # type: ignore[misc]
+                    else:
+                        value = Deferred(dp._concrete_shape(), srcs[0].dtype,
+                                         lambda srcs=srcs, how=link.how, pos=pos: combine(  # type: ignore[misc]
+                                             how, [q.read(copy=False) for q in srcs])[pos])
+                    items.append((dp, _check_deferred(dp, value, "port")))
+                except DTypeError as exc:
+                    raise PortError(
+                        f"{what} #{n} of compatible dtypes",
+                        f"{srcs[0].name!r} {srcs[0].dtype} -> {dp.name!r} {dp.dtype}",
+                        str(exc),
+                    ) from None
+                report.pairs.append(("+".join(q.name for q in srcs), dp.name, tuple(dp.shape)))  # type: ignore[arg-type]
     if check is None:
         write_atomic(items, what="port", progress=progress)
     else:

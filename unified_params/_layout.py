@@ -1,30 +1,108 @@
 """Canonical layout: values cross the interface in PyTorch's layout.
 
-The one non-canonical layout frameworks use is "kernel last" (Keras and
-Flax: dense ``(in, out)``, convolution ``(*kernel, in, out)``); one
-permutation serves both. Conversions return views; the caller copies only
-when it must.
+Design constraints: a layout is data, not code in an adapter. Each named
+:class:`Layout` says how the native array's axes map onto the canonical
+(PyTorch) axes: a permutation, axes merged into one (attention heads, a
+depthwise multiplier), size-1 axes inserted, spatial axes flipped, gate
+blocks reordered along one axis. Every conversion is derived from that one
+description, so reading, writing, shapes, fans and gradients agree by
+construction. Reads return views where NumPy can (a transpose, a merge of
+adjacent axes); writes are one (tiled) copy into native order.
+
+Layout names are strings (``Leaf.layout``): ``canonical``, ``kernel_last``,
+``native`` and the others in :data:`LAYOUTS`; parametrised families are
+``general:<n_in>`` (Flax ``DenseGeneral``-style kernels with ``n_in`` input
+axes first) and ``gates:<order>|<base>`` (gate blocks of a recurrent weight).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import _limits
-from ._adapter import CANONICAL, KERNEL_LAST
 
 T = TypeVar("T")
 
+CANONICAL = "canonical"
+KERNEL_LAST = "kernel_last"
+#: A layer whose canonical layout is not known: values cross as they are,
+#: and ports refuse to pair them with converted values.
+NATIVE = "native"
 
-def _perm(ndim: int, layout: str) -> tuple[int, ...] | None:
-    if layout == CANONICAL or ndim < 2:
-        return None
-    if layout == KERNEL_LAST:
-        return (ndim - 1, ndim - 2, *range(ndim - 2))
-    raise ValueError(f"a layout among {CANONICAL!r}, {KERNEL_LAST!r}. Received: layout={layout!r}")
+Groups = tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One mapping between a native array and its canonical form.
+
+    ``groups(ndim)`` lists, for each canonical axis, the native axes merged
+    into it (``()``: a new axis of size 1); ``flip(ndim)`` the native axes
+    reversed first; ``gates`` reorders equal blocks of canonical axis
+    ``gate_axis`` (canonical block ``k`` is native block ``gates[k]``).
+    ``torch`` names the PyTorch layout it produces, for the docs.
+    """
+
+    name: str
+    groups: Callable[[int], Groups]
+    flip: Callable[[int], tuple[int, ...]] = lambda ndim: ()
+    gates: tuple[int, ...] = ()
+    gate_axis: int = 0
+    torch: str = ""
+
+    def canonical_shape(self, shape: Sequence[T]) -> tuple[T, ...]:
+        out: list[Any] = []
+        for g in self.groups(len(shape)):
+            dims: list[Any] = [shape[a] for a in g]
+            out.append(None if any(d is None for d in dims) else math.prod(int(d) for d in dims))
+        return tuple(out)
+
+    def _perm(self, ndim: int) -> tuple[int, ...]:
+        return tuple(a for g in self.groups(ndim) for a in g)
+
+    def to_canonical(self, value: np.ndarray) -> np.ndarray:
+        target = self.canonical_shape(value.shape)
+        flips = self.flip(value.ndim)
+        if flips:
+            value = value[tuple(slice(None, None, -1) if a in flips else slice(None) for a in range(value.ndim))]
+        perm = self._perm(value.ndim)
+        if perm != tuple(range(value.ndim)):
+            value = value.transpose(perm)
+        if tuple(value.shape) != target:
+            value = value.reshape(target)  # a view where the merged axes are adjacent in memory
+        if self.gates:
+            value = _reorder_gates(value, self.gate_axis, self.gates)
+        return value
+
+    def to_native(self, value: np.ndarray, native_shape: Sequence[int]) -> np.ndarray:
+        ndim = len(native_shape)
+        if self.gates:
+            value = _reorder_gates(value, self.gate_axis, _inverse(self.gates))
+        perm = self._perm(ndim)
+        split = tuple(int(native_shape[a]) for a in perm)
+        if tuple(value.shape) != split:
+            value = value.reshape(split)
+        if perm != tuple(range(ndim)):
+            value = value.transpose(_inverse(perm))
+        flips = self.flip(ndim)
+        if flips:
+            value = value[tuple(slice(None, None, -1) if a in flips else slice(None) for a in range(ndim))]
+        return contiguous(value)
+
+
+def _reorder_gates(value: np.ndarray, axis: int, order: Sequence[int]) -> np.ndarray:
+    n = len(order)
+    size = value.shape[axis]
+    if size % n:
+        raise ValueError(f"an axis of {n} equal gate blocks. Received: size {size} along axis {axis}")
+    blocks = np.split(value, n, axis=axis)
+    return np.concatenate([blocks[k] for k in order], axis=axis)
 
 
 def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
@@ -34,20 +112,119 @@ def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
     return tuple(inv)
 
 
+def _identity(ndim: int) -> Groups:
+    return tuple((a,) for a in range(ndim))
+
+
+def _kernel_last(ndim: int) -> Groups:
+    # (*kernel, in, out) -> (out, in, *kernel); (in, out) -> (out, in)
+    if ndim < 2:
+        return _identity(ndim)
+    return ((ndim - 1,), (ndim - 2,), *((a,) for a in range(ndim - 2)))
+
+
+def _depthwise_last(ndim: int) -> Groups:
+    # Keras (*kernel, in, multiplier) -> (in*multiplier, 1, *kernel)
+    if ndim < 3:
+        return _identity(ndim)
+    return ((ndim - 2, ndim - 1), (), *((a,) for a in range(ndim - 2)))
+
+
+def _transpose_flipped(ndim: int) -> Groups:
+    # Flax ConvTranspose (*kernel, in, out) -> (in, out, *kernel), spatial axes flipped
+    if ndim < 3:
+        return _identity(ndim)
+    return ((ndim - 2,), (ndim - 1,), *((a,) for a in range(ndim - 2)))
+
+
+def _spatial(ndim: int) -> tuple[int, ...]:
+    return tuple(range(ndim - 2)) if ndim >= 3 else ()
+
+
+def _merged(ndim: int) -> Groups:
+    return (tuple(range(ndim)),)
+
+
+def _general(n_in: int) -> Callable[[int], Groups]:
+    # (*in_axes, *out_axes) -> (prod(out), prod(in)); n_in = ndim: a bias
+    def groups(ndim: int) -> Groups:
+        if n_in >= ndim:
+            return _merged(ndim)
+        return (tuple(range(n_in, ndim)), tuple(range(n_in)))
+    return groups
+
+
+LAYOUTS: dict[str, Layout] = {
+    CANONICAL: Layout(CANONICAL, _identity, torch="as stored"),
+    NATIVE: Layout(NATIVE, _identity, torch="not converted"),
+    KERNEL_LAST: Layout(KERNEL_LAST, _kernel_last, torch="Linear (out, in); ConvNd (out, in/groups, *k); "
+                                                         "ConvTransposeNd (in, out/groups, *k)"),
+    "depthwise_last": Layout("depthwise_last", _depthwise_last, torch="depthwise ConvNd (in*multiplier, 1, *k)"),
+    "transpose_flipped": Layout("transpose_flipped", _transpose_flipped, flip=_spatial,
+                                torch="ConvTransposeNd (in, out, *k)"),
+    "merged": Layout("merged", _merged, torch="one axis (per-head biases (heads*head_dim,))"),
+}
+
+
+@functools.cache
+def get(name: str) -> Layout:
+    """The :class:`Layout` called ``name``; a ``ValueError`` for an unknown name."""
+    found = LAYOUTS.get(name)
+    if found is not None:
+        return found
+    if name.startswith("general:"):
+        n_in = int(name.split(":", 1)[1])
+        return Layout(name, _general(n_in), torch=f"Linear (out, in) with {n_in} input axes merged")
+    if name.startswith("gates:"):
+        order, _, base = name[len("gates:"):].partition("|")
+        b = get(base or CANONICAL)
+        return Layout(name, b.groups, b.flip, tuple(int(k) for k in order.split(",")), 0,
+                      torch=f"{b.torch}, gate blocks reordered")
+    if name.startswith("gates1:"):  # gates along axis 1 (a stacked pair of biases)
+        order, _, base = name[len("gates1:"):].partition("|")
+        b = get(base or CANONICAL)
+        return Layout(name, b.groups, b.flip, tuple(int(k) for k in order.split(",")), 1,
+                      torch=f"{b.torch}, gate blocks reordered")
+    known = sorted(LAYOUTS) + ["general:<n>", "gates:<order>|<base>"]
+    raise ValueError(f"a layout among {known}. Received: layout={name!r}")
+
+
+def is_converted(name: str) -> bool:
+    """True when values of this layout are in PyTorch's layout (converted or
+    stored so); False for ``native``."""
+    return name != NATIVE
+
+
 def shape_to_canonical(shape: Sequence[T], layout: str) -> tuple[T, ...]:
-    perm = _perm(len(shape), layout)
-    return tuple(shape) if perm is None else tuple(shape[p] for p in perm)
+    if layout in (CANONICAL, NATIVE):
+        return tuple(shape)
+    return get(layout).canonical_shape(shape)
 
 
 def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
-    perm = _perm(value.ndim, layout)
-    return value if perm is None else value.transpose(perm)
+    if layout in (CANONICAL, NATIVE):
+        return value
+    return get(layout).to_canonical(value)
 
 
-def to_native(value: np.ndarray, layout: str) -> np.ndarray:
-    perm = _perm(value.ndim, layout)
-    return value if perm is None else contiguous(value.transpose(_inverse(perm)))
+def to_native(value: np.ndarray, layout: str, native_shape: Sequence[int] | None = None) -> np.ndarray:
+    if layout in (CANONICAL, NATIVE):
+        return value
+    lay = get(layout)
+    if native_shape is None:  # only layouts that merge nothing can invert without it
+        native_shape = _unmerged_shape(lay, value.shape)
+    return lay.to_native(value, native_shape)
 
+
+def _unmerged_shape(lay: Layout, shape: Sequence[int]) -> tuple[int, ...]:
+    ndim = len(shape)
+    groups = lay.groups(ndim)
+    if any(len(g) != 1 for g in groups):
+        raise ValueError(f"the native shape to invert layout {lay.name!r}. Received: only the canonical shape {shape}")
+    out = [0] * ndim
+    for g, d in zip(groups, shape):
+        out[g[0]] = int(d)
+    return tuple(out)
 
 
 def contiguous(value: np.ndarray, copy: bool = False) -> np.ndarray:

@@ -87,6 +87,14 @@ class Param:
         return tuple(native) if leaf.layout == CANONICAL else shape_to_canonical(native, leaf.layout)
 
     @property
+    def layout(self) -> str:
+        """How the native value maps onto the canonical one: ``'canonical'``
+        (stored so), a conversion such as ``'kernel_last'``, or ``'native'``
+        for a layer type whose canonical layout is not known (values cross
+        unconverted, and ports refuse to pair it with a converted one)."""
+        return self._leaf.layout
+
+    @property
     def deferred(self) -> bool:
         return any(d is None for d in self.native_shape)
 
@@ -137,6 +145,9 @@ class Param:
                 "call m.materialize(x) with an example input first",
             )
 
+    def _concrete_shape_native(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._handle.shape(self._leaf) if d is not None)
+
     def _concrete_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.shape if d is not None)
 
@@ -180,7 +191,8 @@ class Param:
 
     # -- writing ------------------------------------------------------------
     def _write_canonical(self, arr: np.ndarray) -> None:
-        native = to_native(arr, self._leaf.layout)
+        layout = self._leaf.layout
+        native = arr if layout == CANONICAL else to_native(arr, layout, self._concrete_shape_native())
         with adapter_call(self._handle.backend.name, f"write {self.name!r}",
                           fix="report this as a bug of the adapter; the value was not changed"):
             self._handle.write(self._leaf, native)

@@ -46,17 +46,38 @@ __all__ = [
     "Zoo",
     "CANONICAL",
     "KERNEL_LAST",
+    "NATIVE",
+    "BIAS_SINGLE",
+    "BIAS_STACKED",
+    "layout_rule",
     "CAPABILITIES",
 ]
 
 #: The version of the protocol below; a Backend declares the one it implements.
 PROTOCOL_VERSION = 2
 
-#: Native layout equals the canonical (PyTorch) one.
-CANONICAL = "canonical"
-#: Native layout puts input and output channels last: dense ``(in, out)``,
-#: convolution ``(*kernel, in, out)`` (Keras/Flax ``HWIO``, ``WIO``).
-KERNEL_LAST = "kernel_last"
+#: Layouts (``Leaf.layout``): ``CANONICAL`` (native layout is PyTorch's),
+#: ``KERNEL_LAST`` (dense ``(in, out)``, convolution ``(*kernel, in, out)``:
+#: Keras/Flax ``HWIO``, ``WIO``), ``NATIVE`` (canonical layout not known:
+#: crosses unconverted, never paired with a converted value) and the other
+#: names of ``unified_params._layout.LAYOUTS``. Adapters take them from the
+#: layout table (:func:`layout_rule`), not from code of their own.
+from ._layout import CANONICAL, KERNEL_LAST, NATIVE  # noqa: E402
+from ._layout_table import BIAS_SINGLE, BIAS_STACKED, DEFAULT  # noqa: E402
+from ._layout_table import lookup as _lookup  # noqa: E402
+
+
+def layout_rule(framework: str, layer: Any, var: str, ndim: int = 2) -> tuple[str, str, str]:
+    """``(role, layout, rnn_bias)`` of variable ``var`` of ``layer`` from the
+    one layout table (``framework``: ``'keras'``, ``'flax'``, ``'torch'``,
+    ``'mxnet'``...). A layer type the table does not know gets its native
+    name as role and ``DEFAULT[framework]`` as layout (``native`` for Keras
+    and Flax): never a guessed transpose."""
+    names = [c.__name__ for c in type(layer).__mro__]
+    found = _lookup(framework, names, var, layer, ndim)
+    if found is not None:
+        return found
+    return var, DEFAULT.get(framework, NATIVE), ""
 
 #: The capability flags a backend may declare; the conformance suite skips a
 #: check whose capability is missing, with the flag as the reason.
@@ -92,6 +113,10 @@ class Leaf:
     trainable: bool = True
     layout: str = CANONICAL
     persistent: bool = True
+    #: A recurrent bias PyTorch keeps as two (``bias_ih``, ``bias_hh``):
+    #: ``BIAS_SINGLE`` (one bias) or ``BIAS_STACKED`` (both, stacked); ports
+    #: split and sum them (contract 3.3).
+    rnn_bias: str = ""
 
 
 @dataclass(eq=False, slots=True)

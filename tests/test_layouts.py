@@ -1,0 +1,221 @@
+"""The layout table and its conversions (contract 3.3, 3.4), with NumPy
+alone: every layout checked element by element against PyTorch's layout
+written out index by index (never through the conversion under test), the
+table's rows as adapters see them, fans from canonical shapes, and the
+pairing rules of ports (recurrent biases, native layouts refused)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unified_params as up
+from unified_params import _layout as L
+from unified_params import _layout_table as T
+from unified_params._pairing import Entry, Link, combine, pair
+from unified_params.adapter import BIAS_SINGLE, BIAS_STACKED, NATIVE, layout_rule
+
+rng = np.random.default_rng(0)
+
+
+def _round_trip(native: np.ndarray, layout: str) -> np.ndarray:
+    canon = L.to_canonical(native, layout)
+    back = L.to_native(np.ascontiguousarray(canon), layout, native.shape)
+    assert back.shape == native.shape and np.array_equal(back, native)
+    assert back.flags.c_contiguous
+    assert L.shape_to_canonical(native.shape, layout) == canon.shape
+    return canon
+
+
+def test_kernel_last_dense_and_conv():
+    w = rng.standard_normal((5, 7))  # Keras Dense (in, out)
+    c = _round_trip(w, "kernel_last")
+    for o in range(7):
+        for i in range(5):
+            assert c[o, i] == w[i, o]
+    k = rng.standard_normal((3, 2, 4, 6))  # HWIO
+    c = _round_trip(k, "kernel_last")
+    assert c.shape == (6, 4, 3, 2)
+    assert c[5, 3, 2, 1] == k[2, 1, 3, 5]
+
+
+def test_depthwise_last_is_torch_depthwise():
+    k = rng.standard_normal((3, 2, 4, 5))  # Keras (kh, kw, C, multiplier)
+    c = _round_trip(k, "depthwise_last")
+    assert c.shape == (20, 1, 3, 2)
+    for ch in range(4):
+        for m in range(5):  # PyTorch groups=C: output channel ch*M + m reads input channel ch
+            assert np.array_equal(c[ch * 5 + m, 0], k[:, :, ch, m])
+
+
+def test_attention_kernels_flatten_to_linear():
+    q = rng.standard_normal((6, 2, 3))  # (in, heads, head_dim)
+    c = _round_trip(q, "general:1")
+    assert c.shape == (6, 6)
+    for h in range(2):
+        for d in range(3):
+            assert np.array_equal(c[h * 3 + d], q[:, h, d])
+    o = rng.standard_normal((2, 3, 7))  # (heads, head_dim, out)
+    c = _round_trip(o, "general:2")
+    assert c.shape == (7, 6)
+    for h in range(2):
+        for d in range(3):
+            assert np.array_equal(c[:, h * 3 + d], o[h, d])
+    b = rng.standard_normal((2, 3))
+    c = _round_trip(b, "merged")
+    assert np.array_equal(c, b.reshape(-1))
+
+
+def test_gru_gates_reordered():
+    k = rng.standard_normal((4, 9))  # Keras (in, 3*units), gates z, r, h
+    c = _round_trip(k, "gates:1,0,2|kernel_last")
+    assert np.array_equal(c[0:3], k[:, 3:6].T)  # r
+    assert np.array_equal(c[3:6], k[:, 0:3].T)  # z
+    assert np.array_equal(c[6:9], k[:, 6:9].T)  # n
+    b = rng.standard_normal((2, 9))  # reset_after: input row, recurrent row
+    c = _round_trip(b, "gates1:1,0,2")
+    assert np.array_equal(c[:, 0:3], b[:, 3:6]) and np.array_equal(c[:, 3:6], b[:, 0:3])
+
+
+def test_flax_transpose_flipped():
+    k = rng.standard_normal((3, 2, 4, 5))  # (*k, in, out)
+    c = _round_trip(k, "transpose_flipped")
+    assert c.shape == (4, 5, 3, 2)
+    assert c[1, 2, 0, 0] == k[2, 1, 1, 2] and c[1, 2, 2, 1] == k[0, 0, 1, 2]
+
+
+def test_deferred_dims_and_unknown_layout():
+    assert L.shape_to_canonical((3, 3, None, 2), "depthwise_last") == (None, 1, 3, 3)
+    assert L.shape_to_canonical((None, 8), "kernel_last") == (8, None)
+    assert L.shape_to_canonical((3, 4), NATIVE) == (3, 4)
+    with pytest.raises(ValueError, match="layout among"):
+        L.get("sideways")
+
+
+def test_merged_reads_are_views_where_numpy_allows():
+    b = rng.standard_normal((2, 3))
+    assert np.shares_memory(L.to_canonical(b, "merged"), b)
+    q = rng.standard_normal((6, 2, 3))
+    assert np.shares_memory(L.to_canonical(q, "kernel_last"), q)
+
+
+class _Layer:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _typed(name: str, bases: tuple[type, ...] = (), **kw):
+    return type(name, bases or (_Layer,), {})(**kw)
+
+
+def test_table_rows_as_adapters_see_them():
+    base = type("BaseConv", (_Layer,), {})
+    conv = type("Conv2D", (base,), {})()
+    assert layout_rule("keras", conv, "kernel") == ("weight", "kernel_last", "")  # found through the MRO
+    assert layout_rule("keras", _typed("DepthwiseConv2D"), "depthwise_kernel", 4)[1] == "depthwise_last"
+    assert layout_rule("keras", _typed("LSTMCell"), "bias", 1) == ("bias", "canonical", BIAS_SINGLE)
+    assert layout_rule("keras", _typed("GRUCell", reset_after=True), "bias", 2) == ("bias", "gates1:1,0,2",
+                                                                                    BIAS_STACKED)
+    assert layout_rule("keras", _typed("GRUCell", reset_after=False), "kernel", 2)[1] == NATIVE
+    # an unknown Keras layer is native, never guessed; an unknown torch module is canonical
+    assert layout_rule("keras", _typed("ConvLSTM2D"), "kernel", 4) == ("kernel", NATIVE, "")
+    assert layout_rule("torch", _typed("Bilinear"), "weight", 3) == ("weight", "canonical", "")
+
+
+@pytest.mark.parametrize(("equation", "ndim", "expected"), [
+    ("ab,bc->ac", 2, "kernel_last"),
+    ("abc,cde->abde", 3, "general:1"),  # MHA query/key/value
+    ("abcd,cde->abe", 3, "general:2"),  # MHA output
+    ("abc,cd->abd", 2, "kernel_last"),
+    ("ab,cb->ac", 2, NATIVE),  # a kernel stored (out, in): not a Linear read this way
+    ("abc,bcd->ad", 3, "general:2"),  # contracts the input's two last axes: a Linear on the flattened input
+    ("abc,bd->acd", 2, NATIVE),  # contracts a non-trailing input axis
+])
+def test_einsum_equations(equation, ndim, expected):
+    assert layout_rule("keras", _typed("EinsumDense", equation=equation), "kernel", ndim)[1] == expected
+
+
+@pytest.mark.parametrize(("axis", "batch_dims", "ndim", "expected"), [
+    (-1, (), 2, "kernel_last"), (-1, (), 3, "general:1"), ((-2, -1), (), 3, "general:2"),
+    ((0,), (), 3, NATIVE), (-1, (0,), 3, NATIVE),
+])
+def test_flax_dense_general(axis, batch_dims, ndim, expected):
+    layer = _typed("DenseGeneral", axis=axis, batch_dims=batch_dims)
+    assert layout_rule("flax", layer, "kernel", ndim)[1] == expected
+
+
+def test_every_row_names_a_known_layout():
+    for r in T.RULES:
+        if r.when is None:
+            L.get(r.layout)
+        assert r.role, r
+
+
+def test_fans_follow_the_canonical_shape():
+    # Keras DepthwiseConv2D (3, 3, C=32, 1): fan_in is 1 * 3 * 3 in PyTorch's layout, not 32 * 1 * 1
+    canon = L.shape_to_canonical((3, 3, 32, 1), "depthwise_last")
+    assert up.init.fans(canon) == (9, 32 * 9)
+    k = up.init.KaimingNormal()
+    draw = k(canon, np.random.default_rng(0), None)
+    assert abs(float(np.std(draw)) - np.sqrt(2 / 9)) < 0.05
+
+
+# -- pairing ---------------------------------------------------------------------------
+
+def _e(name, shape, layout="canonical", role="", rnn_bias=""):
+    return Entry(name, tuple(shape), layout, role or name.rsplit(".", 1)[-1], rnn_bias)
+
+
+TORCH_LSTM = [_e("lstm.weight_ih_l0", (16, 3)), _e("lstm.weight_hh_l0", (16, 4)),
+              _e("lstm.bias_ih_l0", (16,)), _e("lstm.bias_hh_l0", (16,))]
+KERAS_LSTM = [_e("lstm.cell.weight_ih", (16, 3), "kernel_last"), _e("lstm.cell.weight_hh", (16, 4), "kernel_last"),
+              _e("lstm.cell.bias", (16,), rnn_bias=BIAS_SINGLE)]
+
+
+def test_single_bias_splits_into_two_and_sums_back():
+    links = pair("parameters", KERAS_LSTM, TORCH_LSTM, "src", "dst", "fix")
+    assert links == [Link((0,), (0,)), Link((1,), (1,)), Link((2,), (2, 3), "split")]
+    links = pair("parameters", TORCH_LSTM, KERAS_LSTM, "src", "dst", "fix")
+    assert links[-1] == Link((2, 3), (2,), "sum")
+    b = rng.standard_normal(16)
+    ih, hh = combine("split", [b])
+    assert np.array_equal(ih, b) and not hh.any()
+    (s,) = combine("sum", [ih, np.full(16, 0.5)])
+    assert np.array_equal(s, b + 0.5)
+
+
+def test_stacked_gru_bias_pairs_with_two():
+    torch_gru = [_e("gru.bias_ih_l0", (12,)), _e("gru.bias_hh_l0", (12,))]
+    keras = [_e("gru.cell.bias", (2, 12), "gates1:1,0,2", rnn_bias=BIAS_STACKED)]
+    assert pair("p", keras, torch_gru, "s", "d", "f") == [Link((0,), (0, 1), "unstack")]
+    assert pair("p", torch_gru, keras, "s", "d", "f") == [Link((0, 1), (0,), "stack")]
+    v = rng.standard_normal((2, 12))
+    a, b = combine("unstack", [v])
+    assert np.array_equal(combine("stack", [a, b])[0], v)
+
+
+def test_gluon_bias_names_pair_too():
+    gluon = [_e("lstm.l0_i2h_bias", (16,)), _e("lstm.l0_h2h_bias", (16,))]
+    assert pair("p", KERAS_LSTM[2:], gluon, "s", "d", "f")[0].how == "split"
+
+
+def test_two_unrelated_biases_are_not_a_recurrent_pair():
+    dense = [_e("a.bias", (16,)), _e("b.bias", (16,))]
+    with pytest.raises(up.PortError, match="number of distinct"):
+        pair("parameters", KERAS_LSTM[2:], dense, "src", "dst", "fix")
+
+
+def test_native_never_pairs_with_converted():
+    src = [_e("conv.kernel", (3, 3), NATIVE)]
+    dst = [_e("conv.weight", (3, 3))]
+    with pytest.raises(up.PortError) as info:
+        pair("parameters", src, dst, "src", "dst", "fix")
+    assert "native layout" in str(info.value) and "conv.kernel" in str(info.value)
+    assert pair("parameters", src, [_e("x.kernel", (3, 3), NATIVE)], "s", "d", "f") == [Link((0,), (0,))]
+
+
+def test_shape_and_count_mismatches_name_the_pair():
+    with pytest.raises(up.PortError, match=r"#1 of matching canonical shapes"):
+        pair("parameters", TORCH_LSTM, [TORCH_LSTM[0], _e("x", (4, 16)), *TORCH_LSTM[2:]], "s", "d", "f")
+    with pytest.raises(up.PortError, match="first unpaired is 'lstm.bias_hh_l0'"):
+        pair("parameters", TORCH_LSTM[:3], TORCH_LSTM, "s", "d", "f")

@@ -1,0 +1,225 @@
+"""The layout table: for each layer type a framework ships that holds
+parameters, the unified role and the canonical layout of each variable.
+
+Design constraints: this is the one place that knows layer types. Adapters
+ask :func:`lookup` with the framework, the layer's class names (its MRO,
+most derived first), the variable's native name and the layer object, and
+use what it answers; a layer type added here needs no change in any adapter.
+The table imports no framework: rows match class *names*, and a row's
+``when`` (for layers whose layout depends on their configuration, such as
+Keras ``EinsumDense`` equations or Flax ``DenseGeneral`` axes) reads plain
+attributes of the layer it is handed.
+
+A variable no row covers stays ``native`` (never guessed), except where the
+framework's layout is PyTorch's for every layer it ships (PyTorch, Gluon,
+the NumPy reference): ``DEFAULT`` gives their fallback.
+
+Recurrent biases: PyTorch keeps ``bias_ih`` and ``bias_hh``; a framework
+with one bias (Keras ``LSTM``/``SimpleRNN``) marks it ``BIAS_SINGLE``, and a
+Keras ``GRU(reset_after=True)`` bias of shape ``(2, 3*units)`` is
+``BIAS_STACKED`` (row 0 input, row 1 recurrent). Ports pair them with
+PyTorch's two (:func:`bias_pair_kind`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._layout import CANONICAL, KERNEL_LAST, NATIVE
+
+#: Frameworks whose native layout is PyTorch's for every layer they ship.
+DEFAULT: dict[str, str] = {"torch": CANONICAL, "mxnet": CANONICAL, "numpy": CANONICAL,
+                           "keras": NATIVE, "flax": NATIVE}
+
+#: Marks of a recurrent bias that PyTorch splits in two (see the module doc).
+BIAS_SINGLE = "bias_single"
+BIAS_STACKED = "bias_stacked"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``framework``'s layer ``layer`` (a class name), variable ``var``:
+    reported with ``role`` in ``layout``. ``when(layer, ndim)`` selects the
+    layout at run time where one class has several (returns a layout name,
+    or ``None`` for "this row does not apply"). ``bias`` marks recurrent
+    biases. ``note`` is for the coverage table."""
+
+    framework: str
+    layer: str
+    var: str
+    role: str
+    layout: str = CANONICAL
+    when: Callable[[Any, int], str | None] | None = None
+    bias: str = ""
+    note: str = ""
+
+
+# -- selectors for layers whose layout depends on their configuration ----------
+
+def _einsum_layout(layer: Any, ndim: int) -> str | None:
+    """Keras EinsumDense: a kernel whose first axes are contracted with the
+    input's last axes and whose remaining axes are output axes is a Linear
+    with merged axes; anything else stays native."""
+    eq = str(getattr(layer, "equation", "")).replace(" ", "")
+    try:
+        lhs, out = eq.split("->")
+        inp, ker = lhs.split(",")
+    except ValueError:
+        return NATIVE
+    n_in = 0
+    for c in ker:
+        if c in inp and c not in out:
+            n_in += 1
+        else:
+            break
+    rest = ker[n_in:]
+    if n_in == 0 or any(c in inp for c in rest) or not all(c in out for c in rest):
+        return NATIVE
+    # contracted axes must be the input's last ones, the output axes its last ones
+    if not inp.endswith(ker[:n_in]) or not out.endswith(rest):
+        return NATIVE
+    return KERNEL_LAST if (n_in, len(rest)) == (1, 1) else f"general:{n_in}"
+
+
+def _einsum_bias(layer: Any, ndim: int) -> str | None:
+    return CANONICAL if ndim <= 1 else "merged"
+
+
+def _dense_general_layout(layer: Any, ndim: int) -> str | None:
+    """Flax DenseGeneral / NNX LinearGeneral: ``(*in_axes, *features)``.
+    Contracting axes other than the input's last ones (or batch_dims) has
+    no Linear equivalent: native."""
+    axis = getattr(layer, "axis", -1)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if getattr(layer, "batch_dims", ()) or sorted(axes) != list(range(-len(axes), 0)):
+        return NATIVE
+    n_in = len(axes)
+    return KERNEL_LAST if ndim == 2 and n_in == 1 else f"general:{n_in}"
+
+
+def _flax_conv_transpose(layer: Any, ndim: int) -> str | None:
+    # transpose_kernel=True is the gradient of a convolution (PyTorch's own
+    # semantics) with the kernel stored (*k, out, in); False convolves the
+    # dilated input with the kernel as stored (*k, in, out): PyTorch's
+    # kernel flipped.
+    return KERNEL_LAST if getattr(layer, "transpose_kernel", False) else "transpose_flipped"
+
+
+def _keras_gru_kernel(layer: Any, ndim: int) -> str | None:
+    cell = getattr(layer, "cell", layer)
+    if not getattr(cell, "reset_after", True):
+        return NATIVE  # reset gate before the recurrent matmul: no PyTorch GRU computes it
+    return "gates:1,0,2|kernel_last"  # Keras z, r, h -> PyTorch r, z, n
+
+
+def _keras_gru_bias(layer: Any, ndim: int) -> str | None:
+    cell = getattr(layer, "cell", layer)
+    if not getattr(cell, "reset_after", True):
+        return NATIVE
+    return "gates1:1,0,2" if ndim == 2 else "gates:1,0,2"
+
+
+_K = "keras"
+_F = "flax"
+
+RULES: list[Rule] = [
+    # -- Keras 3 -------------------------------------------------------------------
+    Rule(_K, "Dense", "kernel", "weight", KERNEL_LAST),
+    Rule(_K, "Dense", "bias", "bias"),
+    Rule(_K, "EinsumDense", "kernel", "weight", when=_einsum_layout, note="Linear when the equation is one"),
+    Rule(_K, "EinsumDense", "bias", "bias", when=_einsum_bias),
+    Rule(_K, "DepthwiseConv1D", "depthwise_kernel", "weight", "depthwise_last"),
+    Rule(_K, "DepthwiseConv2D", "depthwise_kernel", "weight", "depthwise_last"),
+    Rule(_K, "DepthwiseConv1D", "bias", "bias"),
+    Rule(_K, "DepthwiseConv2D", "bias", "bias"),
+    Rule(_K, "SeparableConv1D", "depthwise_kernel", "depthwise_weight", "depthwise_last"),
+    Rule(_K, "SeparableConv2D", "depthwise_kernel", "depthwise_weight", "depthwise_last"),
+    Rule(_K, "SeparableConv1D", "pointwise_kernel", "pointwise_weight", KERNEL_LAST),
+    Rule(_K, "SeparableConv2D", "pointwise_kernel", "pointwise_weight", KERNEL_LAST),
+    Rule(_K, "SeparableConv1D", "bias", "bias"),
+    Rule(_K, "SeparableConv2D", "bias", "bias"),
+    # Conv1D/2D/3D (grouped too) and Conv*Transpose: (*k, in, out) / (*k, out, in)
+    Rule(_K, "BaseConv", "kernel", "weight", KERNEL_LAST),
+    Rule(_K, "BaseConv", "bias", "bias"),
+    Rule(_K, "BaseConvTranspose", "kernel", "weight", KERNEL_LAST),
+    Rule(_K, "BaseConvTranspose", "bias", "bias"),
+    Rule(_K, "Embedding", "embeddings", "weight"),
+    Rule(_K, "BatchNormalization", "gamma", "weight"),
+    Rule(_K, "BatchNormalization", "beta", "bias"),
+    Rule(_K, "BatchNormalization", "moving_mean", "running_mean"),
+    Rule(_K, "BatchNormalization", "moving_variance", "running_var"),
+    Rule(_K, "LayerNormalization", "gamma", "weight"),
+    Rule(_K, "LayerNormalization", "beta", "bias"),
+    Rule(_K, "GroupNormalization", "gamma", "weight"),
+    Rule(_K, "GroupNormalization", "beta", "bias"),
+    Rule(_K, "RMSNormalization", "scale", "weight"),
+    # recurrent cells (the LSTM/GRU/SimpleRNN layers own a cell)
+    Rule(_K, "LSTMCell", "kernel", "weight_ih", KERNEL_LAST, note="gates i, f, c, o = PyTorch's i, f, g, o"),
+    Rule(_K, "LSTMCell", "recurrent_kernel", "weight_hh", KERNEL_LAST),
+    Rule(_K, "LSTMCell", "bias", "bias", bias=BIAS_SINGLE, note="one bias: PyTorch bias_ih, bias_hh = 0"),
+    Rule(_K, "GRUCell", "kernel", "weight_ih", when=_keras_gru_kernel, note="reset_after=True only"),
+    Rule(_K, "GRUCell", "recurrent_kernel", "weight_hh", when=_keras_gru_kernel),
+    Rule(_K, "GRUCell", "bias", "bias", when=_keras_gru_bias, bias=BIAS_STACKED),
+    Rule(_K, "SimpleRNNCell", "kernel", "weight_ih", KERNEL_LAST),
+    Rule(_K, "SimpleRNNCell", "recurrent_kernel", "weight_hh", KERNEL_LAST),
+    Rule(_K, "SimpleRNNCell", "bias", "bias", bias=BIAS_SINGLE),
+    # -- Flax (linen and NNX share names: kernel, bias, scale, embedding) -----------
+    Rule(_F, "Dense", "kernel", "weight", KERNEL_LAST),
+    Rule(_F, "Linear", "kernel", "weight", KERNEL_LAST),
+    Rule(_F, "Dense", "bias", "bias"),
+    Rule(_F, "Linear", "bias", "bias"),
+    Rule(_F, "DenseGeneral", "kernel", "weight", when=_dense_general_layout),
+    Rule(_F, "LinearGeneral", "kernel", "weight", when=_dense_general_layout),
+    Rule(_F, "DenseGeneral", "bias", "bias", when=_einsum_bias),
+    Rule(_F, "LinearGeneral", "bias", "bias", when=_einsum_bias),
+    Rule(_F, "Conv", "kernel", "weight", KERNEL_LAST, note="grouped and depthwise through feature_group_count"),
+    Rule(_F, "Conv", "bias", "bias"),
+    Rule(_F, "ConvTranspose", "kernel", "weight", when=_flax_conv_transpose),
+    Rule(_F, "ConvTranspose", "bias", "bias"),
+    Rule(_F, "Embed", "embedding", "weight"),
+    Rule(_F, "BatchNorm", "scale", "weight"),
+    Rule(_F, "BatchNorm", "bias", "bias"),
+    Rule(_F, "BatchNorm", "mean", "running_mean"),
+    Rule(_F, "BatchNorm", "var", "running_var"),
+    Rule(_F, "LayerNorm", "scale", "weight"),
+    Rule(_F, "LayerNorm", "bias", "bias"),
+    Rule(_F, "GroupNorm", "scale", "weight"),
+    Rule(_F, "GroupNorm", "bias", "bias"),
+    Rule(_F, "InstanceNorm", "scale", "weight"),
+    Rule(_F, "InstanceNorm", "bias", "bias"),
+    Rule(_F, "RMSNorm", "scale", "weight"),
+]
+
+_INDEX: dict[tuple[str, str, str], Rule] = {}
+for _r in RULES:
+    _INDEX.setdefault((_r.framework, _r.layer, _r.var), _r)
+
+
+def lookup(framework: str, type_names: Sequence[str], var: str, layer: Any = None,
+           ndim: int = 2) -> tuple[str, str, str] | None:
+    """``(role, layout, bias mark)`` of variable ``var`` of a layer whose
+    class names (most derived first) are ``type_names``; ``None`` where no
+    row covers it (the caller then reports ``DEFAULT[framework]``)."""
+    for t in type_names:
+        rule = _INDEX.get((framework, t, var))
+        if rule is None:
+            continue
+        layout = rule.layout
+        if rule.when is not None:
+            chosen = rule.when(layer, ndim)
+            if chosen is None:
+                continue
+            layout = chosen
+        return rule.role, layout, rule.bias
+    return None
+
+
+def layer_types(framework: str) -> list[str]:
+    """The layer types the table knows for ``framework``, in table order."""
+    seen: dict[str, None] = {}
+    for r in RULES:
+        if r.framework == framework:
+            seen.setdefault(r.layer)
+    return list(seen)
