@@ -223,3 +223,39 @@ def layer_types(framework: str) -> list[str]:
         if r.framework == framework:
             seen.setdefault(r.layer)
     return list(seen)
+
+
+#: Layer kinds for the coverage table: kind -> the layer types that compute
+#: it. Keras and Flax entries must be layer names of :data:`RULES` (their
+#: layouts are read from there); PyTorch's and Gluon's layers are PyTorch's
+#: layout as stored. ``None``: the framework ships no such layer; ``()``: it
+#: does, and its values stay native.
+KINDS: list[tuple[str, dict[str, tuple[str, ...] | None]]] = [
+    ("dense", {"torch": ("Linear",), "mxnet": ("Dense",), "keras": ("Dense", "EinsumDense"),
+               "flax": ("Dense", "Linear", "DenseGeneral", "LinearGeneral")}),
+    ("convolution 1-3D, grouped", {"torch": ("Conv1d", "Conv2d", "Conv3d"), "mxnet": ("Conv1D", "Conv2D", "Conv3D"),
+                                   "keras": ("BaseConv",), "flax": ("Conv",)}),
+    ("depthwise convolution", {"torch": ("Conv2d(groups=in)",), "mxnet": ("Conv2D(groups=in)",),
+                               "keras": ("DepthwiseConv1D", "DepthwiseConv2D"), "flax": ("Conv",)}),
+    ("separable convolution", {"torch": ("two Conv2d",), "mxnet": ("two Conv2D",),
+                               "keras": ("SeparableConv1D", "SeparableConv2D"), "flax": None}),
+    ("transposed convolution", {"torch": ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"),
+                                "mxnet": ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
+                                "keras": ("BaseConvTranspose",), "flax": ("ConvTranspose",)}),
+    ("embedding", {"torch": ("Embedding",), "mxnet": ("Embedding",), "keras": ("Embedding",), "flax": ("Embed",)}),
+    ("batch normalization", {"torch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"), "mxnet": ("BatchNorm",),
+                             "keras": ("BatchNormalization",), "flax": ("BatchNorm",)}),
+    ("layer normalization", {"torch": ("LayerNorm",), "mxnet": ("LayerNorm",), "keras": ("LayerNormalization",),
+                             "flax": ("LayerNorm",)}),
+    ("group normalization", {"torch": ("GroupNorm",), "mxnet": ("GroupNorm",), "keras": ("GroupNormalization",),
+                             "flax": ("GroupNorm",)}),
+    ("instance normalization", {"torch": ("InstanceNorm2d(affine=True)",), "mxnet": ("InstanceNorm",),
+                                "keras": None, "flax": ("InstanceNorm",)}),
+    ("RMS normalization", {"torch": ("RMSNorm",), "mxnet": None, "keras": ("RMSNormalization",),
+                           "flax": ("RMSNorm",)}),
+    ("attention", {"torch": ("MultiheadAttention", "Linear q/k/v/out"), "mxnet": ("Dense q/k/v/out",),
+                   "keras": ("EinsumDense",), "flax": ("DenseGeneral", "LinearGeneral")}),
+    ("LSTM", {"torch": ("LSTM",), "mxnet": ("rnn.LSTM",), "keras": ("LSTMCell",), "flax": ()}),
+    ("GRU", {"torch": ("GRU",), "mxnet": ("rnn.GRU",), "keras": ("GRUCell",), "flax": ()}),
+    ("simple RNN", {"torch": ("RNN",), "mxnet": ("rnn.RNN",), "keras": ("SimpleRNNCell",), "flax": ()}),
+]
