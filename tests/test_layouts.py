@@ -219,3 +219,177 @@ def test_shape_and_count_mismatches_name_the_pair():
         pair("parameters", TORCH_LSTM, [TORCH_LSTM[0], _e("x", (4, 16)), *TORCH_LSTM[2:]], "s", "d", "f")
     with pytest.raises(up.PortError, match="first unpaired is 'lstm.bias_hh_l0'"):
         pair("parameters", TORCH_LSTM[:3], TORCH_LSTM, "s", "d", "f")
+
+
+# -- every path of the core on table layouts, NumPy alone (testing.fakes.LayoutHandle) ----------
+
+from unified_params import reference as ref  # noqa: E402
+from unified_params.reference._kit import Module, Parameter  # noqa: E402
+from unified_params.testing.fakes import with_layouts  # noqa: E402
+
+#: canonical (6, 4) as attention heads (in=4, heads=2, head_dim=3); bias (6,) as (2, 3);
+#: canonical (9, 6) as GRU-style gates behind a kernel-last transpose
+_HEADS = {"0.weight": ("general:1", (4, 2, 3), ""), "0.bias": ("merged", (2, 3), ""),
+          "2.weight": ("gates:1,0,2|kernel_last", (6, 9), "")}
+
+
+def _mlp() -> ref.Sequential:
+    return ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(9, in_units=6))
+
+
+def test_block_shapes_reads_and_writes_on_table_layouts():
+    model = _mlp()
+    m = with_layouts(model, _HEADS)
+    p = m.params["0.weight"]
+    assert (p.shape, p.native_shape, p.layout) == ((6, 4), (4, 2, 3), "general:1")
+    assert m.params["2.weight"].native_shape == (6, 9) and m.params["2.weight"].shape == (9, 6)
+    for name, q in m.params.items():
+        assert np.array_equal(q.value, model_param(model, name)), name
+    v = rng.standard_normal((9, 6)).astype(np.float32)
+    m.params["2.weight"].set(v)
+    assert np.array_equal(model[2].weight.data, v)  # the canonical value, through the native one
+    m.params["0.bias"][1:3] = 5.0
+    m.params["0.weight"] += 1.0
+    assert np.all(model[0].bias.data[1:3] == 5.0)
+    with pytest.raises(up.ShapeMismatchError):
+        m.params["0.weight"].set(np.zeros((4, 2, 3), np.float32))  # the native shape is not the canonical one
+
+
+def model_param(model: ref.Sequential, name: str) -> np.ndarray:
+    layer, role = name.split(".")
+    return getattr(model[int(layer)], role).data
+
+
+def test_seeds_state_files_and_ports_agree_with_the_canonical_twin(tmp_path):
+    m = with_layouts(_mlp(), _HEADS)
+    twin = up.wrap(_mlp())
+    m.initialize(up.init.KaimingNormal(), seed=3)
+    twin.initialize(up.init.KaimingNormal(), seed=3)
+    a, b = m.state(), twin.state()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    up.save(m, tmp_path / "heads.safetensors")
+    other = up.wrap(_mlp())
+    up.load(other, tmp_path / "heads.safetensors")
+    assert np.array_equal(other(x), m(x))
+    back = with_layouts(_mlp(), _HEADS)
+    up.port(twin, back, check=x)
+    assert np.array_equal(back(x), twin(x))
+    up.load(back, tmp_path / "heads.safetensors", match="order")
+    assert all(np.array_equal(back.state()[k], a[k]) for k in a)
+
+
+def test_gradients_cross_in_canonical_layout():
+    m = with_layouts(_mlp(), _HEADS)
+    twin = up.wrap(_mlp())
+    up.port(m, twin)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    m.backward(x)
+    twin.backward(x)
+    for name in m.params:
+        assert np.allclose(m.params[name].grad, twin.params[name].grad, rtol=1e-6), name
+
+
+def test_native_layout_is_refused_by_ports_and_changes_nothing():
+    m = with_layouts(_mlp(), {"2.weight": ("native", (9, 6), "")})
+    assert m.params["2.weight"].layout == "native"
+    twin = up.wrap(_mlp())
+    before = twin.state()
+    with pytest.raises(up.PortError, match="native layout"):
+        up.port(m, twin)
+    with pytest.raises(up.PortError, match="native layout"):
+        up.port(twin, m)
+    assert all(np.array_equal(twin.state()[k], before[k]) for k in before)
+
+
+class _TwoBiases(Module):
+    """PyTorch's recurrent convention: bias_ih and bias_hh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight_ih = Parameter((6, 4))
+        self.bias_ih = Parameter((6,))
+        self.bias_hh = Parameter((6,))
+
+    def _forward(self, x):
+        return x @ self.weight_ih.data.T + self.bias_ih.data + self.bias_hh.data, None
+
+
+class _OneBias(Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight_ih = Parameter((6, 4))
+        self.bias = Parameter((6,))
+
+    def _forward(self, x):
+        return x @ self.weight_ih.data.T + self.bias.data, None
+
+
+def test_one_recurrent_bias_ports_to_two_and_back(tmp_path):
+    one = with_layouts(ref.Sequential(_OneBias()), {"0.bias": ("canonical", (6,), BIAS_SINGLE)})
+    two = up.wrap(ref.Sequential(_TwoBiases()))
+    one.initialize(up.init.Normal(0, 1), seed=0)
+    two.initialize(up.init.Normal(0, 1), seed=1)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    report = up.port(one, two, check=x)
+    assert np.array_equal(two.params["0.bias_ih"].value, one.params["0.bias"].value)
+    assert not two.params["0.bias_hh"].value.any()
+    assert [d for _, d, _ in report.pairs] == ["0.weight_ih", "0.bias_ih", "0.bias_hh"]
+    two.params["0.bias_hh"].fill(0.25)
+    up.port(two, one, check=x)
+    assert np.allclose(one.params["0.bias"].value, two.params["0.bias_ih"].value + 0.25)
+    up.save(one, tmp_path / "one.safetensors")
+    fresh = up.wrap(ref.Sequential(_TwoBiases()))
+    up.load(fresh, tmp_path / "one.safetensors", match="order", check=(x, one(x)))
+    assert np.allclose(fresh(x), one(x))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _layouts(draw):
+    ndim = draw(st.integers(1, 4))
+    perm = draw(st.permutations(range(ndim)))
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, ndim - 1)), max_size=ndim - 1))) if ndim > 1 else []
+    groups, start = [], 0
+    for c in [*cuts, ndim]:
+        if c > start:
+            groups.append(tuple(perm[start:c]))
+        start = c
+    if draw(st.booleans()):
+        groups.insert(draw(st.integers(0, len(groups))), ())
+    flips = tuple(draw(st.sets(st.integers(0, ndim - 1))))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=ndim, max_size=ndim)))
+    gates = ()
+    if draw(st.booleans()) and groups[0]:
+        n = draw(st.integers(2, 3))
+        shape = tuple(d * n if a == groups[0][0] else d for a, d in enumerate(shape))
+        gates = tuple(draw(st.permutations(range(n))))
+    lay = L.Layout("prop", lambda nd, g=tuple(groups): g, lambda nd, f=flips: f, gates)
+    return lay, shape, tuple(groups), flips, gates
+
+
+@settings(max_examples=150, deadline=None)
+@given(_layouts())
+def test_any_layout_round_trips_and_agrees_with_its_description(case):
+    lay, shape, groups, flips, gates = case
+    native = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
+    canon = lay.to_canonical(native)
+    assert canon.shape == lay.canonical_shape(shape)
+    assert np.array_equal(lay.to_native(np.ascontiguousarray(canon), shape), native)
+    # the description, element by element: native index -> canonical index
+    flipped = native[tuple(slice(None, None, -1) if a in flips else slice(None) for a in range(native.ndim))]
+    for idx in np.ndindex(*shape):
+        out = []
+        for g in groups:
+            flat = 0
+            for a in g:
+                flat = flat * shape[a] + idx[a]
+            out.append(flat)
+        if gates:
+            size = canon.shape[0] // len(gates)
+            block, rest = divmod(out[0], size)
+            out[0] = gates.index(block) * size + rest
+        assert canon[tuple(out)] == flipped[idx]

@@ -5,6 +5,11 @@ adapter's expectations of it) without any framework installed.
   kernel-last layout of Keras and Flax (dense ``(in, out)``, convolution
   ``(*kernel, in, out)``), so the core's layout conversions, fans, seeds,
   files and ports run on a kernel-last backend with NumPy alone.
+* :class:`LayoutHandle` presents chosen parameters in any layout of the
+  layout table (depthwise, attention heads, recurrent gates, ``native``)
+  with a native shape the test gives, so every path of the core (shapes,
+  reads, writes, state, files, ports, seeds, fans) runs on those layouts
+  with NumPy alone.
 * :class:`FaultyHandle` fails the ``n``-th write (and counts reads and
   writes), so the rollback of every transaction can be checked.
 
@@ -18,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import _layout
 from .._block import Block
 from ..adapter import KERNEL_LAST, Leaf, Node
 from ..reference._backend import NumpyBackend, NumpyHandle
 from ..reference._kit import Module
 
-__all__ = ["KernelLastHandle", "FaultyHandle", "InjectedFault", "kernel_last", "faulty"]
+__all__ = ["KernelLastHandle", "LayoutHandle", "FaultyHandle", "InjectedFault", "kernel_last", "with_layouts",
+           "faulty"]
 
 
 def _to_native_perm(ndim: int) -> tuple[int, ...]:
@@ -98,6 +105,89 @@ class KernelLastHandle(NumpyHandle):
         return value, out
 
 
+class LayoutHandle(NumpyHandle):
+    """The reference kit with the parameters named in ``layouts``
+    (``{name: (layout, native_shape, rnn_bias)}``, names as in ``m.params``)
+    stored natively in that layout: the handle keeps a native array of its
+    own for each, and the model computes with its canonical form, refreshed
+    after every write."""
+
+    def __init__(self, model: Module, layouts: dict[str, tuple[str, tuple[int, ...], str]]):
+        super().__init__(_FakeBackend(), model)
+        self._want = dict(layouts)
+        self._native: dict[Any, np.ndarray] = {}
+        self._layout: dict[Any, tuple[str, str]] = {}
+        root = super().tree()
+        stack = [(root, "")]
+        while stack:
+            node, prefix = stack.pop()
+            for leaf in node.leaves:
+                name = prefix + leaf.role
+                if name in self._want:
+                    layout, shape, bias = self._want[name]
+                    data = leaf.storage.data
+                    self._native[leaf.storage] = (_layout.to_native(data, layout, shape) if data is not None
+                                                  else np.zeros(shape, np.float32))
+                    self._layout[leaf.storage] = (layout, bias)
+            stack.extend((c, f"{prefix}{c.key}.") for c in node.children)
+
+    def _relayout(self, leaves: list[Leaf]) -> list[Leaf]:
+        for leaf in leaves:
+            if leaf.storage in self._layout:
+                leaf.layout, leaf.rnn_bias = self._layout[leaf.storage]
+        return leaves
+
+    def tree(self) -> Node:
+        root = super().tree()
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            self._relayout(node.leaves)
+            stack.extend(node.children)
+        return root
+
+    def node(self, path: tuple[str, ...]) -> Node | None:
+        found = super().node(path)
+        if found is not None:
+            self._relayout(found.leaves)
+        return found
+
+    def stamp(self) -> Any:
+        return None
+
+    def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
+        native = self._native.get(leaf.storage)
+        return tuple(native.shape) if native is not None else super().shape(leaf)
+
+    def dtype(self, leaf: Leaf) -> np.dtype:
+        native = self._native.get(leaf.storage)
+        return native.dtype if native is not None else super().dtype(leaf)
+
+    def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        native = self._native.get(leaf.storage)
+        if native is None:
+            return super().read(leaf, copy)
+        return native.copy() if copy else native
+
+    def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        native = self._native.get(leaf.storage)
+        if native is None:
+            return super().write(leaf, value)
+        if value.shape != native.shape:
+            raise AssertionError(f"the core wrote native shape {value.shape} into {native.shape}")
+        native[...] = value
+        leaf.storage.data[...] = _layout.to_canonical(native, self._layout[leaf.storage][0])
+
+    def backward(self, node: Node, leaves: Sequence[Leaf], x: Any, loss: Any) -> tuple[float, list[Any]]:
+        value, grads = super().backward(node, leaves, x, loss)
+        out: list[Any] = []
+        for leaf, g in zip(leaves, grads):
+            native = self._native.get(leaf.storage)
+            layout = self._layout.get(leaf.storage, ("canonical", ""))[0]
+            out.append(_layout.to_native(g, layout, native.shape) if g is not None and native is not None else g)
+        return value, out
+
+
 class InjectedFault(RuntimeError):
     """The failure a FaultyHandle raises."""
 
@@ -130,6 +220,11 @@ class FaultyHandle(NumpyHandle):
 def kernel_last(model: Module) -> Block:
     """A reference model wrapped through :class:`KernelLastHandle`."""
     return Block(KernelLastHandle(model))
+
+
+def with_layouts(model: Module, layouts: dict[str, tuple[str, tuple[int, ...], str]]) -> Block:
+    """A reference model wrapped through :class:`LayoutHandle`."""
+    return Block(LayoutHandle(model, layouts))
 
 
 def faulty(model: Module, fail_at: int | None = None) -> Block:
