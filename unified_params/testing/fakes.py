@@ -46,19 +46,10 @@ class _FakeBackend(NumpyBackend):
     name = "fake"
 
 
-class KernelLastHandle(NumpyHandle):
-    """The reference kit seen through a kernel-last adapter: the model still
-    computes with canonical arrays; reads and writes transpose."""
-
-    def __init__(self, model: Module):
-        super().__init__(_FakeBackend(), model)
+class _Relayout(NumpyHandle):
+    """Leaves re-labelled (``_relayout``) wherever the core finds them."""
 
     def _relayout(self, leaves: list[Leaf]) -> list[Leaf]:
-        for leaf in leaves:
-            data = leaf.storage.data
-            rank = len(leaf.storage.shape)
-            if leaf.role == "weight" and rank >= 2 and (data is None or data.ndim >= 2):
-                leaf.layout = KERNEL_LAST
         return leaves
 
     def tree(self) -> Node:
@@ -75,6 +66,22 @@ class KernelLastHandle(NumpyHandle):
         if found is not None:
             self._relayout(found.leaves)
         return found
+
+
+class KernelLastHandle(_Relayout):
+    """The reference kit seen through a kernel-last adapter: the model still
+    computes with canonical arrays; reads and writes transpose."""
+
+    def __init__(self, model: Module):
+        super().__init__(_FakeBackend(), model)
+
+    def _relayout(self, leaves: list[Leaf]) -> list[Leaf]:
+        for leaf in leaves:
+            data = leaf.storage.data
+            rank = len(leaf.storage.shape)
+            if leaf.role == "weight" and rank >= 2 and (data is None or data.ndim >= 2):
+                leaf.layout = KERNEL_LAST
+        return leaves
 
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
         shape = tuple(leaf.storage.shape)
@@ -105,7 +112,7 @@ class KernelLastHandle(NumpyHandle):
         return value, out
 
 
-class LayoutHandle(NumpyHandle):
+class LayoutHandle(_Relayout):
     """The reference kit with the parameters named in ``layouts``
     (``{name: (layout, native_shape, rnn_bias)}``, names as in ``m.params``)
     stored natively in that layout: the handle keeps a native array of its
@@ -136,21 +143,6 @@ class LayoutHandle(NumpyHandle):
             if leaf.storage in self._layout:
                 leaf.layout, leaf.rnn_bias = self._layout[leaf.storage]
         return leaves
-
-    def tree(self) -> Node:
-        root = super().tree()
-        stack = [root]
-        while stack:
-            node = stack.pop()
-            self._relayout(node.leaves)
-            stack.extend(node.children)
-        return root
-
-    def node(self, path: tuple[str, ...]) -> Node | None:
-        found = super().node(path)
-        if found is not None:
-            self._relayout(found.leaves)
-        return found
 
     def stamp(self) -> Any:
         return None
