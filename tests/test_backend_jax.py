@@ -628,3 +628,106 @@ def test_lookup_by_name_lists_no_siblings(monkeypatch: pytest.MonkeyPatch) -> No
     assert up.get_backend("jax").open(net, m.variables).node(("layers_5",)).native is net.layers[5]
     assert up.get_backend("jax").open(seq).node(("2",)).native is seq.layers[2]
     assert listed == []
+
+
+# -- layouts from the one table, call order without a forward pass (issue 14) ----------
+
+
+class _UpMidDown(nn.Module):
+    """Same-shaped layers whose names sort (down, mid, up) against call order."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Dense(8, name="up")(x))
+        x = nn.relu(nn.Dense(8, name="mid")(x))
+        return nn.Dense(8, name="down")(x)
+
+
+def test_linen_order_does_not_depend_on_how_variables_were_made() -> None:
+    """Contract 12.1: jax.jit(init) sorts the keys; the order stays the call order,
+    and a port by order to a model with other names is right (check= passes)."""
+    from unified_params import reference as ref
+
+    net = _UpMidDown()
+    x8 = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    jitted = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 8)))
+    assert list(jitted["params"]) == ["down", "mid", "up"]  # what Flax gives
+    eager = net.init(jax.random.key(0), jnp.zeros((1, 8)))
+    want = ["up.weight", "up.bias", "mid.weight", "mid.bias", "down.weight", "down.bias"]
+    a, b = up.wrap(net, jitted), up.wrap(net, eager)
+    assert list(a.params) == want and list(b.params) == want
+    np.testing.assert_array_equal(a.params["up.weight"].value, np.asarray(jitted["params"]["up"]["kernel"]).T)
+    twin = up.wrap(ref.Sequential(ref.Dense(8, in_units=8), ref.ReLU(), ref.Dense(8, in_units=8), ref.ReLU(),
+                                  ref.Dense(8, in_units=8)))
+    up.port(a, twin, check=x8)
+    np.testing.assert_allclose(np.asarray(twin(x8)), np.asarray(net.apply(jitted, x8)), rtol=1e-5, atol=1e-6)
+    twin.initialize(up.init.Normal(0, 1), seed=3)
+    c = up.wrap(net, jax.jit(net.init)(jax.random.key(1), jnp.zeros((1, 8))))
+    up.port(twin, c, check=x8)
+    np.testing.assert_allclose(np.asarray(c(x8)), np.asarray(twin(x8)), rtol=1e-5, atol=1e-5)
+
+
+def test_linen_order_of_a_nested_compact_model_with_a_mode_flag() -> None:
+    """The shape-only trace fills in train=False, sees conv layers' input, and
+    reaches nested @compact blocks; jit and eager variables agree."""
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+            x = nn.Conv(4, (3, 3), name="z_conv")(x)
+            return nn.relu(nn.BatchNorm(use_running_average=not train, name="a_norm")(x))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+            x = Block(name="second")(Block(name="first")(x, train), train)
+            return nn.Dense(2, name="head")(x.mean(axis=(1, 2)))
+
+    net = Net()
+    x = jnp.zeros((1, 8, 8, 3))
+    lists = []
+    for init in (net.init, jax.jit(net.init, static_argnums=2)):
+        m = up.wrap(net, init(jax.random.key(0), x, False))
+        lists.append((list(m.params), list(m.buffers)))
+        assert m.params["first.z_conv.weight"].shape == (4, 3, 3, 3)
+        assert m.params["first.z_conv.weight"].layout == "kernel_last"
+    assert lists[0] == lists[1]
+    assert lists[0][0][:4] == ["first.z_conv.weight", "first.z_conv.bias", "first.a_norm.weight", "first.a_norm.bias"]
+    assert lists[0][0][-2:] == ["head.weight", "head.bias"]
+    assert lists[0][1][:2] == ["first.a_norm.running_mean", "first.a_norm.running_var"]
+
+
+def test_layouts_come_from_the_table_and_unknown_layers_stay_native() -> None:
+    class Custom(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            k = self.param("kernel", nn.initializers.ones, (x.shape[-1], 3))
+            return x @ k
+
+    class Outer(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return nn.Dense(2)(Custom()(x))
+
+    net = Outer()
+    m = up.wrap(net, jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 4))))
+    p = m.params["Custom_0.kernel"]
+    assert p.layout == "native" and p.role == "kernel" and p.shape == (4, 3)
+    assert m.params["Dense_0.weight"].layout == "kernel_last"
+    r = nnx.Rngs(0)
+    grouped = nnx.Conv(4, 8, (3, 3), feature_group_count=2, rngs=r)
+    depthwise = nnx.Conv(4, 8, (3, 3), feature_group_count=4, rngs=r)
+    assert up.wrap(grouped).params["weight"].shape == (8, 2, 3, 3)
+    assert up.wrap(depthwise).params["weight"].shape == (8, 1, 3, 3)
+    batched = nn.DenseGeneral((2, 3), axis=-1, batch_dims=(0,))
+    mb = up.wrap(batched, batched.init(jax.random.key(0), jnp.zeros((2, 4))))
+    assert mb.params["weight"].layout == "native"
+    att = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=6, out_features=4)
+    ma = up.wrap(att, jax.jit(att.init)(jax.random.key(0), jnp.zeros((1, 3, 4))))
+    assert [(n, p.shape) for n, p in ma.params.items()] == [
+        ("query.weight", (6, 4)), ("query.bias", (6,)), ("key.weight", (6, 4)), ("key.bias", (6,)),
+        ("value.weight", (6, 4)), ("value.bias", (6,)), ("out.weight", (4, 6)), ("out.bias", (4,))]
+    k = np.asarray(ma.variables["params"]["query"]["kernel"])  # (in, heads, head_dim)
+    np.testing.assert_array_equal(ma.params["query.weight"].value, k.reshape(4, 6).T)
+    o = np.asarray(ma.variables["params"]["out"]["kernel"])  # (heads, head_dim, out)
+    np.testing.assert_array_equal(ma.params["out.weight"].value, o.reshape(6, 4).T)

@@ -93,7 +93,8 @@ def _dense_general_layout(layer: Any, ndim: int) -> str | None:
     no Linear equivalent: native."""
     axis = getattr(layer, "axis", -1)
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    if getattr(layer, "batch_dims", ()) or sorted(axes) != list(range(-len(axes), 0)):
+    batched = getattr(layer, "batch_dims", ()) or getattr(layer, "batch_axis", None)  # linen / NNX
+    if batched or sorted(axes) != list(range(-len(axes), 0)):
         return NATIVE
     n_in = len(axes)
     return KERNEL_LAST if ndim == 2 and n_in == 1 else f"general:{n_in}"

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unified_params.adapter import CANONICAL, KERNEL_LAST
+from unified_params.adapter import layout_rule
 
 __all__ = [
     "default_init",
@@ -32,23 +32,13 @@ __all__ = [
     "to_numpy",
 ]
 
-#: Flax parameter names -> unified roles and layouts (params collection).
-_PARAM_ROLES: dict[str, tuple[str, str]] = {
-    "kernel": ("weight", KERNEL_LAST),
-    "embedding": ("weight", CANONICAL),
-    "scale": ("weight", CANONICAL),
-    "bias": ("bias", CANONICAL),
-}
-#: Names of running statistics (``batch_stats`` / ``nnx.BatchStat``).
-_STAT_ROLES: dict[str, str] = {"mean": "running_mean", "var": "running_var"}
-
-
-def role_of(name: str, kind: str) -> tuple[str, str]:
-    """``(role, layout)`` of a Flax variable named ``name`` of ``kind``
-    (``"param"`` or ``"buffer"``)."""
-    if kind == "param":
-        return _PARAM_ROLES.get(name, (name, CANONICAL))
-    return _STAT_ROLES.get(name, name), CANONICAL
+def role_of(module: Any, name: str, ndim: int) -> tuple[str, str, str]:
+    """``(role, layout, rnn_bias)`` of the Flax variable ``name`` (``ndim``
+    axes) of ``module`` (a linen or NNX layer; ``None`` where the layer object
+    is not known yet), from the one layout table: the adapter knows no layer
+    type itself, so a row added there needs no change here. A layer the
+    table does not know reports its native name and layout ``native``."""
+    return layout_rule("flax", module, name, ndim)
 
 
 def host_array(x: Any, copy: bool) -> np.ndarray:

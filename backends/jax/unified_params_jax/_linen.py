@@ -286,6 +286,64 @@ def _unbound(module: Any) -> Any:
     return module
 
 
+def _has_unknown(node: Node) -> bool:
+    """A block holding variables whose layer object no pass has recorded."""
+    if node.native is None and (node.leaves or node.children):
+        return True
+    return any(_has_unknown(c) for c in node.children)
+
+
+#: Required call arguments a trace can fill in: inference mode.
+_FLAGS = {"train": False, "training": False, "is_training": False, "deterministic": True}
+_MAX_GUESSES = 16
+
+
+def _flag_kwargs(module: Any) -> dict[str, Any] | None:
+    """Values for the required arguments of ``module.__call__`` after the
+    input, where they are the usual mode flags; ``None`` where another
+    argument is required (nothing can be guessed)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(type(module).__call__).parameters.values())[2:]
+    except (TypeError, ValueError):
+        return None
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name not in _FLAGS:
+            return None
+        out[p.name] = _FLAGS[p.name]
+    return out
+
+
+def _input_guesses(params: Any) -> list[jax.ShapeDtypeStruct]:
+    """Input shapes a model with these parameters may take, batch 1: rows
+    for a dense kernel ``(in, out)`` (and sequences of them), images for a
+    convolution kernel ``(*k, in, out)``, token ids for an embedding."""
+    out: list[jax.ShapeDtypeStruct] = []
+
+    def add(shape: tuple[int, ...], dtype: Any = jnp.float32) -> None:
+        spec = jax.ShapeDtypeStruct(shape, dtype)
+        if spec not in out:
+            out.append(spec)
+
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_array)[0]:
+        name = getattr(path[-1], "key", "") if path else ""
+        shape = tuple(np.shape(_unbox(leaf)))
+        if name == "embedding" and len(shape) == 2:
+            add((1, 4), jnp.int32)
+        elif name == "kernel" and len(shape) == 2:
+            add((1, shape[0]))
+            add((1, 4, shape[0]))
+        elif name == "kernel" and len(shape) >= 3:
+            for side in (32, 8, 28, 64, 224):
+                add((1, *[side] * (len(shape) - 2), shape[-2]))
+            add((1, 4, shape[0]))
+    return out[:_MAX_GUESSES]
+
+
 class LinenHandle(Handle):
     """One linen module and the variables it is applied with."""
 
@@ -303,6 +361,8 @@ class LinenHandle(Handle):
         # (by id, the dict kept alive): writes change them in place, so that
         # a loop of writes costs O(depth), not O(width) each.
         self._owned: dict[int, dict[str, Any]] = {}
+        # Whether the shape-only trace of the call order was tried (contract 12.1).
+        self._traced = False
 
     # -- identity -----------------------------------------------------------
 
@@ -320,12 +380,17 @@ class LinenHandle(Handle):
     # -- structure ----------------------------------------------------------
 
     def tree(self) -> Node:
-        return self._node("", self._module, (), self._root_sub())
+        root = self._node("", self._module, (), self._root_sub())
+        if not self._traced and _has_unknown(root) and self._trace_order():
+            root = self._node("", self._module, (), self._root_sub())
+        return root
 
     def node(self, path: tuple[str, ...]) -> Node | None:
         """The block at ``path`` with its own leaves: followed through each
         parent's children by the rules of :meth:`tree`."""
         module, scope, sub = self._follow(path)
+        if module is None and sub and not self._traced and self._trace_order():
+            module, scope, sub = self._follow(path)
         return Node(
             key=path[-1] if path else "",
             native=module,
@@ -386,14 +451,18 @@ class LinenHandle(Handle):
         # What a layer will create is only needed while nothing is initialized.
         static = {(c, n): s for c, n, s in _static_leaves(module)} if sub is None else {}
         dtype = getattr(module, "param_dtype", jnp.float32)
+        entries: list[tuple[str, str, int]]
         if sub is None:
-            entries = list(static)
+            entries = [(c, n, len(s)) for (c, n), s in static.items()]
         else:
-            entries = [(coll, k) for coll, tree in sub.items() for k, v in tree.items() if _is_array(v)]
+            entries = [
+                (coll, k, len(np.shape(_unbox(v)))) for coll, tree in sub.items() for k, v in tree.items()
+                if _is_array(v)
+            ]
         out = []
-        for coll, name in entries:
+        for coll, name, ndim in entries:
             kind = "param" if coll == "params" else "buffer"
-            role, layout = role_of(name, kind)
+            role, layout, rnn_bias = role_of(module, name, ndim)
             path = (coll, *scope, name)
             out.append(
                 Leaf(
@@ -404,6 +473,7 @@ class LinenHandle(Handle):
                     kind=kind,
                     trainable=kind == "param",
                     layout=layout,
+                    rnn_bias=rnn_bias,
                 )
             )
         return out
@@ -419,6 +489,41 @@ class LinenHandle(Handle):
                 break
             seen.add(path)
         return path
+
+    # -- call order without a forward pass (contract 12.1) ---------------------
+
+    def _trace_order(self) -> bool:
+        """Learn the objects and call order of ``@compact`` submodules once,
+        before any forward pass, by a shape-only trace (``jax.eval_shape`` of
+        ``module.apply``, nothing computed): the keys of variables made by
+        ``jax.jit(module.init)`` are sorted, not in call order, and a layer's
+        type (so its layout) is only known from its object. The input is not
+        known at wrap time: shapes are tried that the variables suggest (the
+        first layer's kernel or embedding); where none fits, the order
+        stays the variables' until ``m(x)`` or ``m.materialize(x)`` runs.
+        True when a trace ran."""
+        if self._traced or self._vars is None:
+            return False
+        self._traced = True
+        kwargs = _flag_kwargs(self._module)
+        if kwargs is None:
+            return False
+        variables = self._vars
+        mutable = [c for c in variables if c != "params"] or False
+        rngs = {"dropout": jax.random.key(0)}
+        module = self._module
+        for spec in _input_guesses(variables.get("params", {})):
+            seen, order = dict(self._seen), {k: list(v) for k, v in self._order.items()}
+            try:
+                with self._record():
+                    jax.eval_shape(
+                        lambda v, x: module.apply(v, x, mutable=mutable, rngs=rngs, **kwargs), variables, spec
+                    )
+            except Exception:  # not this input: forget what the failed try recorded
+                self._seen, self._order = seen, order
+                continue
+            return True
+        return False
 
     # -- leaves -------------------------------------------------------------
 

@@ -171,7 +171,7 @@ def _type_name(obj: Any) -> str:
 
 def _leaf(owner: nnx.Module, name: str, var: nnx.Variable, native_path: tuple[str, ...]) -> Leaf:
     kind = "param" if isinstance(var, nnx.Param) else "buffer"
-    role, layout = role_of(name, kind)
+    role, layout, rnn_bias = role_of(owner, name, len(var.get_value().shape))
     return Leaf(
         role=role,
         ref=Slot(owner, name),
@@ -180,6 +180,7 @@ def _leaf(owner: nnx.Module, name: str, var: nnx.Variable, native_path: tuple[st
         kind=kind,
         trainable=kind == "param",
         layout=layout,
+        rnn_bias=rnn_bias,
     )
 
 
