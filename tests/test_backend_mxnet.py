@@ -404,3 +404,195 @@ def test_backward_returns_this_pass_with_grad_req_add(interface: str) -> None:
     np.testing.assert_allclose(net[1].bias.grad().asnumpy(), [6.0])  # Gluon's own sum
     m.zero_grad()
     assert not net[1].bias.grad().asnumpy().any()
+
+
+# -- oneDNN (issue 14) ------------------------------------------------------------
+#
+# The registry's MXNet 1.9.1 runs convolutions through oneDNN (MKLDNN), which
+# re-lays convolution weights out *in place* during an inference pass: MXNet
+# then refuses DLPack views (``Check failed: !IsMKLDNNData()``), and a view
+# taken before the pass shows oneDNN's blocked layout after it. Every test
+# here runs an inference pass first, as a user does before saving or porting.
+
+
+def _onednn_cnn() -> nn.HybridSequential:
+    """Convolutions of every rank oneDNN re-lays out, a batch norm and a dense
+    head; shapes given, so nothing is deferred."""
+    net = nn.HybridSequential()
+    net.add(
+        nn.Conv2D(8, 3, padding=1, in_channels=3),
+        nn.BatchNorm(in_channels=8),
+        nn.Activation("relu"),
+        nn.Conv2D(8, 3, padding=1, in_channels=8),
+        nn.GlobalAvgPool2D(),
+        nn.Flatten(),
+        nn.Dense(5, in_units=8),
+    )
+    net.initialize(mx.init.Xavier())
+    return net
+
+
+def _img(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((2, 3, 16, 16)).astype(np.float32)
+
+
+def _infer(net, x: np.ndarray) -> np.ndarray:
+    """A plain inference pass (predict mode, nothing recorded), as a user runs one."""
+    return net(_array(x)).asnumpy()
+
+
+def _onednn_relaid(net) -> bool:
+    """True when MXNet refuses a DLPack view of some parameter (oneDNN holds it)."""
+    for p in net.collect_params().values():
+        try:
+            mx.nd.to_dlpack_for_read(p.data())
+        except mx.base.MXNetError:
+            return True
+    return False
+
+
+def test_onednn_is_on_and_relays_out_weights_after_inference(interface: str) -> None:
+    """The premise of the tests below: oneDNN is on, as installed."""
+    assert mx.runtime.Features().is_enabled("MKLDNN")
+    net = _onednn_cnn()
+    _infer(net, _img())
+    assert _onednn_relaid(net)
+
+
+def test_onednn_state_views_after_inference(interface: str) -> None:
+    net = _onednn_cnn()
+    _infer(net, _img())
+    m = up.wrap(net)
+    views = m.state(copy=False)
+    assert set(views) == set(m.params) | set(m.buffers)
+    for name, v in views.items():
+        assert not v.flags.writeable
+        p = m.params[name] if name in m.params else m.buffers[name]
+        np.testing.assert_array_equal(v, p.native.data().asnumpy(), err_msg=name)
+    # Arrays oneDNN never re-lays out stay zero-copy views.
+    again = m.state(copy=False)
+    assert np.shares_memory(views["6.weight"], again["6.weight"])
+    assert np.shares_memory(views["1.running_mean"], again["1.running_mean"])
+
+
+def test_onednn_a_view_taken_before_inference_keeps_its_value(interface: str) -> None:
+    net = _onednn_cnn()
+    m = up.wrap(net)
+    before = m.state()
+    views = m.state(copy=False)
+    _infer(net, _img())
+    for name, v in views.items():
+        np.testing.assert_array_equal(v, before[name], err_msg=name)
+
+
+def test_onednn_values_and_writes_after_inference(interface: str) -> None:
+    net = _onednn_cnn()
+    x = _img()
+    _infer(net, x)
+    m = up.wrap(net)
+    w = m.params["0.weight"]
+    np.testing.assert_array_equal(w.value, net[0].weight.data().asnumpy())
+    np.testing.assert_array_equal(np.asarray(w), net[0].weight.data().asnumpy())
+    rng = np.random.default_rng(3)
+    new = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w.set(new)
+    w[0, 0] = 7.0
+    w[1] = np.full((3, 3, 3), 2.0, np.float32)
+    w += 1.0
+    m.params["3.weight"].fill(0.25)
+    want = new.copy()
+    want[0, 0] = 7.0
+    want[1] = 2.0
+    want += 1.0
+    np.testing.assert_array_equal(w.value, want)
+    np.testing.assert_array_equal(net[0].weight.data().asnumpy(), want)
+    # The next inference pass computes with the written values: equal to a
+    # model that never ran, given the same values natively.
+    y = _infer(net, x)
+    fresh = _onednn_cnn()
+    for name, p in m.params.items():
+        fresh_p = up.wrap(fresh).params[name].native
+        fresh_p.set_data(_array(p.value))
+    for name, b in m.buffers.items():
+        up.wrap(fresh).buffers[name].native.set_data(_array(b.value))
+    np.testing.assert_allclose(y, _infer(fresh, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(m.params["3.weight"].value, np.full((8, 8, 3, 3), 0.25, np.float32))
+
+
+def test_onednn_save_load_round_trip_after_inference(interface: str, tmp_path) -> None:
+    src_net, dst_net = _onednn_cnn(), _onednn_cnn()
+    x = _img()
+    _infer(src_net, x)
+    _infer(dst_net, x)
+    src, dst = up.wrap(src_net), up.wrap(dst_net)
+    src.initialize(up.init.Normal(0, 0.5), seed=11)
+    _infer(src_net, x)  # re-laid out again after the write
+    up.save(src, tmp_path / "cnn.safetensors")
+    up.load(dst, tmp_path / "cnn.safetensors")
+    for name, value in src.state().items():
+        np.testing.assert_array_equal(dst.state()[name], value, err_msg=name)
+    np.testing.assert_array_equal(_infer(dst_net, x), _infer(src_net, x))
+
+
+def test_onednn_port_after_inference(interface: str) -> None:
+    src_net, dst_net = _onednn_cnn(), _onednn_cnn()
+    x = _img()
+    _infer(src_net, x)
+    _infer(dst_net, x)
+    src, dst = up.wrap(src_net), up.wrap(dst_net)
+    up.port(src, dst, check=x)
+    for name, value in src.state(copy=False).items():
+        np.testing.assert_array_equal(dst.state(copy=False)[name], value, err_msg=name)
+    np.testing.assert_array_equal(_infer(dst_net, x), _infer(src_net, x))
+
+
+def test_onednn_seeded_init_after_inference_equals_a_fresh_one(interface: str) -> None:
+    ran, fresh = _onednn_cnn(), _onednn_cnn()
+    _infer(ran, _img())
+    a, b = up.wrap(ran), up.wrap(fresh)
+    a.initialize(up.init.KaimingNormal(), seed=5)
+    b.initialize(up.init.KaimingNormal(), seed=5)
+    for name, value in b.state().items():
+        np.testing.assert_array_equal(a.state(copy=False)[name], value, err_msg=name)
+
+
+def test_onednn_grads_after_inference(interface: str) -> None:
+    net = _onednn_cnn()
+    x = _img()
+    _infer(net, x)
+    m = up.wrap(net)
+    m.backward(x)
+    got = {name: p.grad for name, p in m.params.items()}
+    m.zero_grad()
+    with autograd.record():
+        y = net(_array(x)).sum()
+    y.backward()
+    for name, p in m.params.items():
+        np.testing.assert_allclose(got[name], p.native.grad().asnumpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+        assert got[name].shape == p.shape
+    # and an inference pass after the backward: values still readable as views
+    _infer(net, x)
+    assert set(m.state(copy=False)) == set(m.params) | set(m.buffers)
+
+
+def test_onednn_resnet18_v1_as_reported(tmp_path) -> None:
+    """Issue 14's report, as a user hits it: gluon's resnet18_v1, one
+    inference pass at 64x64, then state(copy=False), save and port."""
+    from mxnet.gluon.model_zoo import vision
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    nets = []
+    for _ in range(2):
+        net = vision.resnet18_v1(pretrained=False)
+        net.initialize()
+        _infer(net, x)
+        nets.append(net)
+    src, dst = up.wrap(nets[0]), up.wrap(nets[1])
+    st = src.state(copy=False)
+    assert len(st) == len(list(nets[0].collect_params().keys()))
+    up.save(src, tmp_path / "r18.safetensors")
+    up.port(src, dst, check=x)
+    np.testing.assert_array_equal(_infer(nets[1], x), _infer(nets[0], x))
+    up.load(dst, tmp_path / "r18.safetensors", match="order")
+    for name, value in st.items():
+        np.testing.assert_array_equal(dst.state()[name], value, err_msg=name)

@@ -20,7 +20,11 @@ Design constraints of this module:
   ``params=other.params`` and for a block added twice.
 * The native layout is the canonical one (Dense ``(units, in_units)``,
   Conv ``OIHW``): nothing is transposed, and CPU arrays are read without a copy
-  through DLPack when the core asks for views.
+  through DLPack when the core asks for views, except arrays of rank 3-5:
+  MXNet's oneDNN (on in the registry's wheels) re-lays convolution weights out
+  in place during inference, so those are always read by a copy
+  (``asnumpy``), and every write goes through ``set_data`` (a copy into the
+  array, which MXNet reorders as needed), never through a view.
 * ``backward`` returns this pass's gradients (the core adds them up): Gluon's
   ``grad_req='write'`` buffers hold exactly that; for a parameter the user set
   to ``'add'`` the pass's part is the buffer's change. ``clear_grads`` zeroes
@@ -112,6 +116,25 @@ def _is_pending(p: Parameter) -> bool:
 
 def _first_array(p: Parameter) -> Any:
     return p._data[0]
+
+
+#: Ranks of the arrays oneDNN (MKLDNN, on in the registry's MXNet wheels) may
+#: keep in a blocked layout of its own: convolution weights of 1-3D layers.
+#: An inference pass reorders them *in place* (the buffer a DLPack view points
+#: at then holds oneDNN's layout, and MXNet refuses new views with
+#: ``Check failed: !IsMKLDNNData()``); a training pass reorders them back.
+#: Such arrays are read by a copy only.
+_ONEDNN_RANKS = (3, 4, 5)
+
+
+def _viewable(arr: Any) -> bool:
+    """True when a zero-copy view of ``arr`` stays its value in canonical
+    layout: host memory, dense storage, and a rank oneDNN never re-lays out."""
+    return (
+        arr.ctx.device_type in _HOST_DEVICES
+        and arr.stype == "default"
+        and arr.ndim not in _ONEDNN_RANKS
+    )
 
 
 def _device_name(ctx: mx.Context) -> str:
@@ -283,11 +306,17 @@ class MXNetHandle(Handle):
         return "cpu"
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        """The value as NumPy: a view of host memory when asked for one and
+        the array is one that oneDNN never re-lays out (see :func:`_viewable`),
+        else a copy (``asnumpy`` reorders a oneDNN array to the default layout)."""
         arr = _first_array(leaf.ref.param)
-        if not copy and arr.ctx.device_type in _HOST_DEVICES and arr.stype == "default":
-            # ``to_dlpack_for_read`` waits for pending writes, and the capsule
-            # keeps MXNet's buffer alive for as long as the view lives.
-            return np.from_dlpack(_DLPack(mx.nd.to_dlpack_for_read(arr)))
+        if not copy and _viewable(arr):
+            try:
+                # ``to_dlpack_for_read`` waits for pending writes, and the
+                # capsule keeps MXNet's buffer alive for as long as the view lives.
+                return np.from_dlpack(_DLPack(mx.nd.to_dlpack_for_read(arr)))
+            except mx.base.MXNetError:
+                pass  # refused (an array in oneDNN layout): a copy is always possible
         return arr.asnumpy()
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
