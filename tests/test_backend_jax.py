@@ -731,3 +731,48 @@ def test_layouts_come_from_the_table_and_unknown_layers_stay_native() -> None:
     np.testing.assert_array_equal(ma.params["query.weight"].value, k.reshape(4, 6).T)
     o = np.asarray(ma.variables["params"]["out"]["kernel"])  # (heads, head_dim, out)
     np.testing.assert_array_equal(ma.params["out.weight"].value, o.reshape(6, 4).T)
+
+
+def test_nnx_call_follows_train_and_eval_as_the_native_call() -> None:
+    """Contract 12.2 on NNX: state changes exactly where the native call changes it."""
+
+    def make() -> nnx.Module:
+        r = nnx.Rngs(0)
+        return nnx.Sequential(nnx.Linear(4, 8, rngs=r), nnx.BatchNorm(8, rngs=r), nnx.Dropout(0.5, rngs=r))
+
+    net, twin = make(), make()
+    m = up.wrap(net)
+    net.eval()
+    twin.eval()
+    before = m.state()
+    np.testing.assert_array_equal(np.asarray(m(X)), np.asarray(twin(jnp.asarray(X))))
+    assert all(np.array_equal(before[k], v) for k, v in m.state().items())  # eval: nothing changes
+    np.testing.assert_array_equal(np.asarray(m[1](X[:, :1].repeat(8, 1), use_running_average=False)),
+                                  np.asarray(twin.layers[1](jnp.asarray(X[:, :1].repeat(8, 1)),
+                                                            use_running_average=False)))
+    np.testing.assert_array_equal(m.buffers["1.running_mean"].value, np.asarray(twin.layers[1].mean.get_value()))
+    assert not np.array_equal(m.buffers["1.running_mean"].value, before["1.running_mean"])  # asked for: updated
+    net.train()
+    twin.train()
+    m(X)
+    twin(jnp.asarray(X))  # NNX's own train mode updates the statistics: so does m(x)
+    np.testing.assert_array_equal(m.buffers["1.running_var"].value, np.asarray(twin.layers[1].var.get_value()))
+
+
+def test_linen_plain_call_never_updates_batch_stats() -> None:
+    """Contract 12.2: m(x) on a training-mode BatchNorm raises as apply does, and
+    changes nothing; a required train argument is passed through."""
+    net = nn.Sequential([nn.Dense(4), nn.BatchNorm(use_running_average=False)])
+    variables = net.init(jax.random.key(0), X)
+    m = up.wrap(net, variables)
+    before = m.state()
+    with pytest.raises(up.ForwardError):
+        m(X)
+    with pytest.raises(Exception):  # noqa: B017 - Flax's own refusal
+        net.apply(variables, X)
+    assert all(np.array_equal(before[k], v) for k, v in m.state().items())
+    t = _TrainNet()
+    mt = up.wrap(t, jax.jit(t.init, static_argnames="train")(jax.random.key(0), X, train=False))
+    np.testing.assert_allclose(np.asarray(mt(X, train=False)),
+                               np.asarray(t.apply(mt.variables, X, train=False)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(mt(X, False)), np.asarray(t.apply(mt.variables, X, False)), rtol=1e-6)
