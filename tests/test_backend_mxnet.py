@@ -596,3 +596,43 @@ def test_onednn_resnet18_v1_as_reported(tmp_path) -> None:
     up.load(dst, tmp_path / "r18.safetensors", match="order")
     for name, value in st.items():
         np.testing.assert_array_equal(dst.state()[name], value, err_msg=name)
+
+
+# -- layouts the adapter does not know (contract 3.3) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2D(8, 3, layout="NHWC", in_channels=4),
+        lambda: nn.Conv3D(8, 3, layout="NDHWC", in_channels=4),
+        lambda: nn.Conv2DTranspose(8, 3, layout="NHWC", in_channels=4),
+    ],
+    ids=["conv2d_nhwc", "conv3d_ndhwc", "conv2d_transpose_nhwc"],
+)
+def test_channels_last_convolutions_are_native(make) -> None:
+    blk = make()
+    blk.initialize()
+    m = up.wrap(blk)
+    assert {p.layout for p in m.params.values()} == {"native"}
+    assert m.params["weight"].shape == tuple(blk.weight.shape)  # crosses unconverted
+    # ...and a port refuses to pair it with a canonical twin (channels first).
+    twin = type(blk)(8, 3, in_channels=4)
+    twin.initialize()
+    t = up.wrap(twin)
+    assert {p.layout for p in t.params.values()} == {"canonical"}
+    with pytest.raises(up.PortError, match="native"):
+        up.port(m, t)
+
+
+def test_channels_first_and_other_layers_stay_canonical() -> None:
+    from mxnet.gluon import rnn
+
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(4, 3, in_channels=3), nn.Conv2DTranspose(4, 3, in_channels=4, groups=2),
+            nn.BatchNorm(in_channels=4), nn.Dense(3, in_units=4), nn.Embedding(5, 3))
+    lstm = rnn.LSTM(4, input_size=3, layout="NTC")  # the input's layout, not the weights'
+    for blk in (net, lstm):
+        blk.initialize()
+        m = up.wrap(blk)
+        assert {p.layout for p in (*m.params.values(), *m.buffers.values())} == {"canonical"}
