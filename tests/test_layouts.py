@@ -112,7 +112,7 @@ def test_table_rows_as_adapters_see_them():
     base = type("BaseConv", (_Layer,), {})
     conv = type("Conv2D", (base,), {})()
     assert layout_rule("keras", conv, "kernel") == ("weight", "kernel_last", "")  # found through the MRO
-    assert layout_rule("keras", _typed("DepthwiseConv2D"), "depthwise_kernel", 4)[1] == "depthwise_last"
+    assert layout_rule("keras", _typed("DepthwiseConv2D"), "kernel", 4)[1] == "depthwise_last"
     assert layout_rule("keras", _typed("LSTMCell"), "bias", 1) == ("bias", "canonical", BIAS_SINGLE)
     assert layout_rule("keras", _typed("GRUCell", reset_after=True), "bias", 2) == ("bias", "gates1:1,0,2",
                                                                                     BIAS_STACKED)

@@ -131,8 +131,8 @@ RULES: list[Rule] = [
     Rule(_K, "Dense", "bias", "bias"),
     Rule(_K, "EinsumDense", "kernel", "weight", when=_einsum_layout, note="Linear when the equation is one"),
     Rule(_K, "EinsumDense", "bias", "bias", when=_einsum_bias),
-    Rule(_K, "DepthwiseConv1D", "depthwise_kernel", "weight", "depthwise_last"),
-    Rule(_K, "DepthwiseConv2D", "depthwise_kernel", "weight", "depthwise_last"),
+    Rule(_K, "DepthwiseConv1D", "kernel", "weight", "depthwise_last"),  # Keras 3 names it kernel
+    Rule(_K, "DepthwiseConv2D", "kernel", "weight", "depthwise_last"),  # Keras 3 names it kernel
     Rule(_K, "DepthwiseConv1D", "bias", "bias"),
     Rule(_K, "DepthwiseConv2D", "bias", "bias"),
     Rule(_K, "SeparableConv1D", "depthwise_kernel", "depthwise_weight", "depthwise_last"),

@@ -37,34 +37,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from unified_params.adapter import CANONICAL, KERNEL_LAST, Backend, Handle, Leaf, Node
+from unified_params.adapter import Backend, Handle, Leaf, Node, layout_rule
 
 __all__ = ["KerasHandle", "VarRef", "to_numpy"]
 
-#: Native variable names and the unified role they play.
-_ROLES = {
-    "kernel": "weight",
-    "gamma": "weight",
-    "embeddings": "weight",
-    "beta": "bias",
-    "moving_mean": "running_mean",
-    "moving_variance": "running_var",
-}
-#: Variables that are running statistics (``m.buffers``), not parameters.
-_BUFFERS = frozenset({"moving_mean", "moving_variance"})
+#: Roles that are running statistics (``m.buffers``), not parameters.
+_BUFFER_ROLES = frozenset({"running_mean", "running_var"})
 
 
-def _kernel_last_types() -> tuple[type, ...]:
-    """Layers whose ``kernel`` is ``(in, out)`` or ``(*kernel, in, out)``: the
-    core's transpose of those gives PyTorch's Linear / ConvNd / ConvTransposeNd
-    layouts exactly."""
-    from keras.src.layers.convolutional.base_conv import BaseConv
-    from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
-
-    return (keras.layers.Dense, BaseConv, BaseConvTranspose)
-
-
-_KERNEL_LAST_TYPES = _kernel_last_types()
+def _rule(layer: Any, name: str, ndim: int) -> tuple[str, str, str]:
+    """``(role, layout, rnn_bias)`` from the one layout table: a layer type the
+    table does not know is ``native`` (its variable crosses unconverted)."""
+    return layout_rule("keras", layer, name, ndim)
 
 
 def _functional_type() -> type:
@@ -309,8 +293,19 @@ def _pending_specs(layer: Any) -> list[tuple[str, tuple[int | None, ...]]]:
     return specs
 
 
-def _layout(layer: Any, name: str) -> str:
-    return KERNEL_LAST if name == "kernel" and isinstance(layer, _KERNEL_LAST_TYPES) else CANONICAL
+def _pending_leaf(layer: Any, name: str, shape: tuple[int | None, ...]) -> Leaf:
+    role, layout, rnn_bias = _rule(layer, name, len(shape))
+    buffer = role in _BUFFER_ROLES
+    return Leaf(
+        role=role,
+        ref=VarRef(layer, name, shape),
+        storage=("pending", id(layer), name),
+        native_name=f"{layer.name}/{name}",
+        kind="buffer" if buffer else "param",
+        trainable=not buffer and bool(layer.trainable),
+        layout=layout,
+        rnn_bias=rnn_bias,
+    )
 
 
 def _leaves(layer: Any) -> list[Leaf]:
@@ -318,29 +313,17 @@ def _leaves(layer: Any) -> list[Leaf]:
         return []
     own = _own_variables(layer)
     if not own and not layer.built:
-        return [
-            Leaf(
-                role=_ROLES.get(name, name),
-                ref=VarRef(layer, name, shape),
-                storage=("pending", id(layer), name),
-                native_name=f"{layer.name}/{name}",
-                kind="buffer" if name in _BUFFERS else "param",
-                trainable=name not in _BUFFERS and bool(layer.trainable),
-                layout=_layout(layer, name),
-            )
-            for name, shape in _pending_specs(layer)
-        ]
+        return [_pending_leaf(layer, name, shape) for name, shape in _pending_specs(layer)]
     leaves = []
     roles: set[str] = set()
     layer_trainable = bool(layer.trainable)
-    kernel_last = isinstance(layer, _KERNEL_LAST_TYPES)
     for v in own:
         name = v.name
-        role = _ROLES.get(name, name)
+        role, layout, rnn_bias = _rule(layer, name, len(v.shape))
         if role in roles:  # two variables of one name: keep both reachable
             role = f"{role}_{len(roles)}"
         roles.add(role)
-        buffer = name in _BUFFERS
+        buffer = role in _BUFFER_ROLES
         leaves.append(
             Leaf(
                 role=role,
@@ -349,7 +332,8 @@ def _leaves(layer: Any) -> list[Leaf]:
                 native_name=v.path,
                 kind="buffer" if buffer else "param",
                 trainable=not buffer and layer_trainable and bool(v.trainable),
-                layout=KERNEL_LAST if kernel_last and name == "kernel" else CANONICAL,
+                layout=layout,
+                rnn_bias=rnn_bias,
             )
         )
     return leaves
