@@ -369,6 +369,7 @@ class TorchHandle(Handle):
         block = node.native
         x = self._convert(block, x)
         args = tuple(self._convert(block, a) for a in args)
+        kwargs = {k: self._convert(block, v) for k, v in kwargs.items()}
         try:
             return block(*x, *args, **kwargs) if isinstance(x, tuple) else block(x, *args, **kwargs)
         except RuntimeError as exc:
