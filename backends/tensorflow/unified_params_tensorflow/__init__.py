@@ -35,8 +35,10 @@ __version__ = "0.2.0"
 class KerasBackend(Backend):
     """Wraps Keras 3 layers and models (Sequential, functional, subclassed).
 
-    Dense and convolution kernels are ``KERNEL_LAST`` (``(in, out)``,
-    ``(*kernel, in, out)``); the core converts them to the canonical layout.
+    Every variable's role, layout and recurrent-bias mark come from the one
+    layout table (``unified_params.adapter.layout_rule('keras', ...)``); the
+    core converts them to the canonical layout, and a layer type the table
+    does not know is ``native``.
     Values are read with ``.numpy()``, which copies, so ``zero_copy`` is not
     claimed.
     """
