@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _format
+from . import _foreign, _format
 from ._block import (
     Block,
     Deferred,
@@ -490,6 +490,7 @@ def load(
     strict: bool = True,
     *,
     match: str = "name",
+    names: Any = None,
     progress: bool | None = None,
     check: Any = None,
 ) -> LoadReport:
@@ -501,7 +502,13 @@ def load(
     pairs storages by order and canonical shape as ``port`` does, so a file
     saved from another framework (``layers_0.weight`` in Flax, ``0.weight`` in
     PyTorch) loads into the same architecture; it needs the file's
-    unified_params metadata. Every shard's header, name, shape and dtype is
+    unified_params metadata. ``match="structure"`` reads a checkpoint that
+    another framework's own tools wrote (a safetensors ``state_dict``, a Keras
+    ``.weights.h5``, a Flax msgpack, a Gluon ``.params``): layers are paired
+    by name, else by the model's order and the shapes of their tensors, each
+    value turned from the writer's layout into the canonical one; ``names``
+    (``{regex: model name template or None}``) settles what structure cannot,
+    and ``report.pairs`` lists every pair made. Every shard's header, name, shape and dtype is
     checked before the first write; then the tensors are read and written
     one at a time, with backups whatever the model's size, as one transaction
     across all shards: a file that another program changes during the load is
@@ -511,12 +518,24 @@ def load(
     after the load the model's output on ``x`` must equal ``y`` (float
     tolerance), else ``PortError`` and the model is restored.
     """
-    if match not in ("name", "order"):
-        raise ArgumentError("match='name' or match='order'", f"match={short(match)}",
-                            "use 'order' for a file saved from another framework")
+    if match not in ("name", "order", "structure"):
+        raise ArgumentError("match='name', 'order' or 'structure'", f"match={short(match)}",
+                            "use 'order' for a file saved by up.save from another framework, 'structure' for "
+                            "a checkpoint written by another framework's own tools")
+    if names is not None and match != "structure":
+        raise ArgumentError("names= with match='structure'", f"names= with match={match!r}",
+                            "pass match='structure' (names= maps a foreign file's names onto the model's)")
     block = _as_block(m, "load")
     if check is not None and not (isinstance(check, tuple) and len(check) == 2):
         output_matches(block, check)  # raises the ArgumentError that says what check= takes
+    p = _format.as_path(path, "load")
+    if p.suffix.lower() in _foreign.SUFFIXES:
+        if match != "structure":
+            raise ArgumentError(
+                f"match='structure' for a {_foreign.SUFFIXES[p.suffix.lower()]} checkpoint ({p.suffix})",
+                f"match={match!r} for {short(repr(str(p)), 200)}",
+                "up.load(m, path, match='structure') pairs its layers with the model's; check=(x, y) verifies")
+        return _load_foreign(block, p, strict, names, progress, check)
     with _Source(path) as src:
         where = src.where
 
@@ -528,6 +547,9 @@ def load(
         tensors, meta = src.tensors, src.metadata
         ours = _format.our_metadata(meta, where) is not None
         try:
+            if match == "structure":
+                origin = _foreign.origin_of(list(tensors), None, meta.get("backend") if ours else None)
+                return _structure_into(block, tensors, origin, names, strict, progress, verify, where)
             if match == "order":
                 state = _pair_by_order(block, tensors, meta, where)
                 report = load_into(block, state, strict=False, what="load", progress=progress, backup=True,
@@ -538,6 +560,46 @@ def load(
                              progress=progress, backup=True, verify=verify)
         except UnifiedParamsError as exc:
             raise _bounded(_names_barely_meet(exc, len(tensors), ours)) from None
+
+
+def _load_foreign(block: Block, p: Path, strict: bool, names: Any, progress: bool | None,
+                  check: Any) -> LoadReport:
+    where = short(repr(str(p)), 200)
+    with ExitStack() as stack:
+        if not p.is_file():
+            raise FileFormatError("a checkpoint file", f"{where}: no such file", "check the path")
+        tensors, origin = _foreign.read(p, where, stack)
+
+        def verify() -> None:
+            if check is not None:
+                output_matches(block, check)
+
+        return _structure_into(block, tensors, origin, names, strict, progress, verify, where)
+
+
+def _structure_into(block: Block, tensors: dict[str, Any], origin: str, names: Any, strict: bool,
+                    progress: bool | None, verify: Callable[[], None], where: str) -> LoadReport:
+    """Pair a foreign file's layers with the model's (``_foreign``), then one
+    atomic write; strict: every distinct storage of the model paired."""
+    params, stats = _portable(block)
+    state, made = _foreign.pair_structure(_foreign.targets_of(params, stats), tensors, origin, names)
+    if strict and (made.unpaired_model or made.unpaired_file):
+        report = LoadReport(made.unpaired_model, made.unpaired_file, [], [d for _, d, _ in made.pairs])
+        report.pairs = made.pairs
+        raise StateError(
+            f"every layer of the model paired with a layer of {where} ({origin}) by name or by the shapes "
+            "of its tensors (strict load)",
+            f"{len(made.pairs)} tensors paired; model left unpaired {few(made.unpaired_model)}; "
+            f"file left unpaired {few(made.unpaired_file)}",
+            "map the rest with names={r'<file name regex>': r'<model name>'} (None ignores a tensor), "
+            "or pass strict=False to load the pairs made; check=(x, y) verifies the result",
+            report=report,
+        )
+    report = load_into(block, state, strict=False, what="load", progress=progress, backup=True, verify=verify)
+    report.missing = list(made.unpaired_model)
+    report.unexpected = list(made.unpaired_file)
+    report.pairs = made.pairs
+    return report
 
 
 def _names_barely_meet(exc: UnifiedParamsError, in_file: int, ours: bool) -> UnifiedParamsError:
@@ -556,8 +618,8 @@ def _names_barely_meet(exc: UnifiedParamsError, in_file: int, ours: bool) -> Uni
         return exc  # most names meet: a real mismatch, the usual advice
     fix = ("up.load(m, path, match='order') pairs this up.save file's tensors by order and shape"
            if ours else
-           "rename the file's keys to the model's names (m.params; match='order' needs a file saved by up.save: "
-           "load it into its own framework's model and up.port, or up.save it there)")
+           "up.load(m, path, match='structure') pairs a checkpoint of another framework's own tools by layer "
+           "names and shapes (names={regex: model name} for the rest, check=(x, y) to verify)")
     return StateError(
         exc.expected,
         f"the names barely meet: {loaded} of the file's {in_file} tensors are named as in the model; "

@@ -42,6 +42,8 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)
+    #: a structure load's pairs ``(file name, model name, layout it crossed from)``
+    pairs: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -51,6 +53,11 @@ class LoadReport:
         """Counts and the first few names of each list: bounded in length
         whatever the size of the model or the file."""
         parts = [f"{len(self.loaded)} loaded"]
+        if self.pairs:
+            shown = ", ".join(f"{f[:60]} -> {d[:60]}" + (f" ({lay})" if lay != "canonical" else "")
+                              for f, d, lay in self.pairs[:_SHOWN])
+            more = f" and {len(self.pairs) - _SHOWN} more" if len(self.pairs) > _SHOWN else ""
+            parts.append(f"paired {len(self.pairs)}: {shown}{more} (all: report.pairs)")
         if self.missing:
             parts.append(f"missing {_first(self.missing)}")
         if self.unexpected:
@@ -127,7 +134,9 @@ def load_into(
             "fix the names or shapes, or pass strict=False to load what matches"
             if report.loaded else
             "no name matched: for a file or state of another framework use up.load(m, path, match='order') "
-            "(pairs by order and shape), or rename its keys to the model's names (m.params)",
+            "(an up.save file: pairs by order and shape) or match='structure' (a checkpoint of another "
+            "framework's own tools: pairs layers by name and shape), or rename its keys to the model's names "
+            "(m.params)",
             report=report,
         )
     checked = [(p, check_deferred(p, v, what) if isinstance(v, Deferred) else check_value(p, v, what))

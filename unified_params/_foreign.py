@@ -1,0 +1,351 @@
+"""Checkpoints written by other frameworks' own tools: ``up.load(m, path,
+match='structure', names=...)``.
+
+Design constraints: such a file has neither our metadata nor the model's
+order (safetensors and HDF5 list names sorted; Flax's ``jit(init)`` sorts
+keys), and its values are in the writing framework's native layout. So the
+pairing works on layers, not tensors: the file's names are parsed into a
+layer path and a role (``kernel``/``weight``/``gamma``..., or a position
+for Keras ``vars/<i>``), the model's distinct storages are grouped by the
+layer that owns them, and each model layer, in model order, takes the
+first file layer (in natural name order) whose tensors have the same shapes
+up to axis order: the same layer name first, else the same shapes. Inside a
+layer, tensors pair by role, else by position. A value crosses to the
+canonical layout chosen from the layouts the writing framework uses, the
+first that gives the model's canonical shape. What names cannot decide, a
+``names`` map of regex rules settles; ``check=`` verifies the result.
+Each framework's reader is imported only for its own file kind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import ArgumentError, FileFormatError, StateError
+from ._format import few, short
+from ._layout import CANONICAL, KERNEL_LAST, NATIVE, shape_to_canonical, to_canonical
+from ._values import Deferred
+
+#: file suffixes read here (safetensors files are read by ``_format``)
+SUFFIXES = {".h5": "keras", ".hdf5": "keras", ".msgpack": "flax", ".params": "mxnet"}
+#: roles that mean the same in every framework, by class
+_ROLES = {
+    "weight": "w", "kernel": "w", "gamma": "w", "scale": "w", "embedding": "w", "embeddings": "w",
+    "bias": "b", "beta": "b",
+    "running_mean": "m", "moving_mean": "m", "mean": "m",
+    "running_var": "v", "moving_variance": "v", "var": "v",
+}
+#: state only one framework keeps: never paired
+_SKIP = {"num_batches_tracked"}
+_STAT_ROLES = ("running_mean", "running_var")
+#: path tokens that name collections or containers, not layers
+_NOISE = {"keras": {"layers", "vars", "_layer_checkpoint_dependencies"}, "flax": {"params", "batch_stats"}}
+_CANONICAL_ORIGINS = ("torch", "mxnet", "numpy", "unified_params")
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """``layers_10`` after ``layers_2``: digits compare as numbers."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+@dataclass
+class _Tensor:
+    name: str
+    value: Any  # Deferred or ndarray, in the writer's native layout
+    layer: tuple[str, ...]
+    role: str  # the writer's role name, or '#<i>' for a position
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.value.shape)
+
+
+@dataclass
+class _Target:
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    layout: str
+    layer: tuple[str, ...]
+
+
+@dataclass
+class Pairing:
+    """What a structure load paired: ``(file name, model name, layout the value crossed from)``."""
+
+    pairs: list[tuple[str, str, str]] = field(default_factory=list)
+    unpaired_file: list[str] = field(default_factory=list)
+    unpaired_model: list[str] = field(default_factory=list)
+
+
+def origin_of(names: Sequence[str], suffix_origin: str | None, meta_backend: str | None) -> str:
+    """The framework that wrote a file: from its kind, our metadata, or its names."""
+    if suffix_origin:
+        return suffix_origin
+    if meta_backend:
+        return "unified_params"
+    last = {re.split(r"[./]", n)[-1] for n in names}
+    if last & {"kernel", "scale", "embedding"} or any("/" in n for n in names):
+        return "flax"
+    if last & {"gamma", "moving_mean", "embeddings"}:
+        return "keras"
+    return "torch"
+
+
+def _parse(name: str, origin: str) -> tuple[tuple[str, ...], str]:
+    tokens = [t for t in re.split(r"[./:]", name) if t]
+    if tokens and tokens[0] in ("arg", "aux"):  # MXNet's export prefixes
+        tokens = tokens[1:]
+    if len(tokens) >= 2 and tokens[-1].isdigit() and tokens[-2] == "vars":
+        role = f"#{tokens[-1]}"
+        tokens = tokens[:-1]
+    else:
+        role = tokens[-1] if tokens else name
+        tokens = tokens[:-1]
+    noise = _NOISE.get(origin, set())
+    return tuple(t for t in tokens if t not in noise), role
+
+
+def _norm(layer: Sequence[str]) -> tuple[str, ...]:
+    return tuple(t for part in layer for t in re.split(r"_+", part.lower()) if t)
+
+
+def _candidates(origin: str, role: str, ndim: int) -> list[str]:
+    """Layouts a value of this writer may be in, most likely first."""
+    if origin in _CANONICAL_ORIGINS or ndim < 2 or role in ("embedding", "embeddings"):
+        return [CANONICAL]
+    general = [f"general:{k}" for k in range(1, ndim)]
+    return [KERNEL_LAST, "depthwise_last", "transpose_flipped", *general, CANONICAL]
+
+
+def _layout_for(t: _Tensor, dst: _Target, origin: str) -> str | None:
+    if dst.layout == NATIVE:
+        return NATIVE if t.shape == dst.shape else None
+    for lay in _candidates(origin, t.role, len(t.shape)):
+        try:
+            if shape_to_canonical(t.shape, lay) == dst.shape:
+                return lay
+        except (ValueError, IndexError):
+            continue
+    return None
+
+
+def _signature(shapes: Sequence[tuple[int, ...]]) -> tuple[Any, ...]:
+    return tuple(sorted((len(s), tuple(sorted(s))) for s in shapes))
+
+
+def _convert(value: Any, layout: str) -> Any:
+    if layout in (CANONICAL, NATIVE):
+        return value
+    shape = shape_to_canonical(tuple(value.shape), layout)
+    return Deferred(shape, value.dtype, lambda: to_canonical(np.asarray(value), layout))
+
+
+def _rules(names: Mapping[str, str | None] | Sequence[tuple[str, str | None]] | None
+           ) -> list[tuple[re.Pattern[str], str | None]]:
+    if names is None:
+        return []
+    items = list(names.items()) if isinstance(names, Mapping) else list(names)
+    out = []
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                and (item[1] is None or isinstance(item[1], str))):
+            raise ArgumentError("names={regex: model name template or None} (or a list of such pairs)",
+                                f"an entry {short(repr(item), 120)}",
+                                r"write e.g. names={r'^layers_(\d+)/kernel$': r'\1.weight'}")
+        try:
+            out.append((re.compile(item[0]), item[1]))
+        except re.error as exc:
+            raise ArgumentError("names= keys that are regular expressions", f"{item[0]!r}: {exc}",
+                                "fix the pattern") from None
+    return out
+
+
+def pair_structure(targets: list[_Target], tensors: Mapping[str, Any], origin: str,
+                   names: Any = None) -> tuple[dict[str, Any], Pairing]:
+    """``{model name: canonical value}`` and the :class:`Pairing` made."""
+    rules = _rules(names)
+    result = Pairing()
+    state: dict[str, Any] = {}
+    by_name = {t.name: t for t in targets}
+    used_targets: set[str] = set()
+    files: list[_Tensor] = []
+    for n in sorted(tensors, key=natural_key):
+        layer, role = _parse(n, origin)
+        if role in _SKIP:
+            continue
+        t = _Tensor(n, tensors[n], layer, role)
+        mapped: str | None = n
+        for pattern, template in rules:
+            if pattern.search(n):
+                mapped = None if template is None else pattern.sub(template, n)
+                break
+        else:
+            files.append(t)
+            continue
+        if mapped is None:
+            continue  # ignored by the user's map
+        dst = by_name.get(mapped)
+        if dst is None or dst.name in used_targets:
+            raise ArgumentError(f"names= rules that give a model name for {short(n, 80)!r}",
+                                f"{short(mapped, 80)!r}, " + ("paired twice" if dst else "not a distinct storage of "
+                                                             f"the model (first ones: {few(list(by_name))})"),
+                                "fix the rule's replacement (model names: m.params, m.buffers)")
+        lay = _layout_for(t, dst, origin)
+        if lay is None:
+            raise StateError(f"a value for {dst.name!r} of canonical shape {dst.shape}",
+                             f"{short(n, 80)!r} of shape {t.shape}, which no layout of {origin} turns into it",
+                             "fix the names= rule, or leave this tensor to the structure pairing")
+        state[dst.name] = _convert(t.value, lay)
+        result.pairs.append((n, dst.name, lay))
+        used_targets.add(dst.name)
+
+    flayers: dict[tuple[str, ...], list[_Tensor]] = {}
+    for t in files:
+        flayers.setdefault(t.layer, []).append(t)
+    dlayers: dict[tuple[str, ...], list[_Target]] = {}
+    for d in targets:
+        if d.name not in used_targets:
+            dlayers.setdefault(d.layer, []).append(d)
+    fsig = {k: _signature([t.shape for t in v]) for k, v in flayers.items()}
+    fnorm = {k: _norm(k) for k in flayers}
+    free = list(flayers)  # natural order
+    taken: set[tuple[str, ...]] = set()
+    for dk, dts in dlayers.items():
+        sig = _signature([d.shape for d in dts])
+        same = [k for k in free if k not in taken and fsig[k] == sig and _same_name(fnorm[k], _norm(dk))]
+        choice = min(same, key=lambda k: len(fnorm[k])) if same else None
+        if choice is None:
+            choice = next((k for k in free if k not in taken and fsig[k] == sig), None)
+        if choice is None:
+            result.unpaired_model.extend(d.name for d in dts)
+            continue
+        pairs = _within(flayers[choice], dts, origin)
+        if pairs is None:
+            result.unpaired_model.extend(d.name for d in dts)
+            continue
+        taken.add(choice)
+        for t, d, lay in pairs:
+            state[d.name] = _convert(t.value, lay)
+            result.pairs.append((t.name, d.name, lay))
+    result.unpaired_file = [t.name for k in flayers if k not in taken for t in flayers[k]]
+    return state, result
+
+
+def _same_name(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """One path ends with the other (``model.encoder.fc1`` and ``encoder.fc1``),
+    sharing a word, not just a number."""
+    n = min(len(a), len(b))
+    return n > 0 and a[-n:] == b[-n:] and any(not t.isdigit() for t in a[-n:])
+
+
+def _within(fts: list[_Tensor], dts: list[_Target], origin: str) -> list[tuple[_Tensor, _Target, str]] | None:
+    """Pair one layer's tensors: by role class where every role is known on
+    both sides, else by position; ``None`` when shapes do not fit."""
+    fcls = [_ROLES.get(t.role, t.role) for t in fts]
+    dcls = [_ROLES.get(d.role, d.role) for d in dts]
+    orders: list[list[_Tensor]] = []
+    if len(set(fcls)) == len(fcls) and sorted(fcls) == sorted(dcls):
+        pos = {c: t for c, t in zip(fcls, fts)}
+        orders.append([pos[c] for c in dcls])
+    positional = sorted(fts, key=lambda t: int(t.role[1:])) if all(t.role.startswith("#") for t in fts) else fts
+    orders.append(positional)
+    for order in orders:
+        out = []
+        for t, d in zip(order, dts):
+            lay = _layout_for(t, d, origin)
+            if lay is None:
+                break
+            out.append((t, d, lay))
+        else:
+            return out
+    return None
+
+
+# -- readers of other frameworks' files ---------------------------------------------------------
+
+
+def _needs(module: str, what: str, where: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise FileFormatError(f"{module} installed, to read {what}", f"{where}, and no {module} here",
+                              f"pip install {module}, or convert the file to safetensors where it was written"
+                              ) from None
+
+
+def read(path: Path, where: str, stack: ExitStack) -> tuple[dict[str, Any], str]:
+    """The tensors of a Keras ``.weights.h5``, a Flax msgpack or a Gluon
+    ``.params`` file (lazy where the format allows) and the writer's name."""
+    origin = SUFFIXES[path.suffix.lower()]
+    readers: dict[str, Callable[[Path, str, ExitStack], dict[str, Any]]] = {
+        "keras": _read_h5, "flax": _read_msgpack, "mxnet": _read_params}
+    try:
+        return readers[origin](path, where, stack), origin
+    except FileFormatError:
+        raise
+    except Exception as exc:  # a reader's own error on a bad file
+        found = f"{where}: {type(exc).__name__}: {short(str(exc), 300)}"
+        raise FileFormatError(f"a readable {origin} checkpoint", found,
+                              "check that the file is complete and of the kind its suffix says") from None
+
+
+def _read_h5(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
+    h5py = _needs("h5py", "a Keras .h5 file", where)
+    f = stack.enter_context(h5py.File(path, "r"))
+    out: dict[str, Any] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.shape is not None:
+            out[name] = Deferred(tuple(obj.shape), obj.dtype, _reader(lambda: obj[()]))
+
+    f.visititems(visit)
+    return out
+
+
+def _read_msgpack(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
+    ser = _needs("flax.serialization", "a Flax msgpack file", where)
+    tree = ser.msgpack_restore(path.read_bytes())
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(f"{prefix}/{k}" if prefix else str(k), v)
+        elif node is not None:
+            out[prefix] = np.asarray(node)
+
+    walk("", tree)
+    return out
+
+
+def _read_params(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
+    mx = _needs("mxnet", "a Gluon .params file", where)
+    loaded = mx.nd.load(str(path))
+    if not isinstance(loaded, dict):
+        raise FileFormatError("a .params file of named arrays (Block.save_parameters)", f"{where}: a list",
+                              "save it with net.save_parameters(path)")
+    return {k: Deferred(tuple(v.shape), np.dtype(v.dtype), _reader(v.asnumpy)) for k, v in loaded.items()}
+
+
+def _reader(get: Callable[[], Any]) -> Callable[[], np.ndarray]:
+    return lambda: np.asarray(get())
+
+
+def targets_of(params: Sequence[Any], buffers: Sequence[Any]) -> list[_Target]:
+    """The model's distinct storages grouped by owning layer (params, then running statistics)."""
+    out = []
+    for p in list(params) + [b for b in buffers if b.role in _STAT_ROLES]:
+        layer = tuple(p.name.split(".")[:-1])
+        out.append(_Target(p.name, tuple(p.shape), p.role, p.layout, layer))
+    order = {k: i for i, k in enumerate(dict.fromkeys(t.layer for t in out))}
+    return sorted(out, key=lambda t: order[t.layer])  # stable: params before statistics in a layer
