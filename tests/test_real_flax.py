@@ -23,7 +23,7 @@ import unified_params as up  # noqa: E402
 from unified_params import reference as ref  # noqa: E402
 
 RNG = np.random.default_rng(0)
-IMG = RNG.standard_normal((2, 16, 16, 3)).astype(np.float32)  # NHWC
+IMG = RNG.standard_normal((2, 8, 8, 3)).astype(np.float32)  # NHWC
 SEQ = RNG.standard_normal((2, 5, 8)).astype(np.float32)  # (batch, time, features)
 
 
