@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy as st  # a test dependency: missing fails, never skips
 
 import unified_params as up
 from unified_params import reference as ref
-
-st = pytest.importorskip("safetensors.numpy")
 
 X = np.linspace(-1, 1, 2 * 6, dtype=np.float32).reshape(2, 6)
 
