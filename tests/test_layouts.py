@@ -393,3 +393,23 @@ def test_any_layout_round_trips_and_agrees_with_its_description(case):
             block, rest = divmod(out[0], size)
             out[0] = gates.index(block) * size + rest
         assert canon[tuple(out)] == flipped[idx]
+
+
+def test_gluon_channels_last_is_a_table_selector() -> None:
+    """The MXNet adapter asks the table (no framework needed here): a Gluon
+    convolution built channels-last is native, channels-first canonical."""
+    from unified_params.adapter import layout_rule
+
+    class _Conv:  # Gluon's base class name for every convolution
+        def __init__(self, layout: str) -> None:
+            self._kwargs = {"layout": layout}
+
+    class _BaseConvRNNCell:
+        def __init__(self, layout: str) -> None:
+            self._conv_layout = layout
+
+    for blk_layout, want in (("NHWC", "native"), ("NDHWC", "native"), ("NCHW", "canonical"), ("NCW", "canonical")):
+        assert layout_rule("mxnet", _Conv(blk_layout), "weight", 4)[1] == want, blk_layout
+        assert layout_rule("mxnet", _Conv(blk_layout), "bias", 1)[1] == want, blk_layout
+        assert layout_rule("mxnet", _BaseConvRNNCell(blk_layout), "i2h_weight", 4)[1] == want
+    assert layout_rule("mxnet", object(), "weight", 2)[1] == "canonical"  # Gluon's default layout

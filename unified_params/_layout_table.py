@@ -122,8 +122,23 @@ def _keras_gru_bias(layer: Any, ndim: int) -> str | None:
     return "gates1:1,0,2" if ndim == 2 else "gates:1,0,2"
 
 
+def _gluon_data_layout(layer: Any, ndim: int) -> str | None:
+    """Gluon convolutions (and convolutional recurrent cells) store PyTorch's
+    layout when built channels-first; built channels-last (``layout='NHWC'``,
+    ``conv_layout='NDHWC'``: weight ``(O, *kernel, I)``) they have no layout
+    this table converts, so every variable of the layer stays native."""
+    kwargs = getattr(layer, "_kwargs", None)
+    data = kwargs.get("layout") if isinstance(kwargs, dict) else None
+    if data is None:
+        data = getattr(layer, "_conv_layout", None)
+    if isinstance(data, str) and len(data) > 2 and not data.startswith("NC"):
+        return NATIVE
+    return CANONICAL
+
+
 _K = "keras"
 _F = "flax"
+_M = "mxnet"
 
 RULES: list[Rule] = [
     # -- Keras 3 -------------------------------------------------------------------
@@ -191,6 +206,11 @@ RULES: list[Rule] = [
     Rule(_F, "InstanceNorm", "scale", "weight"),
     Rule(_F, "InstanceNorm", "bias", "bias"),
     Rule(_F, "RMSNorm", "scale", "weight"),
+    # -- Gluon (PyTorch's layout as stored, except channels-last convolutions) ----
+    Rule(_M, "_Conv", "weight", "weight", when=_gluon_data_layout, note="native when built channels-last"),
+    Rule(_M, "_Conv", "bias", "bias", when=_gluon_data_layout),
+    *(Rule(_M, "_BaseConvRNNCell", v, v, when=_gluon_data_layout)
+      for v in ("i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias")),
 ]
 
 _INDEX: dict[tuple[str, str, str], Rule] = {}

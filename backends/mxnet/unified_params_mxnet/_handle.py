@@ -45,7 +45,7 @@ from mxnet import autograd
 from mxnet.gluon import Block, HybridBlock, Parameter
 
 from unified_params import NotInitializedError
-from unified_params.adapter import CANONICAL, NATIVE, Backend, Handle, Leaf, Node
+from unified_params.adapter import Backend, Handle, Leaf, Node, layout_rule
 
 __all__ = ["MXNetHandle", "Slot", "to_numpy"]
 
@@ -152,21 +152,6 @@ def _role(block: Block, key: str, registered: bool) -> str:
     return _ROLES.get(key, key)
 
 
-def _layout(block: Block) -> str:
-    """The layout of ``block``'s parameters, from the layer's own attributes:
-    Gluon stores PyTorch's layout for channels-first layers (contract 3.1);
-    a convolution (or convolutional recurrent cell) built channels-last
-    (``layout='NHWC'``: weight ``(O, *kernel, I)``) has no canonical layout
-    the adapter knows, so it is ``native`` (contract 3.3), never mislabelled."""
-    kwargs = getattr(block, "_kwargs", None)
-    data_layout = kwargs.get("layout") if isinstance(kwargs, dict) else None
-    if data_layout is None:
-        data_layout = getattr(block, "_conv_layout", None)
-    if isinstance(data_layout, str) and len(data_layout) > 2 and not data_layout.startswith("NC"):
-        return NATIVE
-    return CANONICAL
-
-
 def _walk(block: Block) -> Iterator[Block]:
     """Every block under ``block`` (itself first), a reused one once per use."""
     yield block
@@ -189,7 +174,6 @@ def _leaves(block: Block) -> Iterator[Leaf]:
             for p in b._reg_params.values()
         }
         slots += [Slot(block, k, registered=False) for k, p in extra if id(p) not in below]
-    layout = _layout(block)
     for slot in slots:
         p = slot.param
         # Gluon marks state that is never differentiated (BatchNorm's running
@@ -203,7 +187,7 @@ def _leaves(block: Block) -> Iterator[Leaf]:
             native_name=p.name,
             kind="param" if differentiable else "buffer",
             trainable=differentiable and p.grad_req != "null",
-            layout=layout,
+            layout=layout_rule("mxnet", block, slot.name, len(p.shape or ()))[1],
         )
 
 
