@@ -21,6 +21,7 @@ from flax import linen as nn  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import unified_params as up  # noqa: E402
+from unified_params.testing.checks import node_matches_tree  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
 
@@ -443,35 +444,6 @@ def test_a_written_array_is_not_aliased(arch: str) -> None:
 # -- protocol 2 ------------------------------------------------------------------
 
 
-def _assert_node_matches_tree(handle: object) -> int:
-    """``Handle.node(path)`` gives, for every path, the node ``tree()`` has
-    there (same object, key, leaves) without children. Returns the count."""
-    seen = 0
-
-    def leaves(node: object) -> list[tuple]:
-        return [
-            (lf.role, lf.storage, lf.native_name, lf.kind, lf.trainable, lf.layout)
-            for lf in node.leaves  # type: ignore[attr-defined]
-        ]
-
-    def visit(node: object, path: tuple[str, ...]) -> None:
-        nonlocal seen
-        got = handle.node(path)  # type: ignore[attr-defined]
-        assert got is not None and got.children == []
-        assert got.native is node.native and got.key == node.key  # type: ignore[attr-defined]
-        assert got.type_name == node.type_name  # type: ignore[attr-defined]
-        assert leaves(got) == leaves(node)
-        seen += 1
-        keys: set[str] = set()
-        for child in node.children:  # type: ignore[attr-defined]
-            if child.key not in keys:  # a key names its first child
-                keys.add(child.key)
-                visit(child, (*path, child.key))
-
-    visit(handle.tree(), ())  # type: ignore[attr-defined]
-    return seen
-
-
 @pytest.mark.parametrize("arch", ["linen", "nnx"])
 def test_node_by_path_matches_the_tree(arch: str) -> None:
     be = up.get_backend("jax" if arch == "linen" else "jax-nnx")
@@ -480,7 +452,7 @@ def test_node_by_path_matches_the_tree(arch: str) -> None:
         m = make()
         if m is None:  # NNX has no deferred model
             continue
-        assert _assert_node_matches_tree(be.open(m.native, getattr(m, "variables", None))) > 1
+        assert node_matches_tree(be.open(m.native, getattr(m, "variables", None))) > 1
 
 
 def test_linen_node_by_path_of_setup_and_compact_modules() -> None:
@@ -500,7 +472,7 @@ def test_linen_node_by_path_of_setup_and_compact_modules() -> None:
     net = Outer()
     m = up.wrap(net, net.init(jax.random.key(0), X))
     handle = up.get_backend("jax").open(net, m.variables)
-    assert _assert_node_matches_tree(handle) == 5
+    assert node_matches_tree(handle) == 5
     m(X)  # records the @compact submodules: their nodes are the objects
     assert isinstance(m["Setup_0"]["enc"].native, nn.Dense)
     assert m.params["Setup_0.enc.weight"].shape == (3, 4)

@@ -18,6 +18,7 @@ from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
 import unified_params as up  # noqa: E402
+from unified_params.testing.checks import node_matches_tree  # noqa: E402
 
 
 @pytest.fixture(params=["nd", "np"])
@@ -338,35 +339,13 @@ def test_importing_the_adapter_imports_no_framework() -> None:
 # -- protocol 2 -------------------------------------------------------------------
 
 
-def _assert_node_matches_tree(handle) -> int:
-    """``Handle.node(path)`` gives, for every path, the node ``tree()`` has
-    there (same object, key, leaves) without children. Returns the count."""
-    seen = 0
-
-    def leaves(node) -> list:
-        return [(lf.role, lf.storage, lf.native_name, lf.kind, lf.trainable, lf.layout) for lf in node.leaves]
-
-    def visit(node, path: tuple) -> None:
-        nonlocal seen
-        got = handle.node(path)
-        assert got is not None and got.children == []
-        assert got.native is node.native and got.key == node.key and got.type_name == node.type_name
-        assert leaves(got) == leaves(node)
-        seen += 1
-        for child in node.children:
-            visit(child, (*path, child.key))
-
-    visit(handle.tree(), ())
-    return seen
-
-
 def test_node_by_path_matches_the_tree(interface: str) -> None:
     from unified_params_mxnet.zoo import MXNetZoo
 
     zoo = MXNetZoo()
     be = up.get_backend("mxnet")
     for make in (zoo.nested, zoo.shared, zoo.norm, zoo.cnn, zoo.lazy):
-        assert _assert_node_matches_tree(be.open(make().native)) > 1
+        assert node_matches_tree(be.open(make().native)) > 1
 
 
 def test_call_passes_every_argument(interface: str) -> None:

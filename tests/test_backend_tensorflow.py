@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 import unified_params as up  # noqa: E402
+from unified_params.testing.checks import node_matches_tree  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - set by KERAS_BACKEND
     pytest.skip("these tests run Keras on TensorFlow", allow_module_level=True)
@@ -458,35 +459,6 @@ def test_adapter_runs_on_other_keras_backends(name: str) -> None:
 # -- protocol 2 ---------------------------------------------------------------
 
 
-def _assert_node_matches_tree(handle: object) -> int:
-    """``Handle.node(path)`` gives, for every path, the node ``tree()`` has
-    there (same object, key, leaves) without children. Returns the count."""
-    seen = 0
-
-    def leaves(node: object) -> list[tuple]:
-        return [
-            (lf.role, lf.storage, lf.native_name, lf.kind, lf.trainable, lf.layout)
-            for lf in node.leaves  # type: ignore[attr-defined]
-        ]
-
-    def visit(node: object, path: tuple[str, ...]) -> None:
-        nonlocal seen
-        got = handle.node(path)  # type: ignore[attr-defined]
-        assert got is not None and got.children == []
-        assert got.native is node.native and got.key == node.key  # type: ignore[attr-defined]
-        assert got.type_name == node.type_name  # type: ignore[attr-defined]
-        assert leaves(got) == leaves(node)
-        seen += 1
-        keys: set[str] = set()
-        for child in node.children:  # type: ignore[attr-defined]
-            if child.key not in keys:  # a key names its first child
-                keys.add(child.key)
-                visit(child, (*path, child.key))
-
-    visit(handle.tree(), ())  # type: ignore[attr-defined]
-    return seen
-
-
 def test_node_by_path_matches_the_tree() -> None:
     from unified_params_tensorflow.zoo import KerasZoo
 
@@ -499,7 +471,7 @@ def test_node_by_path_matches_the_tree() -> None:
     models = [zoo.nested().native, zoo.shared().native, zoo.norm().native, zoo.lazy().native]
     with_input = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.Dense(2)])
     for native in (*models, functional, sub, with_input):
-        assert _assert_node_matches_tree(be.open(native)) > 1
+        assert node_matches_tree(be.open(native)) > 1
     assert be.open(sub).node(("blocks", "1")).native is sub.blocks[1]
 
 

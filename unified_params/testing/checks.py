@@ -154,6 +154,47 @@ def check_children_and_indexing(be: Backend) -> None:
     _raises(up.ParamNotFoundError, lambda: m[len(kids) + 5])
 
 
+def node_matches_tree(handle: Any) -> int:
+    """Asserts that ``handle.node(path)`` gives, for every path, the node
+    ``handle.tree()`` has there (same native object, key, type and leaves)
+    without building its children; returns how many nodes it compared.
+    The core looks names up through ``node`` alone (issue 13), so a node that
+    differs from the tree's would make ``m['a.b']`` disagree with listing."""
+    seen = 0
+
+    def leaves(node: Any) -> list[tuple[Any, ...]]:
+        return [(lf.role, lf.storage, lf.native_name, lf.kind, lf.trainable, lf.layout) for lf in node.leaves]
+
+    def visit(node: Any, path: tuple[str, ...]) -> None:
+        nonlocal seen
+        got = handle.node(path)
+        assert got is not None and got.children == [], path
+        assert got.native is node.native and got.key == node.key, path
+        assert got.type_name == node.type_name, path
+        assert leaves(got) == leaves(node), path
+        seen += 1
+        keys: set[str] = set()
+        for child in node.children:
+            if child.key not in keys:  # a key names its first child
+                keys.add(child.key)
+                visit(child, (*path, child.key))
+
+    visit(handle.tree(), ())
+    return seen
+
+
+@check
+def check_node_by_path_matches_the_tree(be: Backend) -> None:
+    """Protocol 2 (docs/adapters.md): ``Handle.node`` agrees with ``tree``
+    on every zoo model, shared and deferred ones included."""
+    zoo = be.zoo()
+    for make in (zoo.nested, zoo.shared, zoo.norm, zoo.cnn, zoo.lazy):
+        m = make()
+        if m is None:  # a backend without deferred models
+            continue
+        assert node_matches_tree(m._handle) > 1, make.__name__
+
+
 @check
 def check_select_distinct_and_missing_names(be: Backend) -> None:
     """1.4: select by re.fullmatch, distinct, ParamNotFoundError with close names."""
