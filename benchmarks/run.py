@@ -35,7 +35,7 @@ PORTS = ("torch->jax", "torch->tensorflow", "jax->torch")
 MODULES = {"numpy": "unified_params", "torch": "unified_params_torch", "tensorflow": "unified_params_tensorflow",
            "jax": "unified_params_jax", "mxnet": "unified_params_mxnet"}
 FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "tensorflow": "keras", "jax": "flax", "mxnet": "mxnet"}
-CASES = ("list", "bulk", "file", "init", "scale", "port")
+CASES = ("list", "bulk", "file", "init", "scale", "port", "real")
 DOCS_TABLE = ROOT / "docs" / "benchmarks-table.md"
 
 #: Targets (issues 13 and 18): the ratio a row must not exceed. ``scale
@@ -50,7 +50,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
     repeat = max(3, args.repeat)
     if args.quick:  # small models, short samples: the smoke test's budget
-        return {"width": 512, "depth": 16, "list_depth": 100, "repeat": 3, "budget": 0.002,
+        return {"width": 512, "depth": 16, "list_depth": 100, "repeat": 3, "budget": 0.002, "quick": True,
                 "sizes": sizes or [10, 100], "scale_budget_s": 60.0}
     # 64 layers of 2048 x 2048 float32: 1 GiB (plus 512 KiB of biases), in
     # storages of 16 MiB (what streaming holds at a time scales with them)
@@ -157,6 +157,12 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "peak_extra": r["peak_extra"], "ours_s": r["ours_s"], "rounds": r["rounds"]})
         elif case == "scale":
             out += _scale_rows(r, base)
+        elif case == "real":  # issue 14: up.wrap + listing of real models
+            for name, x in r.get("models", {}).items():
+                v, sp = _r(x.get("ours_vs_native"))
+                out.append({**base, "what": f"wrap+list {name} ({x['n_entries']} entries)",
+                            "target": TARGETS["list"], "vs_native": v, "vs_native_spread": sp,
+                            "ours_s": x["ours_s"], "rounds": x["rounds"]})
     return out
 
 

@@ -306,6 +306,10 @@ def run_backend(backend: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_timed_case("list", backend, lambda: case_list(backend, spec)))
     if "scale" in cases:
         out.append(_timed_case("scale", backend, lambda: case_scale(backend, spec)))
+    if "real" in cases:
+        from benchmarks._real import case_real
+
+        out.append(_timed_case("real", backend, lambda: case_real(backend, spec, rounds)))
     big = [c for c in ("bulk", "file", "init") if c in cases]
     if big:
         built = NATIVES[backend]().build(spec["width"], spec["depth"])

@@ -99,3 +99,28 @@ def test_quick_run_writes_no_latest(tmp_path: Path, backend: str, monkeypatch: p
     (result,) = tmp_path.glob("*-quick.json")
     doc = json.loads(result.read_text())
     assert doc["load"]["before"] and doc["rows"] and "error" not in doc["rows"][0], doc["rows"][0]
+
+
+def test_real_model_case_lists_what_the_framework_lists() -> None:
+    """Issue 14's row: wrap + listing of a real model against the framework's
+    own listing; the case refuses a model whose counts differ."""
+    pytest.importorskip("torch")
+    run, worker = _bench()
+    from benchmarks import _real
+
+    spec = {"repeat": 3, "budget": 0.0, "quick": True}
+    res = _real.case_real("torch", spec, worker.rounds)
+    assert res["models"], res  # torchvision and/or transformers are in the torch env
+    for name, x in res["models"].items():
+        assert x["n_entries"] > 10 and x["rounds"] == 3, name
+    rows = run.rows([{**res, "case": "real", "backend": "torch", "load_before": [1.0]}])
+    assert all(r["what"].startswith("wrap+list ") and r["target"] == run.TARGETS["list"] for r in rows)
+    net, native = next(iter(_real._torch_models(True).values()))
+    short = lambda: native()[:-1]  # noqa: E731 - a listing that misses one entry
+    _real.MODELS["broken"] = lambda quick: {"m": (net, short)}
+    try:
+        with pytest.raises(AssertionError, match="entries listed"):
+            _real.case_real("broken", spec, worker.rounds)
+    finally:
+        del _real.MODELS["broken"]
+    assert _real.case_real("jax", spec, worker.rounds)["models"] == {}
