@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..adapter import PROTOCOL_VERSION, Backend, Handle, Leaf, Node, Zoo
-from ._kit import BatchNorm, Conv2d, Dense, GlobalAvgPool2d, Module, Parameter, ReLU, Sequential, Var
+from ._kit import BatchNorm, Conv2d, Dense, GlobalAvgPool2d, Module, Parameter, ReLU, Sequential, Var, structure_version
 
 __all__ = ["NumpyBackend"]
 
@@ -38,15 +38,10 @@ class NumpyHandle(Handle):
         return node("", self._model)
 
     def stamp(self) -> tuple[Any, ...]:
-        """Each module's identity and the identity of every storage it holds."""
-        parts: list[Any] = []
-        stack = [self._model]
-        while stack:
-            mod = stack.pop()
-            parts.append((id(mod), tuple(mod._params), tuple(map(id, mod._params.values())),
-                          tuple(mod._buffers), tuple(map(id, mod._buffers.values())), tuple(mod._children)))
-            stack.extend(reversed(mod._children.values()))
-        return tuple(parts)
+        """The kit's structure version (bumped by every change of any
+        module's tables, direct edits of them included, and by every
+        materialized shape) and the root: O(1), whatever the model's size."""
+        return (structure_version(), id(self._model))
 
     def node(self, path: tuple[str, ...]) -> Node | None:
         mod = self._model

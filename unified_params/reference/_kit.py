@@ -32,6 +32,55 @@ __all__ = [
 
 Backprop = Callable[[np.ndarray], np.ndarray]
 
+#: Bumped by every change of any module's tables (children, parameters,
+#: buffers) and by every materialized shape: the adapter's ``stamp()``, so
+#: that the core re-walks a model only after something changed.
+_version = [0]
+
+
+def structure_version() -> int:
+    """A number that changes whenever any reference model's structure does."""
+    return _version[0]
+
+
+class _Table(dict):  # type: ignore[type-arg]
+    """A module's table of children, parameters or buffers: a dict that
+    bumps the structure version on every change, direct edits included."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _version[0] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        _version[0] += 1
+        super().__delitem__(key)
+
+    def pop(self, *args: Any) -> Any:
+        _version[0] += 1
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        _version[0] += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        _version[0] += 1
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        _version[0] += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        _version[0] += 1
+        return super().setdefault(key, default)
+
+    def __ior__(self, other: Any) -> Any:
+        _version[0] += 1
+        return super().__ior__(other)
+
 
 class Parameter:
     """A storage: ``data`` (``None`` while deferred), its ``shape`` (``None``
@@ -48,6 +97,7 @@ class Parameter:
             self.data = np.zeros(self.shape, self.dtype)  # type: ignore[arg-type]
 
     def materialize(self, shape: tuple[int, ...]) -> None:
+        _version[0] += 1
         self.shape = tuple(shape)
         self.data = np.zeros(shape, self.dtype)
 
@@ -63,9 +113,9 @@ class Module:
     themselves in assignment order, as in PyTorch."""
 
     def __init__(self) -> None:
-        object.__setattr__(self, "_children", {})
-        object.__setattr__(self, "_params", {})
-        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_children", _Table())
+        object.__setattr__(self, "_params", _Table())
+        object.__setattr__(self, "_buffers", _Table())
 
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, Module):
