@@ -15,15 +15,26 @@ canonical layout chosen from the layouts the writing framework uses, the
 first that gives the model's canonical shape. What names cannot decide, a
 ``names`` map of regex rules settles; ``check=`` verifies the result.
 Each framework's reader is imported only for its own file kind.
+
+Recurrent layers are paired in PyTorch's form, one unit per layer and
+direction (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``): PyTorch's
+``weight_ih_l0`` and Gluon's ``l0_i2h_weight`` (``i2h_weight`` of its
+unfused cells in a file) are renamed so; a Keras cell's three positional
+variables are crossed with the layout table's rules (gate order, one or a
+stacked bias) into those four; a model's one or stacked bias (Keras) is
+filled from the two it pairs with (summed or stacked), as ``_pairing`` does
+for ports.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,23 +42,49 @@ import numpy as np
 from ._errors import ArgumentError, FileFormatError, StateError
 from ._format import few, short
 from ._layout import CANONICAL, KERNEL_LAST, NATIVE, shape_to_canonical, to_canonical
+from ._layout_table import BIAS_SINGLE, BIAS_STACKED, lookup
 from ._values import Deferred
 
-#: file suffixes read here (safetensors files are read by ``_format``)
-SUFFIXES = {".h5": "keras", ".hdf5": "keras", ".msgpack": "flax", ".params": "mxnet"}
+#: file suffixes read here (safetensors files are read by ``_format``); ``.pt``/``.pth``/``.bin``:
+#: PyTorch's own ``torch.save`` pickles, read with ``weights_only=True`` (tensors only, no code)
+SUFFIXES = {".h5": "keras", ".hdf5": "keras", ".msgpack": "flax", ".params": "mxnet",
+            ".pt": "torch", ".pth": "torch", ".bin": "torch"}
+#: files inside an Orbax checkpoint directory (any of them marks one)
+_ORBAX_MARKS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt", "_sharding")
 #: roles that mean the same in every framework, by class
 _ROLES = {
     "weight": "w", "kernel": "w", "gamma": "w", "scale": "w", "embedding": "w", "embeddings": "w",
     "bias": "b", "beta": "b",
     "running_mean": "m", "moving_mean": "m", "mean": "m",
     "running_var": "v", "moving_variance": "v", "var": "v",
+    "weight_ih": "wi", "weight_hh": "wh", "bias_ih": "bi", "bias_hh": "bh",
 }
 #: state only one framework keeps: never paired
 _SKIP = {"num_batches_tracked"}
 _STAT_ROLES = ("running_mean", "running_var")
 #: path tokens that name collections or containers, not layers
-_NOISE = {"keras": {"layers", "vars", "_layer_checkpoint_dependencies"}, "flax": {"params", "batch_stats"}}
+_NOISE = {"keras": {"layers", "vars", "_layer_checkpoint_dependencies"}, "flax": {"params", "batch_stats"},
+          "mxnet": {"_unfused"}}
+#: recurrent roles: PyTorch's ``weight_ih_l0``/``bias_hh_l1_reverse``; Gluon's ``l0_i2h_weight``,
+#: ``r0_h2h_bias`` (a model's names) and ``i2h_weight`` (its unfused cells in a save_parameters file)
+_TORCH_RNN = re.compile(r"(weight|bias)_(ih|hh)_l(\d+)(_reverse)?")
+_GLUON_RNN = re.compile(r"(?:([lr])(\d+)_)?(i2h|h2h)_(weight|bias)")
+#: Keras cells by gate count (the recurrent kernel is (units, gates * units))
+_KERAS_CELLS = {4: "LSTMCell", 3: "GRUCell", 1: "SimpleRNNCell"}
 _CANONICAL_ORIGINS = ("torch", "mxnet", "numpy", "unified_params")
+
+
+def kind_of(path: Path) -> str | None:
+    """The framework whose own file ``path`` is (read here), or ``None``
+    for safetensors files and sharded directories (read by ``_io``)."""
+    origin = SUFFIXES.get(path.suffix.lower())
+    if origin:
+        return origin
+    if "".join(path.suffixes[-2:]).lower() == ".pth.tar":  # timm's checkpoint-<epoch>.pth.tar
+        return "torch"
+    if path.is_dir() and any((path / m).exists() for m in _ORBAX_MARKS):
+        return "orbax"
+    return None
 
 
 def natural_key(name: str) -> tuple[Any, ...]:
@@ -61,6 +98,7 @@ class _Tensor:
     value: Any  # Deferred or ndarray, in the writer's native layout
     layer: tuple[str, ...]
     role: str  # the writer's role name, or '#<i>' for a position
+    fixed: str = ""  # already canonical, crossed from this layout (a Keras cell's parts)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -74,6 +112,8 @@ class _Target:
     role: str
     layout: str
     layer: tuple[str, ...]
+    #: one of two parts of a model's single or stacked recurrent bias: (storage, 'sum'|'stack', index, shape)
+    part: tuple[str, str, int, tuple[int, ...]] | None = None
 
 
 @dataclass
@@ -110,7 +150,20 @@ def _parse(name: str, origin: str) -> tuple[tuple[str, ...], str]:
         role = tokens[-1] if tokens else name
         tokens = tokens[:-1]
     noise = _NOISE.get(origin, set())
-    return tuple(t for t in tokens if t not in noise), role
+    return rnn_form(tuple(t for t in tokens if t not in noise), role)
+
+
+def rnn_form(layer: tuple[str, ...], role: str) -> tuple[tuple[str, ...], str]:
+    """PyTorch's and Gluon's recurrent names as one unit per layer and
+    direction: ``(lstm,), weight_ih_l1_reverse`` -> ``(lstm, l1_reverse), weight_ih``."""
+    m = _TORCH_RNN.fullmatch(role)
+    if m:
+        return (*layer, f"l{m[3]}{m[4] or ''}"), f"{m[1]}_{m[2]}"
+    m = _GLUON_RNN.fullmatch(role)
+    if m:
+        sub = () if m[1] is None else (f"l{m[2]}" + ("_reverse" if m[1] == "r" else ""),)
+        return (*layer, *sub), f"{m[4]}_{'ih' if m[3] == 'i2h' else 'hh'}"
+    return layer, role
 
 
 def _norm(layer: Sequence[str]) -> tuple[str, ...]:
@@ -127,7 +180,9 @@ def _candidates(origin: str, role: str, ndim: int) -> list[str]:
 
 def _layout_for(t: _Tensor, dst: _Target, origin: str) -> str | None:
     if dst.layout == NATIVE:
-        return NATIVE if t.shape == dst.shape else None
+        return NATIVE if t.shape == dst.shape and not t.fixed else None
+    if t.fixed:
+        return t.fixed if t.shape == dst.shape else None
     for lay in _candidates(origin, t.role, len(t.shape)):
         try:
             if shape_to_canonical(t.shape, lay) == dst.shape:
@@ -141,8 +196,8 @@ def _signature(shapes: Sequence[tuple[int, ...]]) -> tuple[Any, ...]:
     return tuple(sorted((len(s), tuple(sorted(s))) for s in shapes))
 
 
-def _convert(value: Any, layout: str) -> Any:
-    if layout in (CANONICAL, NATIVE):
+def _convert(value: Any, layout: str, fixed: str = "") -> Any:
+    if fixed or layout in (CANONICAL, NATIVE):
         return value
     shape = shape_to_canonical(tuple(value.shape), layout)
     return Deferred(shape, value.dtype, lambda: to_canonical(np.asarray(value), layout))
@@ -177,6 +232,11 @@ def pair_structure(targets: list[_Target], tensors: Mapping[str, Any], origin: s
     by_name = {t.name: t for t in targets}
     used_targets: set[str] = set()
     files: list[_Tensor] = []
+
+    def assign(t: _Tensor, d: _Target, lay: str) -> None:
+        state[d.name] = _convert(t.value, lay, t.fixed)
+        result.pairs.append((t.name, d.part[0] if d.part else d.name, lay))
+
     for n in sorted(tensors, key=natural_key):
         layer, role = _parse(n, origin)
         if role in _SKIP:
@@ -203,9 +263,10 @@ def pair_structure(targets: list[_Target], tensors: Mapping[str, Any], origin: s
             raise StateError(f"a value for {dst.name!r} of canonical shape {dst.shape}",
                              f"{short(n, 80)!r} of shape {t.shape}, which no layout of {origin} turns into it",
                              "fix the names= rule, or leave this tensor to the structure pairing")
-        state[dst.name] = _convert(t.value, lay)
-        result.pairs.append((n, dst.name, lay))
+        assign(t, dst, lay)
         used_targets.add(dst.name)
+    if origin == "keras":
+        files = _keras_cells(files)
 
     flayers: dict[tuple[str, ...], list[_Tensor]] = {}
     for t in files:
@@ -218,25 +279,98 @@ def pair_structure(targets: list[_Target], tensors: Mapping[str, Any], origin: s
     fnorm = {k: _norm(k) for k in flayers}
     free = list(flayers)  # natural order
     taken: set[tuple[str, ...]] = set()
+    unpaired: list[_Target] = []
     for dk, dts in dlayers.items():
         sig = _signature([d.shape for d in dts])
         same = [k for k in free if k not in taken and fsig[k] == sig and _same_name(fnorm[k], _norm(dk))]
         choice = min(same, key=lambda k: len(fnorm[k])) if same else None
         if choice is None:
             choice = next((k for k in free if k not in taken and fsig[k] == sig), None)
-        if choice is None:
-            result.unpaired_model.extend(d.name for d in dts)
-            continue
-        pairs = _within(flayers[choice], dts, origin)
-        if pairs is None:
-            result.unpaired_model.extend(d.name for d in dts)
+        pairs = None if choice is None else _within(flayers[choice], dts, origin)
+        if choice is None or pairs is None:
+            unpaired.extend(dts)
             continue
         taken.add(choice)
         for t, d, lay in pairs:
-            state[d.name] = _convert(t.value, lay)
-            result.pairs.append((t.name, d.name, lay))
-    result.unpaired_file = [t.name for k in flayers if k not in taken for t in flayers[k]]
+            assign(t, d, lay)
+    _join_parts(targets, state, unpaired)
+    result.unpaired_model = list(dict.fromkeys(d.part[0] if d.part else d.name for d in unpaired))
+    result.unpaired_file = list(dict.fromkeys(t.name for k in flayers if k not in taken for t in flayers[k]))
     return state, result
+
+
+def _join_parts(targets: list[_Target], state: dict[str, Any], unpaired: list[_Target]) -> None:
+    """A model's single (summed) or stacked recurrent bias from its two
+    paired parts; one part without the other leaves the bias unpaired."""
+    parts: dict[str, list[_Target]] = {}
+    for d in targets:
+        if d.part:
+            parts.setdefault(d.part[0], []).append(d)
+    for name, ds in parts.items():
+        values = [state.pop(d.name, None) for d in sorted(ds, key=lambda d: d.part[2] if d.part else 0)]
+        if any(v is None for v in values):
+            unpaired.extend(d for d in ds if d not in unpaired)
+            continue
+        how, shape = ds[0].part[1], ds[0].part[3]  # type: ignore[index]
+        a, b = values
+        dtype = np.result_type(a.dtype, b.dtype)
+
+        def join(a: Any = a, b: Any = b, how: str = how) -> np.ndarray:
+            x, y = np.asarray(a), np.asarray(b)
+            return x + y if how == "sum" else np.stack([x, y])
+
+        state[name] = Deferred(shape, dtype, join)
+
+
+def _keras_cells(files: list[_Tensor]) -> list[_Tensor]:
+    """Each Keras recurrent cell's ``vars/0..2`` (kernel, recurrent kernel,
+    bias) as PyTorch's four, crossed with the layout table's rules."""
+    layers: dict[tuple[str, ...], list[_Tensor]] = {}
+    for t in files:
+        layers.setdefault(t.layer, []).append(t)
+    out: list[_Tensor] = []
+    for layer, ts in layers.items():
+        out.extend(_keras_cell(layer, ts) or ts)
+    return out
+
+
+def _keras_cell(layer: tuple[str, ...], ts: list[_Tensor]) -> list[_Tensor] | None:
+    if not layer or layer[-1] != "cell" or sorted(t.role for t in ts) != ["#0", "#1", "#2"]:
+        return None
+    k, r, b = sorted(ts, key=lambda t: t.role)
+    if len(k.shape) != 2 or len(r.shape) != 2 or k.shape[1] != r.shape[1] or not r.shape[0]:
+        return None
+    units, width = r.shape
+    cell = _KERAS_CELLS.get(width // units) if width % units == 0 else None
+    stacked = b.shape == (2, width)
+    if cell is None or not (stacked or b.shape == (width,)):
+        return None
+    config = SimpleNamespace(reset_after=stacked)  # what the table's GRU selectors read
+    rules = [lookup("keras", (cell,), var, config, len(t.shape))
+             for var, t in (("kernel", k), ("recurrent_kernel", r), ("bias", b))]
+    if any(rule is None or rule[1] == NATIVE for rule in rules):
+        return None  # e.g. GRU(reset_after=False): no PyTorch layer computes it; left unpaired
+    (_, lk, _), (_, lr, _), (_, lb, mark) = rules  # type: ignore[misc]
+    if (mark == BIAS_STACKED) != stacked:
+        return None
+
+    def crossed(t: _Tensor, lay: str, role: str) -> _Tensor:
+        shape = shape_to_canonical(t.shape, lay)
+        value = Deferred(shape, t.value.dtype, lambda: to_canonical(np.asarray(t.value), lay))
+        return _Tensor(t.name, value, layer, role, lay)
+
+    def row(i: int) -> Callable[[], np.ndarray]:
+        return lambda: to_canonical(np.asarray(b.value), lb)[i]
+
+    dtype = b.value.dtype
+    if mark == BIAS_SINGLE:
+        ih = crossed(b, lb, "bias_ih")
+        hh = _Tensor(b.name, Deferred((width,), dtype, lambda: np.zeros(width, dtype)), layer, "bias_hh",
+                     "zero (one bias)")
+    else:
+        ih = _Tensor(b.name, Deferred((width,), dtype, row(0)), layer, "bias_ih", f"{lb}[0]")
+        hh = _Tensor(b.name, Deferred((width,), dtype, row(1)), layer, "bias_hh", f"{lb}[1]")
+    return [crossed(k, lk, "weight_ih"), crossed(r, lr, "weight_hh"), ih, hh]
 
 
 def _same_name(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -284,13 +418,16 @@ def _needs(module: str, what: str, where: str) -> Any:
 
 
 def read(path: Path, where: str, stack: ExitStack) -> tuple[dict[str, Any], str]:
-    """The tensors of a Keras ``.weights.h5``, a Flax msgpack or a Gluon
-    ``.params`` file (lazy where the format allows) and the writer's name."""
-    origin = SUFFIXES[path.suffix.lower()]
+    """The tensors of a Keras ``.weights.h5``, a Flax msgpack, an Orbax
+    checkpoint directory, a Gluon ``.params`` file or a PyTorch pickle
+    (lazy where the format allows) and the writer's name."""
+    kind = kind_of(path) or ""
     readers: dict[str, Callable[[Path, str, ExitStack], dict[str, Any]]] = {
-        "keras": _read_h5, "flax": _read_msgpack, "mxnet": _read_params}
+        "keras": _read_h5, "flax": _read_msgpack, "mxnet": _read_params, "torch": _read_torch,
+        "orbax": _read_orbax}
+    origin = "flax" if kind == "orbax" else kind
     try:
-        return readers[origin](path, where, stack), origin
+        return readers[kind](path, where, stack), origin
     except FileFormatError:
         raise
     except Exception as exc:  # a reader's own error on a bad file
@@ -314,7 +451,27 @@ def _read_h5(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
 
 def _read_msgpack(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
     ser = _needs("flax.serialization", "a Flax msgpack file", where)
-    tree = ser.msgpack_restore(path.read_bytes())
+    return _flatten(ser.msgpack_restore(path.read_bytes()))
+
+
+def _read_params(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
+    mx = _needs("mxnet", "a Gluon .params file", where)
+    loaded = mx.nd.load(str(path))
+    if not isinstance(loaded, dict):
+        raise FileFormatError("a .params file of named arrays (Block.save_parameters)", f"{where}: a list",
+                              "save it with net.save_parameters(path)")
+    return {k: Deferred(tuple(v.shape), np.dtype(v.dtype), _reader(v.asnumpy)) for k, v in loaded.items()}
+
+
+def _read_orbax(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
+    """An Orbax pytree checkpoint (a directory), restored as NumPy arrays
+    by Orbax's own reader."""
+    ocp = _needs("orbax.checkpoint", "an Orbax checkpoint", where)
+    tree = ocp.PyTreeCheckpointer().restore(str(path.absolute()))
+    return _flatten(tree)
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -328,13 +485,58 @@ def _read_msgpack(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
     return out
 
 
-def _read_params(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
-    mx = _needs("mxnet", "a Gluon .params file", where)
-    loaded = mx.nd.load(str(path))
-    if not isinstance(loaded, dict):
-        raise FileFormatError("a .params file of named arrays (Block.save_parameters)", f"{where}: a list",
-                              "save it with net.save_parameters(path)")
-    return {k: Deferred(tuple(v.shape), np.dtype(v.dtype), _reader(v.asnumpy)) for k, v in loaded.items()}
+def _read_torch(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
+    """A ``torch.save`` pickle of a state dict (or of a checkpoint dict that
+    holds one under ``state_dict``/``model``, as timm and Lightning write),
+    unpickled with ``weights_only=True``: tensors and plain containers only,
+    never code."""
+    torch = _needs("torch", "a PyTorch .pt/.pth/.bin file", where)
+    import pickle
+
+    try:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # an old (non-zip) pickle cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise FileFormatError("a torch.save pickle of tensors and plain containers (read with "
+                              "weights_only=True: no code in a file runs)",
+                              f"{where}: {short(str(exc).splitlines()[0] if str(exc) else '', 300)}",
+                              "save only the state dict (torch.save(model.state_dict(), path)), or convert it "
+                              "to safetensors where it was written; unified_params never unpickles code"
+                              ) from None
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in ("state_dict", "model", "module") if isinstance(obj.get(k), Mapping)), None)
+        obj = inner if inner is not None else obj
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = (f"a {type(obj).__name__}" if not isinstance(obj, Mapping) else
+                 f"a dict of non-tensors (keys {few([str(k) for k in obj])})")
+        raise FileFormatError("a torch.save of a state dict {name: tensor} (or a checkpoint dict holding one "
+                              "under 'state_dict' or 'model')", f"{where}: {found}",
+                              "save model.state_dict() with torch.save, or with safetensors.torch.save_file")
+    return {str(k): Deferred(tuple(v.shape), _torch_dtype(v), functools.partial(_torch_numpy, v))
+            for k, v in obj.items()}
+
+
+def _torch_dtype(t: Any) -> np.dtype[Any]:
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(str(t.dtype).removeprefix("torch."))
+
+
+def _torch_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
 
 
 def _reader(get: Callable[[], Any]) -> Callable[[], np.ndarray]:
@@ -342,10 +544,18 @@ def _reader(get: Callable[[], Any]) -> Callable[[], np.ndarray]:
 
 
 def targets_of(params: Sequence[Any], buffers: Sequence[Any]) -> list[_Target]:
-    """The model's distinct storages grouped by owning layer (params, then running statistics)."""
+    """The model's distinct storages grouped by owning layer (params, then
+    running statistics); recurrent ones in PyTorch's form (see the module doc)."""
     out = []
     for p in list(params) + [b for b in buffers if b.role in _STAT_ROLES]:
-        layer = tuple(p.name.split(".")[:-1])
-        out.append(_Target(p.name, tuple(p.shape), p.role, p.layout, layer))
+        layer, role = rnn_form(tuple(p.name.split(".")[:-1]), p.role)
+        shape = tuple(p.shape)
+        mark = getattr(getattr(p, "_leaf", None), "rnn_bias", "")
+        if mark in (BIAS_SINGLE, BIAS_STACKED) and len(shape) == (1 if mark == BIAS_SINGLE else 2):
+            how, one = ("sum", shape) if mark == BIAS_SINGLE else ("stack", shape[1:])
+            for i, half in enumerate(("ih", "hh")):
+                out.append(_Target(f"{p.name}[{half}]", one, f"bias_{half}", p.layout, layer, (p.name, how, i, shape)))
+            continue
+        out.append(_Target(p.name, shape, role, p.layout, layer))
     order = {k: i for i, k in enumerate(dict.fromkeys(t.layer for t in out))}
     return sorted(out, key=lambda t: order[t.layer])  # stable: params before statistics in a layer

@@ -529,13 +529,14 @@ def load(
     if check is not None and not (isinstance(check, tuple) and len(check) == 2):
         output_matches(block, check)  # raises the ArgumentError that says what check= takes
     p = _format.as_path(path, "load")
-    if p.suffix.lower() in _foreign.SUFFIXES:
-        if match != "structure":
+    kind = _foreign.kind_of(p)
+    if kind:
+        if match != "structure" and not (kind == "torch" and match == "name"):
             raise ArgumentError(
-                f"match='structure' for a {_foreign.SUFFIXES[p.suffix.lower()]} checkpoint ({p.suffix})",
+                f"match='structure' for a {kind} checkpoint ({p.suffix or 'a directory'})",
                 f"match={match!r} for {short(repr(str(p)), 200)}",
                 "up.load(m, path, match='structure') pairs its layers with the model's; check=(x, y) verifies")
-        return _load_foreign(block, p, strict, names, progress, check)
+        return _load_foreign(block, p, strict, names, progress, check, match)
     with _Source(path) as src:
         where = src.where
 
@@ -563,10 +564,12 @@ def load(
 
 
 def _load_foreign(block: Block, p: Path, strict: bool, names: Any, progress: bool | None,
-                  check: Any) -> LoadReport:
+                  check: Any, match: str = "structure") -> LoadReport:
+    """A file of another framework's own tools (``_foreign.read``); a PyTorch
+    pickle may also load by name (its names are PyTorch's)."""
     where = short(repr(str(p)), 200)
     with ExitStack() as stack:
-        if not p.is_file():
+        if not (p.is_file() or p.is_dir()):
             raise FileFormatError("a checkpoint file", f"{where}: no such file", "check the path")
         tensors, origin = _foreign.read(p, where, stack)
 
@@ -574,6 +577,12 @@ def _load_foreign(block: Block, p: Path, strict: bool, names: Any, progress: boo
             if check is not None:
                 output_matches(block, check)
 
+        if match == "name":
+            try:
+                return load_into(block, tensors, strict=strict, what="load", progress=progress, backup=True,
+                                 verify=verify)
+            except UnifiedParamsError as exc:
+                raise _bounded(_names_barely_meet(exc, len(tensors), False)) from None
         return _structure_into(block, tensors, origin, names, strict, progress, verify, where)
 
 

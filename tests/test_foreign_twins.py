@@ -1,0 +1,370 @@
+"""Checkpoints written by one framework's own tools load into the same
+architecture in ANOTHER framework with ``up.load(m, f, match='structure')``
+(issue 15.3, contract 13): every test writes the file with the library's
+own save function, loads it into a twin and compares outputs (``check=``,
+then again here). Each test runs where both its frameworks are installed:
+torch + Keras + Flax in the ``interop`` env, Gluon + torch in ``mxnet-torch``.
+
+Twins: an MLP (square middle layer: order matters), a small CNN (conv,
+batch norm with random statistics, global pooling, dense) and a recurrent
+net (LSTM then GRU then dense) where both frameworks have PyTorch's gates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import unified_params as up
+
+RNG = np.random.default_rng(0)
+X_MLP = RNG.normal(size=(2, 6)).astype(np.float32)
+X_IMG = RNG.normal(size=(2, 8, 8, 3)).astype(np.float32)  # channels last (Keras, Flax)
+X_IMG_T = np.ascontiguousarray(X_IMG.transpose(0, 3, 1, 2))  # channels first (torch, Gluon)
+X_SEQ = RNG.normal(size=(2, 5, 3)).astype(np.float32)  # (batch, time, features)
+EPS = 1e-3  # batch-norm epsilon, Keras' default, set on every twin
+
+
+def values(m: Any) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in m.state().items()}
+
+
+def unchanged(m: Any, before: dict[str, np.ndarray]) -> bool:
+    return all(np.array_equal(v, before[k]) for k, v in values(m).items())
+
+
+# -- torch twins -------------------------------------------------------------------------------
+
+def torch_twin(kind: str, seed: int = 0) -> Any:
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(seed)
+    net: Any
+    if kind == "mlp":
+        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    elif kind == "cnn":
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, eps=EPS), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(4, 3))
+        with torch.no_grad():
+            bn = net[1]
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 1.5)
+    else:
+        class RNN(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lstm = nn.LSTM(3, 4, batch_first=True)
+                self.gru = nn.GRU(4, 5, batch_first=True)
+                self.fc = nn.Linear(5, 2)
+
+            def forward(self, x: Any) -> Any:
+                return self.fc(self.gru(self.lstm(x)[0])[0])
+
+        net = RNN()
+    return net.eval()
+
+
+def torch_out(net: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+def torch_file(tmp_path: Path, net: Any, name: str = "model.safetensors") -> Path:
+    from safetensors.torch import save_file
+
+    f = tmp_path / name
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(f))
+    return f
+
+
+# -- Keras twins -------------------------------------------------------------------------------
+
+def keras_twin(kind: str, seed: int = 1) -> Any:
+    keras = pytest.importorskip("keras")
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    if kind == "mlp":
+        net = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu"), L.Dense(8, activation="relu"),
+                                L.Dense(3)])
+    elif kind == "cnn":
+        net = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3), L.BatchNormalization(epsilon=EPS),
+                                L.ReLU(), L.GlobalAveragePooling2D(), L.Dense(3)])
+    else:
+        net = keras.Sequential([keras.Input((5, 3)), L.LSTM(4, return_sequences=True),
+                                L.GRU(5, return_sequences=True), L.Dense(2)])
+    rng = np.random.default_rng(seed)
+    for w in net.weights:  # every value random (Keras zeros biases and ones variances)
+        v = rng.normal(0, 0.5, size=tuple(w.shape))
+        w.assign((np.abs(v) + 0.5 if "variance" in w.path else v).astype(np.float32))
+    return net
+
+
+def keras_x(kind: str) -> np.ndarray:
+    return {"mlp": X_MLP, "cnn": X_IMG, "rnn": X_SEQ}[kind]
+
+
+def torch_x(kind: str) -> np.ndarray:
+    return {"mlp": X_MLP, "cnn": X_IMG_T, "rnn": X_SEQ}[kind]
+
+
+# -- Flax twins --------------------------------------------------------------------------------
+
+def flax_twin(kind: str, seed: int = 2) -> tuple[Any, Any]:
+    jax = pytest.importorskip("jax")
+    nn = pytest.importorskip("flax.linen")
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            x = nn.relu(nn.Dense(8)(x))
+            x = nn.relu(nn.Dense(8)(x))
+            return nn.Dense(3)(x)
+
+    class CNN(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            x = nn.Conv(4, (3, 3), padding="VALID")(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=EPS)(x))
+            return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+    module = {"mlp": MLP, "cnn": CNN}[kind]()
+    variables = jax.jit(module.init)(jax.random.PRNGKey(seed), keras_x(kind))
+    rng = np.random.default_rng(seed)
+
+    def rand(path: Any, v: Any) -> Any:
+        r = rng.normal(0, 0.5, size=v.shape)
+        return (np.abs(r) + 0.5 if "var" in jax.tree_util.keystr(path) else r).astype(np.float32)
+
+    return module, jax.tree_util.tree_map_with_path(rand, variables)
+
+
+def flax_out(module: Any, variables: Any, x: np.ndarray) -> np.ndarray:
+    return np.asarray(module.apply(variables, x))
+
+
+# -- a torch state_dict (safetensors, torch.save) into Keras and Flax twins ---------------------
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn"])
+def test_torch_safetensors_into_keras(tmp_path: Path, kind: str) -> None:
+    src = torch_twin(kind)
+    y = torch_out(src, torch_x(kind))
+    f = torch_file(tmp_path, src)
+    net = keras_twin(kind)
+    assert not np.allclose(np.asarray(net(keras_x(kind))), y, atol=1e-3)  # the twin starts elsewhere
+    m = up.wrap(net)
+    report = up.load(m, f, match="structure", check=(keras_x(kind), y))
+    np.testing.assert_allclose(np.asarray(net(keras_x(kind))), y, rtol=1e-4, atol=1e-5)
+    assert len(report.pairs) == len(src.state_dict()) - (kind == "cnn")  # num_batches_tracked unpaired
+    if kind == "rnn":  # PyTorch's two biases summed into Keras' one (LSTM), stacked (GRU)
+        assert [d for f_, d, _ in report.pairs if "bias_" in f_ and "lstm" in f_] == ["0.cell.bias"] * 2
+        assert [d for f_, d, _ in report.pairs if "bias_" in f_ and "gru" in f_] == ["1.cell.bias"] * 2
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_torch_safetensors_into_flax(tmp_path: Path, kind: str) -> None:
+    src = torch_twin(kind)
+    y = torch_out(src, torch_x(kind))
+    f = torch_file(tmp_path, src)
+    module, variables = flax_twin(kind)
+    m = up.wrap(module, variables)
+    report = up.load(m, f, match="structure", check=(keras_x(kind), y))
+    assert report.ok
+    np.testing.assert_allclose(np.asarray(m(keras_x(kind))), y, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_save_pth_into_keras_and_by_name_into_torch(tmp_path: Path) -> None:
+    """``torch.save(model.state_dict())`` (timm's and many repositories'
+    ``.pth``/``.bin``), read with ``weights_only=True``."""
+    torch = pytest.importorskip("torch")
+    src = torch_twin("cnn")
+    y = torch_out(src, X_IMG_T)
+    for name in ("model.pth", "pytorch_model.bin"):
+        f = tmp_path / name
+        torch.save(src.state_dict(), f)
+        net = keras_twin("cnn")
+        up.load(up.wrap(net), f, match="structure", check=(X_IMG, y))
+        np.testing.assert_allclose(np.asarray(net(X_IMG)), y, rtol=1e-4, atol=1e-5)
+        dst = torch_twin("cnn", seed=5)
+        up.load(up.wrap(dst), f, check=(X_IMG_T, y))  # a torch file into torch: by name
+        np.testing.assert_allclose(torch_out(dst, X_IMG_T), y, rtol=1e-6)
+
+
+class TimmStyle:
+    """timm's layer names (conv_stem, bn1, classifier) on the CNN twin."""
+
+    @staticmethod
+    def make(seed: int) -> Any:
+        torch = pytest.importorskip("torch")
+        nn = torch.nn
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv_stem = nn.Conv2d(3, 4, 3)
+                self.bn1 = nn.BatchNorm2d(4, eps=EPS)
+                self.classifier = nn.Linear(4, 3)
+
+            def forward(self, x: Any) -> Any:
+                return self.classifier(torch.relu(self.bn1(self.conv_stem(x))).mean(dim=(2, 3)))
+
+        torch.manual_seed(seed)
+        net = Net().eval()
+        with torch.no_grad():
+            net.bn1.running_mean.uniform_(-0.5, 0.5)
+            net.bn1.running_var.uniform_(0.5, 1.5)
+        return net
+
+
+def test_timm_checkpoint_dict_into_keras(tmp_path: Path) -> None:
+    """timm's ``save_checkpoint`` writes ``checkpoint-<epoch>.pth.tar`` with
+    the state dict under ``state_dict`` beside epoch and arch."""
+    torch = pytest.importorskip("torch")
+    src = TimmStyle.make(0)
+    y = torch_out(src, X_IMG_T)
+    f = tmp_path / "checkpoint-3.pth.tar"
+    torch.save({"epoch": 3, "arch": "cnn", "state_dict": src.state_dict(), "version": 2}, f)
+    net = keras_twin("cnn")
+    report = up.load(up.wrap(net), f, match="structure", check=(X_IMG, y))
+    assert ("conv_stem.weight", "0.weight", "canonical") in report.pairs
+    np.testing.assert_allclose(np.asarray(net(X_IMG)), y, rtol=1e-4, atol=1e-5)
+
+
+class Evil:
+    """A pickled object: ``weights_only=True`` refuses to build it."""
+
+    def __reduce__(self) -> Any:
+        return (print, ("code ran",))
+
+
+def test_torch_pickle_with_code_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    src = torch_twin("mlp")
+    f = tmp_path / "evil.pth"
+    torch.save({"state_dict": src.state_dict(), "hook": Evil()}, f)
+    m = up.wrap(torch_twin("mlp", seed=3))
+    before = values(m)
+    for match in ("name", "structure"):
+        with pytest.raises(up.FileFormatError, match="weights_only"):
+            up.load(m, f, match=match)
+    assert unchanged(m, before)
+    g = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], g)
+    with pytest.raises(up.FileFormatError, match="state dict"):
+        up.load(m, g, match="structure")
+    with pytest.raises(up.ArgumentError, match="match='structure'"):
+        up.load(m, g, match="order")
+    assert unchanged(m, before)
+
+
+# -- Keras .weights.h5 into torch --------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn"])
+def test_keras_weights_h5_into_torch(tmp_path: Path, kind: str) -> None:
+    net = keras_twin(kind)
+    y = np.asarray(net(keras_x(kind)))
+    f = tmp_path / "net.weights.h5"
+    net.save_weights(str(f))
+    dst = torch_twin(kind)
+    m = up.wrap(dst)
+    report = up.load(m, f, match="structure", check=(torch_x(kind), y))
+    np.testing.assert_allclose(torch_out(dst, torch_x(kind)), y, rtol=1e-4, atol=1e-5)
+    if kind == "rnn":  # Keras' one LSTM bias into bias_ih with bias_hh zero; GRU gates z, r, h -> r, z, n
+        lays = {d: lay for _, d, lay in report.pairs}
+        assert lays["gru.weight_ih_l0"] == "gates:1,0,2|kernel_last"
+        assert lays["lstm.bias_hh_l0"] == "zero (one bias)"
+        assert not dst.lstm.bias_hh_l0.detach().numpy().any()
+
+
+def test_keras_gru_reset_before_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """``GRU(reset_after=False)``: no PyTorch GRU computes it (the layout
+    table marks it native), so the strict load names it and writes nothing."""
+    keras = pytest.importorskip("keras")
+    net = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, return_sequences=True),
+                            keras.layers.GRU(5, return_sequences=True, reset_after=False), keras.layers.Dense(2)])
+    f = tmp_path / "old_gru.weights.h5"
+    net.save_weights(str(f))
+    m = up.wrap(torch_twin("rnn"))
+    before = values(m)
+    with pytest.raises(up.StateError, match="gru.weight_ih_l0"):
+        up.load(m, f, match="structure")
+    assert unchanged(m, before)
+
+
+# -- Flax msgpack and Orbax into torch ---------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_flax_to_bytes_into_torch(tmp_path: Path, kind: str) -> None:
+    serialization = pytest.importorskip("flax.serialization")
+    module, variables = flax_twin(kind)
+    y = flax_out(module, variables, keras_x(kind))
+    f = tmp_path / "variables.msgpack"
+    f.write_bytes(serialization.to_bytes(variables))
+    dst = torch_twin(kind)
+    report = up.load(up.wrap(dst), f, match="structure", check=(torch_x(kind), y))
+    assert report.ok
+    np.testing.assert_allclose(torch_out(dst, torch_x(kind)), y, rtol=1e-4, atol=1e-5)
+
+
+def test_orbax_pytree_into_torch(tmp_path: Path) -> None:
+    ocp = pytest.importorskip("orbax.checkpoint")
+    module, variables = flax_twin("cnn")
+    y = flax_out(module, variables, X_IMG)
+    d = (tmp_path / "ckpt").absolute()
+    ocp.PyTreeCheckpointer().save(d, variables)
+    dst = torch_twin("cnn")
+    m = up.wrap(dst)
+    before = values(m)
+    with pytest.raises(up.ArgumentError, match="match='structure'"):
+        up.load(m, d)
+    assert unchanged(m, before)
+    report = up.load(m, d, match="structure", check=(X_IMG_T, y))
+    assert ("params/Conv_0/kernel", "0.weight", "kernel_last") in report.pairs
+    np.testing.assert_allclose(torch_out(dst, X_IMG_T), y, rtol=1e-4, atol=1e-5)
+
+
+# -- Gluon save_parameters into torch (mxnet-torch env) ----------------------------------------
+
+def gluon_twin(kind: str) -> Any:
+    mx = pytest.importorskip("mxnet")
+    from mxnet.gluon import nn, rnn
+
+    mx.random.seed(4)
+    net = nn.HybridSequential()
+    if kind == "mlp":
+        net.add(nn.Dense(8, activation="relu", in_units=6), nn.Dense(8, activation="relu", in_units=8),
+                nn.Dense(3, in_units=8))
+    elif kind == "cnn":
+        net.add(nn.Conv2D(4, 3, in_channels=3), nn.BatchNorm(epsilon=EPS, in_channels=4), nn.Activation("relu"),
+                nn.GlobalAvgPool2D(), nn.Dense(3, in_units=4))
+    else:
+        net.add(rnn.LSTM(4, input_size=3, layout="NTC"), rnn.GRU(5, input_size=4, layout="NTC"),
+                nn.Dense(2, in_units=5, flatten=False))
+    net.initialize(mx.init.Uniform(0.5))
+    if kind == "cnn":
+        rng = np.random.default_rng(4)
+        for name in ("gamma", "beta", "running_mean", "running_var"):
+            p = getattr(net[1], name)
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, size=p.shape)))
+    return net
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn"])
+def test_gluon_save_parameters_into_torch(tmp_path: Path, kind: str) -> None:
+    mx = pytest.importorskip("mxnet")
+    net = gluon_twin(kind)
+    y = net(mx.nd.array(torch_x(kind))).asnumpy()
+    f = tmp_path / "net.params"
+    net.save_parameters(str(f))
+    dst = torch_twin(kind)
+    report = up.load(up.wrap(dst), f, match="structure", check=(torch_x(kind), y))
+    assert report.ok
+    np.testing.assert_allclose(torch_out(dst, torch_x(kind)), y, rtol=1e-4, atol=1e-5)
+    if kind == "rnn":
+        assert ("0._unfused.0.h2h_bias", "lstm.bias_hh_l0", "canonical") in report.pairs
