@@ -247,3 +247,72 @@ def test_same_layer_names_win_over_order(tmp_path: Path) -> None:
     report = up.load(dst, f, match="structure", check=(x, src(x)))
     assert ("model.up.weight", "up.weight", "canonical") in report.pairs
     assert all(np.array_equal(values(dst)[k], v) for k, v in values(src).items())
+
+
+def _rnn_targets(keras_model: bool) -> list[Any]:
+    """A GRU layer's storages as a model lists them: PyTorch's four, or a
+    Keras cell's three (a stacked (2, 3h) bias)."""
+    from unified_params._foreign import _Target, targets_of
+
+    if not keras_model:
+        return [_Target(n, s, r, "canonical", ("gru", "l0")) for n, s, r in (
+            ("gru.weight_ih_l0", (9, 2), "weight_ih"), ("gru.weight_hh_l0", (9, 3), "weight_hh"),
+            ("gru.bias_ih_l0", (9,), "bias_ih"), ("gru.bias_hh_l0", (9,), "bias_hh"))]
+
+    class P:
+        def __init__(self, name: str, shape: tuple[int, ...], role: str, layout: str, mark: str = "") -> None:
+            self.name, self.shape, self.role, self.layout = name, shape, role, layout
+            self._leaf = type("Leaf", (), {"rnn_bias": mark})()
+
+    return targets_of([P("0.cell.weight_ih", (9, 2), "weight_ih", "gates:1,0,2|kernel_last"),
+                       P("0.cell.weight_hh", (9, 3), "weight_hh", "gates:1,0,2|kernel_last"),
+                       P("0.cell.bias", (2, 9), "bias", "gates1:1,0,2", "bias_stacked")], [])
+
+
+def _zrh_to_rzn(a: np.ndarray, axis: int) -> np.ndarray:
+    z, r, h = np.split(a, 3, axis=axis)
+    return np.concatenate([r, z, h], axis=axis)
+
+
+def test_keras_gru_cell_pairs_with_torch_gates_reordered() -> None:
+    """A Keras GRU cell's vars/0..2 (kernel (in, 3h) gates z, r, h; stacked
+    bias) into PyTorch's r, z, n: weights transposed and reordered, the
+    bias unstacked; written by hand here, not with the layout code."""
+    from unified_params._foreign import pair_structure
+
+    rng = np.random.default_rng(0)
+    k, r, b = rng.normal(size=(2, 9)), rng.normal(size=(3, 9)), rng.normal(size=(2, 9))
+    tensors = {"layers/gru/cell/vars/0": k, "layers/gru/cell/vars/1": r, "layers/gru/cell/vars/2": b}
+    state, made = pair_structure(_rnn_targets(False), tensors, "keras")
+    assert not made.unpaired_model and not made.unpaired_file
+    np.testing.assert_array_equal(np.asarray(state["gru.weight_ih_l0"]), _zrh_to_rzn(k.T, 0))
+    np.testing.assert_array_equal(np.asarray(state["gru.weight_hh_l0"]), _zrh_to_rzn(r.T, 0))
+    np.testing.assert_array_equal(np.asarray(state["gru.bias_ih_l0"]), _zrh_to_rzn(b[0], 0))
+    np.testing.assert_array_equal(np.asarray(state["gru.bias_hh_l0"]), _zrh_to_rzn(b[1], 0))
+
+
+def test_torch_gru_biases_stack_into_a_keras_cell_and_lstm_ones_split() -> None:
+    from unified_params._foreign import pair_structure
+
+    rng = np.random.default_rng(1)
+    t = {"gru.weight_ih_l0": rng.normal(size=(9, 2)), "gru.weight_hh_l0": rng.normal(size=(9, 3)),
+         "gru.bias_ih_l0": rng.normal(size=9), "gru.bias_hh_l0": rng.normal(size=9)}
+    state, made = pair_structure(_rnn_targets(True), t, "torch")
+    assert set(state) == {"0.cell.weight_ih", "0.cell.weight_hh", "0.cell.bias"} and not made.unpaired_model
+    np.testing.assert_array_equal(np.asarray(state["0.cell.bias"]), np.stack([t["gru.bias_ih_l0"],
+                                                                              t["gru.bias_hh_l0"]]))
+    # a Keras LSTM cell's one bias: PyTorch's bias_ih, with bias_hh zero
+    k = {"layers/lstm/cell/vars/0": rng.normal(size=(2, 12)), "layers/lstm/cell/vars/1": rng.normal(size=(3, 12)),
+         "layers/lstm/cell/vars/2": rng.normal(size=12)}
+    from unified_params._foreign import _Target
+
+    dst = [_Target(f"lstm.{n}_l0", s, n, "canonical", ("lstm", "l0")) for n, s in (
+        ("weight_ih", (12, 2)), ("weight_hh", (12, 3)), ("bias_ih", (12,)), ("bias_hh", (12,)))]
+    state, made = pair_structure(dst, k, "keras")
+    np.testing.assert_array_equal(np.asarray(state["lstm.weight_ih_l0"]), k["layers/lstm/cell/vars/0"].T)
+    np.testing.assert_array_equal(np.asarray(state["lstm.bias_ih_l0"]), k["layers/lstm/cell/vars/2"])
+    assert not np.asarray(state["lstm.bias_hh_l0"]).any()
+    # half of a stacked bias missing: the model's bias is reported unpaired, not half written
+    del t["gru.bias_hh_l0"]
+    state, made = pair_structure(_rnn_targets(True), t, "torch")
+    assert "0.cell.bias" in made.unpaired_model and "0.cell.bias" not in state
