@@ -213,6 +213,73 @@ RULES: list[Rule] = [
       for v in ("i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias")),
 ]
 
+# -- groups that PyTorch keeps in one tensor and another framework in several ---------------
+
+#: PyTorch roles holding ``n`` Linear weights (or biases) fused along axis 0
+#: (``nn.MultiheadAttention``: query, key, value). Ports pair one such entry
+#: with ``n`` entries of the other side, in order (``_pairing``).
+FUSED: dict[str, int] = {"in_proj_weight": 3, "in_proj_bias": 3}
+
+
+@dataclass(frozen=True)
+class GateGroup:
+    """A recurrent cell that keeps its gates in several Dense/Linear layers
+    (child keys ``weights``) where PyTorch stacks them in ``weight_ih``
+    ``(gates*H, in)`` and ``weight_hh`` ``(gates*H, H)``.
+
+    ``weights``: child key -> (``'ih'`` or ``'hh'``, PyTorch gate blocks it
+    holds, in its row order). ``biases``: child key -> for each block of its
+    bias, the PyTorch ``bias_ih`` block and ``bias_hh`` block it adds up
+    (``None``: none). A bias block that PyTorch keeps in both is additive:
+    one framework's single bias goes to ``bias_ih`` with ``bias_hh`` zero,
+    and the two are summed the other way; a PyTorch block no child holds
+    (NNX GRUCell keeps no ``b_hn``) makes that direction inexact, refused.
+    Groups are found by their children's keys (the pairing sees names, not
+    classes): ``cell`` names the class for the docs."""
+
+    framework: str
+    cell: str
+    weights: dict[str, tuple[str, tuple[int, ...]]]
+    biases: dict[str, tuple[tuple[int | None, int | None], ...]]
+    note: str = ""
+
+    @property
+    def gates(self) -> int:
+        return sum(len(b) for t, b in self.weights.values() if t == "ih")
+
+
+_Weights = dict[str, tuple[str, tuple[int, ...]]]
+_Biases = dict[str, tuple[tuple[int | None, int | None], ...]]
+
+
+def _per_gate(ih: Sequence[str], hh: Sequence[str], bias_on: Sequence[str]) -> tuple[_Weights, _Biases]:
+    """One Dense per gate: keys ``ih[k]``/``hh[k]`` for PyTorch gate ``k``;
+    the bias of gate ``k`` on ``bias_on[k]`` adds both PyTorch biases."""
+    weights: _Weights = {**{k: ("ih", (g,)) for g, k in enumerate(ih)}, **{k: ("hh", (g,)) for g, k in enumerate(hh)}}
+    biases: _Biases = {k: ((g, g),) for g, k in enumerate(bias_on)}
+    return weights, biases
+
+
+_LSTM_W, _LSTM_B = _per_gate(("ii", "if", "ig", "io"), ("hi", "hf", "hg", "ho"), ("hi", "hf", "hg", "ho"))
+_NNX_LSTM_W, _NNX_LSTM_B = _per_gate(("ii", "if_", "ig", "io"), ("hi", "hf", "hg", "ho"), ("hi", "hf", "hg", "ho"))
+
+GATE_GROUPS: list[GateGroup] = [
+    GateGroup(_F, "LSTMCell (linen)", _LSTM_W, _LSTM_B, "gates i, f, g, o; biases on h*: PyTorch bias_ih, bias_hh = 0"),
+    GateGroup(_F, "LSTMCell (NNX)", _NNX_LSTM_W, _NNX_LSTM_B, "as linen, gate f keyed if_"),
+    GateGroup(_F, "GRUCell (linen)",
+              {"ir": ("ih", (0,)), "iz": ("ih", (1,)), "in": ("ih", (2,)),
+               "hr": ("hh", (0,)), "hz": ("hh", (1,)), "hn": ("hh", (2,))},
+              {"ir": ((0, 0),), "iz": ((1, 1),), "in": ((2, None),), "hn": ((None, 2),)},
+              "gates r, z, n; b_in and b_hn stay apart (r * (W_hn h + b_hn))"),
+    GateGroup(_F, "GRUCell (NNX)", {"dense_i": ("ih", (0, 1, 2)), "dense_h": ("hh", (0, 1, 2))},
+              {"dense_i": ((0, 0), (1, 1), (2, None))},
+              "no b_hn: from PyTorch only where it has no bias_hh, refused otherwise"),
+    GateGroup(_F, "OptimizedLSTMCell (NNX)", {"dense_i": ("ih", (0, 1, 2, 3)), "dense_h": ("hh", (0, 1, 2, 3))},
+              {"dense_h": ((0, 0), (1, 1), (2, 2), (3, 3))}, "gates i, f, g, o stacked"),
+    GateGroup(_F, "SimpleCell (linen)", {"i": ("ih", (0,)), "h": ("hh", (0,))}, {"i": ((0, 0),)}),
+    GateGroup(_F, "SimpleCell (NNX)", {"dense_i": ("ih", (0,)), "dense_h": ("hh", (0,))}, {"dense_i": ((0, 0),)}),
+]
+
 _INDEX: dict[tuple[str, str, str], Rule] = {}
 for _r in RULES:
     _INDEX.setdefault((_r.framework, _r.layer, _r.var), _r)
