@@ -35,7 +35,7 @@ PORTS = ("torch->jax", "torch->tensorflow", "jax->torch")
 MODULES = {"numpy": "unified_params", "torch": "unified_params_torch", "tensorflow": "unified_params_tensorflow",
            "jax": "unified_params_jax", "mxnet": "unified_params_mxnet"}
 FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "tensorflow": "keras", "jax": "flax", "mxnet": "mxnet"}
-CASES = ("list", "bulk", "file", "init", "scale", "port", "real")
+CASES = ("list", "bulk", "file", "init", "scale", "port", "real", "sharded")
 DOCS_TABLE = ROOT / "docs" / "benchmarks-table.md"
 
 #: Targets (issues 13 and 18): the ratio a row must not exceed. ``scale
@@ -157,6 +157,10 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "peak_extra": r["peak_extra"], "ours_s": r["ours_s"], "rounds": r["rounds"]})
         elif case == "scale":
             out += _scale_rows(r, base)
+        elif case == "sharded":  # issue 15: a sharded directory (benchmarks/_sharded.py)
+            from benchmarks._sharded import rows as sharded_rows
+
+            out += sharded_rows(r, base, TARGETS["load"])
         elif case == "real":  # issue 14: up.wrap + listing of real models
             for name, x in r.get("models", {}).items():
                 v, sp = _r(x.get("ours_vs_native"))

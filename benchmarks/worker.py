@@ -310,11 +310,13 @@ def run_backend(backend: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
         from benchmarks._real import case_real
 
         out.append(_timed_case("real", backend, lambda: case_real(backend, spec, rounds)))
-    big = [c for c in ("bulk", "file", "init") if c in cases]
+    big = [c for c in ("bulk", "file", "init", "sharded") if c in cases]
     if big:
         built = NATIVES[backend]().build(spec["width"], spec["depth"])
         warm(2 * _nbytes(built[1]))
-        fns = {"bulk": case_bulk, "file": case_file, "init": case_init}
+        from benchmarks._sharded import case_sharded
+
+        fns = {"bulk": case_bulk, "file": case_file, "init": case_init, "sharded": case_sharded}
         for c in big:
             out.append(_timed_case(c, backend, lambda c=c: fns[c](backend, spec, built)))  # type: ignore[operator]
     return out

@@ -124,3 +124,25 @@ def test_real_model_case_lists_what_the_framework_lists() -> None:
     finally:
         del _real.MODELS["broken"]
     assert _real.case_real("jax", spec, worker.rounds)["models"] == {}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_sharded_load_case(backend: str) -> None:
+    """Issue 15's row at a tiny size: a sharded directory of several shards,
+    loaded by us and by safetensors per shard, both checked to load the
+    file's values; the model is left as built (zeros)."""
+    if backend != "numpy":
+        pytest.importorskip(backend)
+    run, worker = _bench()
+    from benchmarks import _sharded
+    from benchmarks._natives import NATIVES
+
+    built = NATIVES[backend]().build(32, 10)
+    res = worker._timed_case("sharded", backend, lambda: _sharded.case_sharded(backend, {"repeat": 3}, built))
+    assert "error" not in res, res
+    assert res["shards"] >= 4 and res["rounds"] == 3 and len(res["times"]["ours"]) == 3
+    assert res["ours_vs_native"]["min"] <= res["ours_vs_native"]["median"] <= res["ours_vs_native"]["max"]
+    assert not any(np.asarray(v).any() for v in built[1].state().values())
+    (row,) = run.rows([res])
+    assert row["what"].startswith(f"load sharded dir ({res['shards']} shards") and row["target"] == run.TARGETS["load"]
+    assert "load sharded dir" in run.table([row])
