@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _limits
 from ._errors import FileFormatError
+from ._values import Deferred
 
 #: safetensors dtype code -> NumPy dtype name (bfloat16 and float8 from ml_dtypes).
 DTYPES: dict[str, str] = {
@@ -414,8 +415,16 @@ class Reader:
 
     def read(self, e: Entry) -> np.ndarray:
         """The tensor ``e`` as a new array (checked around the read)."""
-        self.check()
         out = np.empty(e.shape, numpy_dtype(e.dtype))
+        self.read_into(e, out)
+        return out
+
+    def read_into(self, e: Entry, out: np.ndarray) -> None:
+        """Read the tensor ``e`` straight into ``out`` (C-contiguous, of its
+        shape and dtype: a new array, or a storage's own host memory), checked
+        around the read; a short read is a FileFormatError (the caller undoes
+        what it wrote)."""
+        self.check()
         n = e.end - e.begin
         if n:
             buf = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
@@ -431,11 +440,33 @@ class Reader:
                 raise FileFormatError(f"{n} bytes of {short(e.name, 80)}", f"{got} bytes: {CHANGED}",
                                       "load again once the file is complete; the model is unchanged")
         self.check()
-        return out
 
     def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, e in self.header.entries.items():
             yield name, self.read(e)
+
+
+class FileTensor(Deferred):
+    """One tensor of an open file as a ``Deferred`` value: read into a new
+    array when written, or (``read_into``) straight into a storage's host
+    memory when the storage's layout and dtype are the file's."""
+
+    __slots__ = ("_reader", "_entry")
+    #: each read makes a new array, which the writer may hand over
+    private = True
+
+    def __init__(self, reader: Reader, e: Entry, dtype: np.dtype) -> None:
+        super().__init__(e.shape, dtype, self._read)
+        self._reader, self._entry = reader, e
+
+    def _read(self) -> np.ndarray:
+        return self._reader.read(self._entry)
+
+    def read_into(self, out: np.ndarray) -> None:
+        if out.shape != self.shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"a C-contiguous {self.dtype} buffer of shape {self.shape}. "
+                             f"Received: {out.dtype} {out.shape}")
+        self._reader.read_into(self._entry, out)
 
 
 # -- sharded directories ------------------------------------------------------------

@@ -463,7 +463,7 @@ def _deferred(r: _format.Reader) -> dict[str, Any]:
             dt = dtypes.get(e.dtype)
             if dt is None:
                 dt = dtypes[e.dtype] = _format.numpy_dtype(e.dtype)
-            out[name] = Deferred(e.shape, dt, lambda e=e: r.read(e))  # type: ignore[misc]
+            out[name] = _format.FileTensor(r, e, dt)  # read straight into the storage where it can
     return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._boundary import adapter_call
 from ._errors import DTypeError, NotInitializedError, ParamNotFoundError, ShapeMismatchError
-from ._layout import contiguous, shape_to_canonical, to_canonical, to_native
+from ._layout import contiguous, shape_to_canonical, to_canonical
 from ._shared import shared_for
 from ._values import can_cast, check_value
 from .adapter import CANONICAL, Handle, Leaf
@@ -191,11 +191,9 @@ class Param:
 
     # -- writing ------------------------------------------------------------
     def _write_canonical(self, arr: np.ndarray) -> None:
-        layout = self._leaf.layout
-        native = arr if layout == CANONICAL else to_native(arr, layout, self._concrete_shape_native())
-        with adapter_call(self._handle.backend.name, f"write {self.name!r}",
-                          fix="report this as a bug of the adapter; the value was not changed"):
-            self._handle.write(self._leaf, native)
+        from ._fastpath import write_canonical
+
+        write_canonical(self, arr)  # a converted copy is handed over, not copied again (issue 18)
 
     @_locked
     def set(self, value: Any) -> None:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _limits
-from ._values import Deferred, check_value
+from ._fastpath import snapshot, write_deferred
+from ._values import Deferred
 
 if TYPE_CHECKING:
     from ._param import Param
@@ -102,23 +103,24 @@ def write_atomic(
     sizes = [_nbytes(p) for p, _ in items]
     small = sum(sizes) <= _limits.LARGE_BYTES if backup is None else backup
     bar = progress_bar(progress, sum(sizes), what)
-    backups: list[tuple[Param, np.ndarray]] = []
+    backups: list[Callable[[], None]] = []
     try:
         with _HeldInterrupts():
             for (p, v), size in zip(items, sizes):
                 if small or (backup is None and p.device != "cpu"):
-                    backups.append((p, p.read(copy=True)))
+                    backups.append(snapshot(p))  # no copy where the framework's values are immutable
                 if isinstance(v, Deferred):
-                    v = check_value(p, np.asarray(v), what)
-                p._write_canonical(v)
+                    write_deferred(p, v, what)  # a file's tensor: straight into the storage where it can
+                else:
+                    p._write_canonical(v)
                 if bar is not None:
                     bar.update(size)
             if verify is not None:
                 verify()
     except BaseException:
-        for p, old in backups:
+        for undo in backups:
             try:
-                p._write_canonical(old)
+                undo()
             except Exception:  # noqa: S112 - best effort; the original error matters
                 continue
         raise

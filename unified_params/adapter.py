@@ -192,6 +192,33 @@ class Handle(ABC):
         already checked) into the framework's own storage, in place, outside
         autograd recording, on the storage's device."""
 
+    # Optional fast paths (issue 18): the defaults are always correct; an
+    # adapter overrides them where its framework allows fewer copies.
+    def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
+        """A writable, C-contiguous NumPy view of the storage's own host
+        memory (native layout and dtype), or ``None`` (the default) where the
+        framework has none (device memory, immutable arrays, TF resources).
+        The core fills it in place within one write (a file's bytes read
+        straight into it) and never keeps it."""
+        return None
+
+    def write_owned(self, leaf: Leaf, value: np.ndarray) -> None:
+        """``write`` of an array the core made for this write alone and never
+        touches again: the adapter may keep its memory as the storage instead
+        of copying it (JAX). The default copies, as ``write`` does."""
+        self.write(leaf, value)
+
+    def snapshot(self, leaf: Leaf) -> Any:
+        """The storage's current value for an undo (``restore``) without a
+        copy where the framework allows (immutable arrays, copy-on-write
+        reads); ``None`` (the default): the core keeps a copy of
+        ``read(leaf)`` and writes it back."""
+        return None
+
+    def restore(self, leaf: Leaf, snap: Any) -> None:
+        """Put back what ``snapshot`` returned."""
+        raise NotImplementedError
+
     @abstractmethod
     def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the native call of ``node.native`` with every argument. ``x``

@@ -340,6 +340,19 @@ class TorchHandle(Handle):
         with torch.no_grad():
             t.copy_(src.to(device=t.device))
 
+    def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
+        """The CPU tensor's own memory as a writable NumPy view (a file's bytes
+        are read straight into it); its version counter is bumped, as
+        ``copy_`` would, so autograd sees the in-place change."""
+        t = leaf.ref.data("write")
+        if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or t.is_neg():
+            return None
+        arr = _host_array(t)
+        if not (arr.flags.c_contiguous and arr.flags.writeable):
+            return None
+        torch.autograd.graph.increment_version(t)
+        return arr
+
     def grad(self, leaf: Leaf) -> np.ndarray | None:
         g = leaf.ref.tensor.grad
         if g is None:
