@@ -368,3 +368,229 @@ def test_gluon_save_parameters_into_torch(tmp_path: Path, kind: str) -> None:
     np.testing.assert_allclose(torch_out(dst, torch_x(kind)), y, rtol=1e-4, atol=1e-5)
     if kind == "rnn":
         assert ("0._unfused.0.h2h_bias", "lstm.bias_hh_l0", "canonical") in report.pairs
+
+
+# -- transformers save_pretrained (BERT with its tied decoder; GPT-2 sharded) into Flax and Keras twins
+
+V, H, HEADS, INTER, POS, T = 50, 16, 2, 24, 12, 6
+IDS = np.random.default_rng(7).integers(0, V, size=(2, T)).astype(np.int32)
+
+
+def hf_bert(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A tiny ``BertForMaskedLM`` saved with ``save_pretrained``: the
+    decoder is tied to the word embeddings, so the file has no decoder
+    weight (and no position_ids: a non-persistent buffer)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=V, hidden_size=H, num_hidden_layers=2, num_attention_heads=HEADS,
+                                  intermediate_size=INTER, max_position_embeddings=POS, type_vocab_size=2)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    with torch.no_grad():  # every LayerNorm and bias random (the config's init makes them ones and zeros)
+        for n, p in model.named_parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5) if n.endswith("weight") else p.uniform_(-0.5, 0.5)
+        y = model(input_ids=torch.from_numpy(IDS).long()).logits.numpy()
+    d = tmp_path / "bert"
+    model.save_pretrained(d)
+    return d / "model.safetensors", y
+
+
+def hf_gpt2(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A tiny ``GPT2LMHeadModel`` (lm_head tied to wte) saved with a small
+    ``max_shard_size``: a directory of shards and an index."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    cfg = transformers.GPT2Config(vocab_size=V, n_positions=POS, n_embd=H, n_layer=2, n_head=HEADS,
+                                  bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5) if n.endswith("weight") else p.uniform_(-0.5, 0.5)
+        y = model(input_ids=torch.from_numpy(IDS).long()).logits.numpy()
+    d = tmp_path / "gpt2"
+    model.save_pretrained(d, max_shard_size=4000)
+    assert len(list(d.glob("model-*-of-*.safetensors"))) > 3 and (d / "model.safetensors.index.json").exists()
+    return d, y
+
+
+def flax_bert() -> Any:
+    jax = pytest.importorskip("jax")
+    nn = pytest.importorskip("flax.linen")
+    jnp = jax.numpy
+    d = H // HEADS
+
+    class Embeddings(nn.Module):
+        def setup(self) -> None:
+            self.word_embeddings = nn.Embed(V, H)
+            self.position_embeddings = nn.Embed(POS, H)
+            self.token_type_embeddings = nn.Embed(2, H)
+            self.LayerNorm = nn.LayerNorm(epsilon=1e-12)
+
+        def __call__(self, ids: Any) -> Any:
+            x = self.word_embeddings(ids) + self.position_embeddings(jnp.arange(ids.shape[1]))[None]
+            return self.LayerNorm(x + self.token_type_embeddings(jnp.zeros_like(ids)))
+
+        def attend(self, h: Any) -> Any:
+            return self.word_embeddings.attend(h)
+
+    class SelfAttention(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            def heads(t: Any) -> Any:
+                return t.reshape(*t.shape[:2], HEADS, d).transpose(0, 2, 1, 3)
+
+            q, k, v = (heads(nn.Dense(H, name=n)(x)) for n in ("query", "key", "value"))
+            a = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2) / np.sqrt(d), axis=-1)
+            return (a @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+
+    class DenseNorm(nn.Module):  # HF's BertSelfOutput / BertOutput: LayerNorm(dense(x) + residual)
+        features: int = H
+
+        @nn.compact
+        def __call__(self, x: Any, residual: Any) -> Any:
+            return nn.LayerNorm(epsilon=1e-12, name="LayerNorm")(nn.Dense(H, name="dense")(x) + residual)
+
+    class Attention(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            return DenseNorm(name="output")(SelfAttention(name="self")(x), x)
+
+    class Intermediate(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            return nn.gelu(nn.Dense(INTER, name="dense")(x), approximate=False)
+
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            a = Attention(name="attention")(x)
+            return DenseNorm(name="output")(Intermediate(name="intermediate")(a), a)
+
+    class Encoder(nn.Module):
+        def setup(self) -> None:
+            self.layer = [Layer() for _ in range(2)]
+
+        def __call__(self, x: Any) -> Any:
+            for lay in self.layer:
+                x = lay(x)
+            return x
+
+    class Bert(nn.Module):
+        def setup(self) -> None:
+            self.embeddings = Embeddings()
+            self.encoder = Encoder()
+
+        def __call__(self, ids: Any) -> Any:
+            return self.encoder(self.embeddings(ids))
+
+        def attend(self, h: Any) -> Any:
+            return self.embeddings.attend(h)
+
+    class Transform(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            x = nn.gelu(nn.Dense(H, name="dense")(x), approximate=False)
+            return nn.LayerNorm(epsilon=1e-12, name="LayerNorm")(x)
+
+    class Predictions(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any, bert: Any) -> Any:
+            bias = self.param("bias", nn.initializers.zeros, (V,))
+            return bert.attend(Transform(name="transform")(x)) + bias
+
+    class Cls(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any, bert: Any) -> Any:
+            return Predictions(name="predictions")(x, bert)
+
+    class BertForMaskedLM(nn.Module):
+        @nn.compact
+        def __call__(self, ids: Any) -> Any:
+            bert = Bert(name="bert")
+            return Cls(name="cls")(bert(ids), bert)
+
+    module = BertForMaskedLM()
+    return up.wrap(module, jax.jit(module.init)(jax.random.PRNGKey(3), IDS))
+
+
+def flax_gpt2() -> Any:
+    jax = pytest.importorskip("jax")
+    nn = pytest.importorskip("flax.linen")
+    jnp = jax.numpy
+    d = H // HEADS
+
+    class Conv1D(nn.Module):
+        """transformers' Conv1D: x @ weight + bias, weight (in, out)."""
+
+        features: int
+
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            w = self.param("weight", nn.initializers.normal(0.02), (x.shape[-1], self.features))
+            return x @ w + self.param("bias", nn.initializers.zeros, (self.features,))
+
+    class Attention(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            q, k, v = jnp.split(Conv1D(3 * H, name="c_attn")(x), 3, axis=-1)
+            q, k, v = (t.reshape(*t.shape[:2], HEADS, d).transpose(0, 2, 1, 3) for t in (q, k, v))
+            s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+            s = jnp.where(jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool)), s, -jnp.inf)
+            a = (jax.nn.softmax(s, axis=-1) @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+            return Conv1D(H, name="c_proj")(a)
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            return Conv1D(H, name="c_proj")(nn.gelu(Conv1D(4 * H, name="c_fc")(x), approximate=True))
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            x = x + Attention(name="attn")(nn.LayerNorm(epsilon=1e-5, name="ln_1")(x))
+            return x + MLP(name="mlp")(nn.LayerNorm(epsilon=1e-5, name="ln_2")(x))
+
+    class Transformer(nn.Module):
+        def setup(self) -> None:
+            self.wte = nn.Embed(V, H)
+            self.wpe = nn.Embed(POS, H)
+            self.h = [Block() for _ in range(2)]
+            self.ln_f = nn.LayerNorm(epsilon=1e-5)
+
+        def __call__(self, ids: Any) -> Any:
+            x = self.wte(ids) + self.wpe(jnp.arange(ids.shape[1]))[None]
+            for b in self.h:
+                x = b(x)
+            return self.wte.attend(self.ln_f(x))  # lm_head tied to wte
+
+    class LM(nn.Module):
+        @nn.compact
+        def __call__(self, ids: Any) -> Any:
+            return Transformer(name="transformer")(ids)
+
+    module = LM()
+    return up.wrap(module, jax.jit(module.init)(jax.random.PRNGKey(4), IDS))
+
+
+def test_bert_save_pretrained_into_flax(tmp_path: Path) -> None:
+    f, y = hf_bert(tmp_path)
+    m = flax_bert()
+    before = values(m)
+    report = up.load(m, f, match="structure", check=(IDS, y))
+    assert report.ok and not report.unexpected and not report.missing
+    assert ("bert.encoder.layer.1.attention.self.value.weight", "bert.encoder.layer_1.attention.self.value.weight",
+            "canonical") in report.pairs
+    np.testing.assert_allclose(np.asarray(m(IDS)), y, rtol=1e-4, atol=1e-4)
+    assert not unchanged(m, before)
+
+
+def test_gpt2_sharded_save_pretrained_into_flax(tmp_path: Path) -> None:
+    d, y = hf_gpt2(tmp_path)
+    m = flax_gpt2()
+    for path in (d, d / "model.safetensors.index.json"):  # the directory or its index
+        report = up.load(m, path, match="structure", check=(IDS, y))
+        assert report.ok and len(report.pairs) == 2 + 2 * 12 + 2
+        np.testing.assert_allclose(np.asarray(m(IDS)), y, rtol=1e-4, atol=1e-4)
