@@ -14,7 +14,7 @@ import difflib
 import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ._layout import contiguous, shape_to_canonical, to_canonical
 from ._shared import shared_for
 from ._values import can_cast, check_value
 from .adapter import CANONICAL, Handle, Leaf
+
+if TYPE_CHECKING:
+    from ._shards import Shard
 
 __all__ = ["Param", "ParamDict"]
 
@@ -172,6 +175,17 @@ class Param:
     @property
     def value(self) -> np.ndarray:
         return self.read(copy=True)
+
+    def shards(self) -> list[Shard]:
+        """The pieces of this parameter that this process holds (contract
+        15.1), each placed in the global canonical array by ``index``; one
+        piece, the whole array, when it is not sharded. ``p.value`` of a
+        sharded parameter gathers the pieces (a collective for a PyTorch
+        DTensor: every process must read it); ``shard.value`` never does."""
+        from ._shards import shards_of
+
+        self._require_concrete("list the pieces of")
+        return shards_of(self)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         v = self.read(copy=True)

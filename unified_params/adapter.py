@@ -219,6 +219,19 @@ class Handle(ABC):
         """Put back what ``snapshot`` returned."""
         raise NotImplementedError
 
+    # Sharded storages (contract 15.1): the defaults say "not sharded".
+    def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
+        """The pieces of the storage this process holds, each as ``(index,
+        device)``: ``index`` a slice per *native* axis of the global array.
+        ``None`` (the default): not sharded. ``read`` and ``write`` of a
+        sharded storage still see the global value (a read gathers, a write
+        stores the local pieces of what it is given)."""
+        return None
+
+    def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
+        """Piece ``k`` of :meth:`shards` (native layout), read locally."""
+        raise NotImplementedError
+
     @abstractmethod
     def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the native call of ``node.native`` with every argument. ``x``

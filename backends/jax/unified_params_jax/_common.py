@@ -50,6 +50,23 @@ def host_array(x: Any, copy: bool) -> np.ndarray:
     return arr
 
 
+def array_shards(x: Any) -> list[tuple[tuple[slice, ...], str]] | None:
+    """The pieces of a JAX array this process holds (contract 15.1), each
+    as (index box in the global array, device); ``None`` for an array on one
+    device. A replicated array has a piece on each device, each all of it."""
+    sharding = getattr(x, "sharding", None)
+    if sharding is None or len(sharding.device_set) <= 1:
+        return None
+    shape = tuple(int(d) for d in x.shape)
+    return [(tuple(slice(*s.indices(n)[:2]) for s, n in zip(sh.index, shape)), str(sh.device))
+            for sh in x.addressable_shards]
+
+
+def shard_data(x: Any, k: int) -> np.ndarray:
+    """Piece ``k`` of :func:`array_shards` as a fresh NumPy array."""
+    return np.array(x.addressable_shards[k].data, copy=True)
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A forward output as a fresh NumPy array; tuples and lists item by item."""
     if isinstance(x, (tuple, list)):

@@ -53,6 +53,7 @@ from unified_params import NotInitializedError
 from unified_params.adapter import Backend, Handle, Leaf, Node
 
 from ._common import (
+    array_shards,
     as_input,
     default_init,
     device_of,
@@ -60,6 +61,7 @@ from ._common import (
     host_array,
     random_key,
     role_of,
+    shard_data,
 )
 
 __all__ = ["LinenHandle", "VarRef"]
@@ -566,6 +568,12 @@ class LinenHandle(Handle):
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
         return host_array(self._array(leaf, "read"), copy)
+
+    def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
+        return array_shards(self._array(leaf, "read"))
+
+    def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
+        return shard_data(self._array(leaf, "read"), k)
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         old = self._array(leaf, "write")

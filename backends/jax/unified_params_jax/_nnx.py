@@ -35,6 +35,7 @@ from flax import nnx
 from unified_params.adapter import Backend, Handle, Leaf, Node
 
 from ._common import (
+    array_shards,
     as_input,
     default_init,
     device_of,
@@ -42,6 +43,7 @@ from ._common import (
     host_array,
     random_key,
     role_of,
+    shard_data,
 )
 
 __all__ = ["NnxHandle", "Slot"]
@@ -270,6 +272,12 @@ class NnxHandle(Handle):
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
         return host_array(leaf.ref.var.get_value(), copy)
+
+    def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
+        return array_shards(leaf.ref.var.get_value())
+
+    def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
+        return shard_data(leaf.ref.var.get_value(), k)
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         var = leaf.ref.var

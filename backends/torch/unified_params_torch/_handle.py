@@ -32,6 +32,8 @@ from torch.nn.parameter import UninitializedTensorMixin
 from unified_params._errors import DTypeError, NotInitializedError, ShapeMismatchError, UnifiedParamsError
 from unified_params.adapter import CANONICAL, Backend, Handle, Leaf, Node
 
+from . import _dtensor as _dt
+
 __all__ = ["ForwardError", "Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
 
 
@@ -267,6 +269,7 @@ class TorchHandle(Handle):
         return self._module
 
     def tree(self) -> Node:
+        _dt.reshard_fsdp(self._module)
         return _node("", self._module)
 
     def stamp(self) -> tuple[Any, ...]:
@@ -274,6 +277,7 @@ class TorchHandle(Handle):
         identity of each tensor, whether it requires grad and which buffers
         are non-persistent: all that
         ``tree()`` reads, at a fraction of its cost (no objects per leaf)."""
+        _dt.reshard_fsdp(self._module)  # FSDP2 keeps a root unsharded after forward: list its DTensors
         parts: list[Any] = []
         add = parts.append
         stack = [self._module]
@@ -329,6 +333,8 @@ class TorchHandle(Handle):
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
         t = leaf.ref.data("read")
+        if _dt.is_dtensor(t):  # the whole value: a collective over the mesh
+            return _host_array(_dt.gathered(t)).copy()
         arr = _host_array(t)
         if copy and t.device.type == "cpu":
             arr = arr.copy()
@@ -336,6 +342,8 @@ class TorchHandle(Handle):
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         t = leaf.ref.data("write")
+        if _dt.is_dtensor(t):  # this process's piece of the global value, no communication
+            return _dt.write_local(t, value, _from_numpy)
         src = _from_numpy(value, source=True)
         with torch.no_grad():
             t.copy_(src.to(device=t.device))
@@ -345,13 +353,30 @@ class TorchHandle(Handle):
         are read straight into it); its version counter is bumped, as
         ``copy_`` would, so autograd sees the in-place change."""
         t = leaf.ref.data("write")
-        if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or t.is_neg():
+        if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or t.is_neg() or _dt.is_dtensor(t):
             return None
         arr = _host_array(t)
         if not (arr.flags.c_contiguous and arr.flags.writeable):
             return None
         torch.autograd.graph.increment_version(t)
         return arr
+
+    def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
+        t = leaf.ref.data("list the pieces of")
+        return _dt.shards(t) if _dt.is_dtensor(t) else None
+
+    def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
+        return _host_array(_dt.local(leaf.ref.data("read"))).copy()
+
+    def snapshot(self, leaf: Leaf) -> Any:
+        """An undo of a DTensor keeps its local piece (no gather); other
+        tensors take the core's default (a copy of ``read``)."""
+        t = leaf.ref.data("read")
+        return _dt.local(t).clone() if _dt.is_dtensor(t) else None
+
+    def restore(self, leaf: Leaf, snap: Any) -> None:
+        with torch.no_grad():
+            _dt.local(leaf.ref.data("write")).copy_(snap)
 
     def grad(self, leaf: Leaf) -> np.ndarray | None:
         g = leaf.ref.tensor.grad
@@ -384,7 +409,9 @@ class TorchHandle(Handle):
         args = tuple(self._convert(block, a) for a in args)
         kwargs = {k: self._convert(block, v) for k, v in kwargs.items()}
         try:
-            return block(*x, *args, **kwargs) if isinstance(x, tuple) else block(x, *args, **kwargs)
+            out = block(*x, *args, **kwargs) if isinstance(x, tuple) else block(x, *args, **kwargs)
+            _dt.reshard_fsdp(self._module)
+            return out
         except RuntimeError as exc:
             if isinstance(exc, UnifiedParamsError):
                 raise

@@ -1,0 +1,94 @@
+"""Sharded parameters: PyTorch ``DTensor`` (``distribute_tensor``,
+``distribute_module``, FSDP2's ``fully_shard``), contract 15.1.
+
+Design constraints: a DTensor is one parameter with its global shape. Its
+local piece is ``to_local()``, placed in the global array by torch's own
+placement arithmetic (``compute_local_shape_and_global_offset``, which knows
+uneven chunks and nested shards of a 2-D mesh), never by ours. A read of
+the whole value is ``full_tensor()``: a collective, so every process of the
+mesh must make the same reads in the same order (as with any torch
+collective). A write touches the local piece only: each process writes its
+slice of the global value it was given, no communication. ``Partial``
+placements hold a pending sum, not a value: refused.
+
+Nothing here imports ``torch.distributed`` unless a DTensor exists already.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from unified_params import UnifiedParamsError
+
+
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (or a Parameter wrapping one), without
+    importing ``torch.distributed`` when no DTensor can exist."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    cls = getattr(mod, "DTensor", None) if mod is not None else None
+    return cls is not None and isinstance(t, cls)
+
+
+def reshard_fsdp(module: Any) -> None:
+    """Put FSDP2 modules back in their sharded state. FSDP2 leaves the root
+    module's parameters unsharded (plain full tensors) after a forward pass,
+    and a write into those would be dropped at the next reshard; resharding
+    is local (it frees the gathered copies), and FSDP2's backward hooks
+    gather again as they need."""
+    mod = sys.modules.get("torch.distributed.fsdp")
+    cls = getattr(mod, "FSDPModule", None) if mod is not None else None
+    if cls is None:
+        return
+    for sub in module.modules():
+        if isinstance(sub, cls):
+            sub.reshard()
+
+
+def _placements(t: Any) -> tuple[Any, ...]:
+    placements = tuple(t.placements)
+    if any(p.is_partial() for p in placements):
+        raise UnifiedParamsError(
+            "a sharded parameter whose placements are Shard or Replicate",
+            f"a DTensor with placements {placements}: a Partial placement holds a pending sum, not a value",
+            "redistribute it first, e.g. t.redistribute(placements=[Replicate()])",
+        )
+    return placements
+
+
+def local_index(t: Any) -> tuple[slice, ...]:
+    """Where this process's piece sits in the global array."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, _placements(t))
+    return tuple(slice(int(o), int(o) + int(n)) for o, n in zip(offset, shape))
+
+
+def shards(t: Any) -> list[tuple[tuple[slice, ...], str]]:
+    """The local pieces of ``t``: this process's one, on its device."""
+    local = t.to_local()
+    return [(local_index(t), str(local.device))]
+
+
+def gathered(t: Any) -> torch.Tensor:
+    """The whole value (a collective over the mesh)."""
+    _placements(t)
+    return t.detach().full_tensor()
+
+
+def local(t: Any) -> torch.Tensor:
+    """This process's piece."""
+    return t.detach().to_local()
+
+
+def write_local(t: Any, value: np.ndarray, to_tensor: Any) -> None:
+    """Write the local piece of the global ``value`` into ``t``'s local
+    storage in place (FSDP2 keeps it inside its flat buffer)."""
+    index = local_index(t)
+    piece = to_tensor(np.ascontiguousarray(value[index]))
+    dst = t.to_local()
+    with torch.no_grad():
+        dst.copy_(piece.to(device=dst.device))

@@ -1,0 +1,70 @@
+"""Sharded JAX arrays (contract 15.1) over 4 host devices in one process:
+one ``Param`` with the global canonical shape; ``p.shards()`` lists the
+addressable pieces placed in canonical axes (a Dense kernel sharded on its
+output axis, native axis 1, is sharded on canonical axis 0); writes keep the
+array's sharding. Runs in a subprocess: the device count is fixed at JAX's
+first import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("flax")
+
+CODE = r'''
+import numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from flax import linen as nn, nnx
+import unified_params as up
+
+assert len(jax.devices()) == 4
+mesh = Mesh(np.array(jax.devices()), ("d",))
+
+# linen: kernel (6, 8) sharded on its output axis; bias replicated
+mod = nn.Dense(8)
+v = mod.init(jax.random.key(0), jnp.ones((1, 6)))["params"]
+v = {"params": {"kernel": jax.device_put(v["kernel"], NamedSharding(mesh, P(None, "d"))),
+                "bias": jax.device_put(v["bias"], NamedSharding(mesh, P()))}}
+m = up.wrap(mod, v)
+w = m.params["weight"]
+assert w.shape == (8, 6) and w.layout == "kernel_last"
+pieces = w.shards()
+assert [s.index for s in pieces] == [(slice(2 * k, 2 * k + 2), slice(0, 6)) for k in range(4)], pieces
+assert len({s.device for s in pieces}) == 4
+whole = w.value
+for s in pieces:
+    np.testing.assert_array_equal(s.value, whole[s.index])
+b = m.params["bias"].shards()
+assert len(b) == 4 and all(s.index == (slice(0, 8),) for s in b)  # replicated: all of it on each device
+new = np.arange(48, dtype=np.float32).reshape(8, 6)
+w.set(new)
+kernel = m.variables["params"]["kernel"]
+assert kernel.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "d")), 2)
+for s in w.shards():
+    np.testing.assert_array_equal(s.value, new[s.index])
+
+# a single-device array is one piece
+one = up.wrap(mod, mod.init(jax.random.key(0), jnp.ones((1, 6))))
+assert [s.index for s in one.params["weight"].shards()] == [(slice(0, 8), slice(0, 6))]
+
+# NNX: a Linear whose kernel is sharded on its input axis (native 0 -> canonical 1)
+lin = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
+lin.kernel.set_value(jax.device_put(lin.kernel.get_value(), NamedSharding(mesh, P("d", None))))
+n = up.wrap(lin)
+got = [s.index for s in n.params["weight"].shards()]
+assert got == [(slice(0, 4), slice(2 * k, 2 * k + 2)) for k in range(4)], got
+print("OK")
+'''
+
+
+def test_sharded_pieces_over_four_host_devices() -> None:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(CODE)], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert proc.returncode == 0 and "OK" in proc.stdout, (proc.stdout + proc.stderr)[-4000:]

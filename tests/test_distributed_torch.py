@@ -1,0 +1,224 @@
+"""Sharded PyTorch parameters (contract 15.1) on CPUs: ``torch.distributed``
+with the gloo backend in 2 and 4 processes, FSDP2 (``fully_shard``) and
+``DTensor`` placements on 1-D and 2-D meshes.
+
+Each case runs a worker under ``torch.distributed.run``; every process
+asserts and prints ``OK <rank>``. What is checked: one ``Param`` per DTensor
+with the global canonical shape and the native names; ``p.shards()`` places
+this process's piece where torch put it (the boxes of all processes tile the
+array); ``shard.value`` is the local piece; ``p.value`` gathers the whole;
+writes store each process's piece of the value it is given (outputs then
+equal an unsharded twin's); seeded init equals the NumPy reference; a write
+that fails midway restores the local pieces; a ``Partial`` placement is a
+contract error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torch.distributed")
+
+COMMON = r'''
+import os, sys, json
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_module, distribute_tensor
+import unified_params as up
+from unified_params import reference as ref
+
+dist.init_process_group("gloo")
+R, N = dist.get_rank(), dist.get_world_size()
+X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+H = 2 * N if N > 2 else 6  # hidden units: 3 rows a process on 2, 2 on 4
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, H), nn.ReLU(), nn.Linear(H, 3))
+
+
+def tiles(shape, boxes):
+    cover = np.zeros(shape, np.int32)
+    for box in boxes:
+        cover[tuple(slice(a, b) for a, b in box)] += 1
+    return bool((cover == 1).all())
+
+
+def all_boxes(p):
+    mine = [[(s.index[a].start, s.index[a].stop) for a in range(len(s.index))] for s in p.shards()]
+    got = [None] * N
+    dist.all_gather_object(got, mine)
+    return [b for boxes in got for b in boxes]
+'''
+
+FSDP2 = r'''
+from torch.distributed.fsdp import fully_shard
+
+mesh = init_device_mesh("cpu", (N,))
+plain = mlp()
+net = mlp()
+fully_shard(net, mesh=mesh)
+assert isinstance(net[0].weight, DTensor)
+m = up.wrap(net)
+names = [n for n, _ in plain.named_parameters()]
+assert list(m.params) == names, list(m.params)
+assert [p.shape for p in m.params.values()] == [tuple(t.shape) for t in plain.parameters()]
+w = m.params["0.weight"]
+(piece,) = w.shards()
+rows = H // N
+assert piece.index == (slice(R * rows, (R + 1) * rows), slice(0, 4)), piece.index
+want = plain[0].weight.detach().numpy()
+np.testing.assert_array_equal(piece.value, want[piece.index])
+np.testing.assert_array_equal(w.value, want)  # gathers
+assert tiles((H, 4), all_boxes(w))
+
+# a write stores this process's piece of the value it is given
+v = np.arange(4 * H, dtype=np.float32).reshape(H, 4)
+w.set(v)
+np.testing.assert_array_equal(net[0].weight.to_local().detach().numpy(), v[piece.index])
+np.testing.assert_array_equal(w.value, v)
+with torch.no_grad():
+    plain[0].weight.copy_(torch.from_numpy(v))
+np.testing.assert_allclose(up.asnumpy(m(X)), plain(torch.from_numpy(X)).detach().numpy(), rtol=1e-6, atol=1e-6)
+
+# seeded init equals the NumPy reference, on every process
+m.initialize(up.init.Normal(0.0, 1.0), seed=7)
+r = up.wrap(ref.Sequential(ref.Dense(H, in_units=4), ref.ReLU(), ref.Dense(3, in_units=H)))
+r.initialize(up.init.Normal(0.0, 1.0), seed=7)
+for k, p in r.params.items():
+    np.testing.assert_array_equal(m.params[k].value, p.value, err_msg=k)
+np.testing.assert_allclose(up.asnumpy(m(X)), up.asnumpy(r(X)), rtol=1e-5, atol=1e-5)
+
+# a write that fails midway restores every local piece written before it
+before = {k: t.to_local().detach().clone() for k, t in net.named_parameters()}
+h = m._handle
+real_write, calls = h.write, []
+def failing(leaf, value):
+    calls.append(leaf)
+    if len(calls) == 3:
+        raise RuntimeError("disk full")
+    real_write(leaf, value)
+h.write = failing
+try:
+    m.load_state({k: np.full(p.shape, 5.0, np.float32) for k, p in m.params.items()})
+except up.UnifiedParamsError:
+    pass
+else:
+    raise AssertionError("the injected failure did not surface")
+finally:
+    h.write = real_write
+assert len(calls) == 3
+for k, t in net.named_parameters():
+    assert torch.equal(t.to_local(), before[k]), k
+
+# print and summary work on a sharded model
+assert "0.weight" in repr(m) or "weight" in repr(m)
+m.summary()
+'''
+
+PLACEMENTS_2 = r'''
+mesh = init_device_mesh("cpu", (2,))
+
+def replicate(name, module, mesh):
+    for pname, p in list(module.named_parameters(recurse=False)):
+        module.register_parameter(pname, nn.Parameter(distribute_tensor(p.detach(), mesh, [Replicate()])))
+
+net = distribute_module(nn.Linear(4, 6), mesh, replicate)
+m = up.wrap(net)
+w = m.params["weight"]
+(piece,) = w.shards()
+assert piece.index == (slice(0, 6), slice(0, 4)), piece.index
+v = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+w.set(v)
+np.testing.assert_array_equal(net.weight.to_local().detach().numpy(), v)
+np.testing.assert_array_equal(w.value, v)
+
+# a Partial placement holds a pending sum: a contract error, nothing changed
+lin = nn.Linear(2, 2)
+lin.weight = nn.Parameter(DTensor.from_local(torch.ones(2, 2), mesh, [Partial()]))
+pm = up.wrap(lin)
+try:
+    pm.params["weight"].value
+except up.UnifiedParamsError as exc:
+    assert "Partial" in str(exc) and "redistribute" in str(exc), str(exc)
+else:
+    raise AssertionError("a Partial DTensor was read")
+assert torch.equal(lin.weight.to_local(), torch.ones(2, 2))
+'''
+
+MESH_2D = r'''
+mesh = init_device_mesh("cpu", (2, 2))
+torch.manual_seed(0)
+plain = nn.Linear(6, 8)
+
+for placements in ([Shard(0), Shard(1)], [Shard(1), Shard(0)], [Shard(0), Shard(0)], [Replicate(), Shard(1)]):
+    def part(name, module, mesh, placements=placements):
+        for pname, p in list(module.named_parameters(recurse=False)):
+            pl = placements if p.ndim == 2 else [Replicate(), Replicate()]
+            module.register_parameter(pname, nn.Parameter(distribute_tensor(p.detach(), mesh, pl)))
+
+    net = nn.Linear(6, 8)
+    net.load_state_dict(plain.state_dict())
+    net = distribute_module(net, mesh, part)
+    m = up.wrap(net)
+    w = m.params["weight"]
+    assert w.shape == (8, 6)
+    boxes = all_boxes(w)
+    (piece,) = w.shards()
+    want = plain.weight.detach().numpy()
+    np.testing.assert_array_equal(piece.value, want[piece.index])
+    np.testing.assert_array_equal(net.weight.to_local().detach().numpy(), want[piece.index])
+    if Replicate() not in placements:
+        assert tiles((8, 6), boxes), (placements, boxes)
+    np.testing.assert_array_equal(w.value, want)
+    v = np.arange(48, dtype=np.float32).reshape(8, 6)
+    w.set(v)
+    np.testing.assert_array_equal(net.weight.to_local().detach().numpy(), v[piece.index])
+    np.testing.assert_array_equal(w.value, v)
+'''
+
+DONE = r'''
+print(f"OK {R}", flush=True)
+dist.destroy_process_group()
+'''
+
+
+def _run(tmp_path: Path, nproc: int, body: str) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(COMMON) + textwrap.dedent(body) + textwrap.dedent(DONE))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(script)],
+        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for r in range(nproc):
+        assert f"OK {r}" in out, out[-4000:]
+
+
+def test_fsdp2_two_processes(tmp_path: Path) -> None:
+    _run(tmp_path, 2, FSDP2)
+
+
+def test_fsdp2_four_processes(tmp_path: Path) -> None:
+    _run(tmp_path, 4, FSDP2)
+
+
+def test_replicate_and_partial_placements(tmp_path: Path) -> None:
+    _run(tmp_path, 2, PLACEMENTS_2)
+
+
+def test_two_dimensional_mesh(tmp_path: Path) -> None:
+    _run(tmp_path, 4, MESH_2D)
