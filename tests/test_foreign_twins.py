@@ -594,3 +594,213 @@ def test_gpt2_sharded_save_pretrained_into_flax(tmp_path: Path) -> None:
         report = up.load(m, path, match="structure", check=(IDS, y))
         assert report.ok and len(report.pairs) == 2 + 2 * 12 + 2
         np.testing.assert_allclose(np.asarray(m(IDS)), y, rtol=1e-4, atol=1e-4)
+
+
+def keras_bert() -> Any:
+    keras = pytest.importorskip("keras")
+    L, ops = keras.layers, keras.ops
+    d = H // HEADS
+
+    def gelu(x: Any) -> Any:
+        return keras.activations.gelu(x, approximate=False)
+
+    class Embeddings(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.word_embeddings = L.Embedding(V, H)
+            self.position_embeddings = L.Embedding(POS, H)
+            self.token_type_embeddings = L.Embedding(2, H)
+            self.LayerNorm = L.LayerNormalization(epsilon=1e-12)
+
+        def call(self, ids: Any) -> Any:
+            x = self.word_embeddings(ids) + self.position_embeddings(ops.arange(ops.shape(ids)[1]))[None]
+            return self.LayerNorm(x + self.token_type_embeddings(ops.zeros_like(ids)))
+
+    class SelfAttention(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.query, self.key, self.value = L.Dense(H), L.Dense(H), L.Dense(H)
+
+        def call(self, x: Any) -> Any:
+            def heads(t: Any) -> Any:
+                return ops.transpose(ops.reshape(t, (-1, T, HEADS, d)), (0, 2, 1, 3))
+
+            q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+            a = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / np.sqrt(d), axis=-1)
+            return ops.reshape(ops.transpose(ops.matmul(a, v), (0, 2, 1, 3)), (-1, T, H))
+
+    class DenseNorm(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense, self.LayerNorm = L.Dense(H), L.LayerNormalization(epsilon=1e-12)
+
+        def call(self, x: Any, residual: Any) -> Any:
+            return self.LayerNorm(self.dense(x) + residual)
+
+    class Attention(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            # HF's attention.self / attention.output ('output' is a Keras property: 'output_' pairs by name too)
+            self.self, self.output_ = SelfAttention(), DenseNorm()
+
+        def call(self, x: Any) -> Any:
+            return self.output_(self.self(x), x)
+
+    class Layer(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention, self.intermediate, self.output_ = Attention(), L.Dense(INTER), DenseNorm()
+
+        def call(self, x: Any) -> Any:
+            a = self.attention(x)
+            return self.output_(gelu(self.intermediate(a)), a)
+
+    class Encoder(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = [Layer(), Layer()]
+
+        def call(self, x: Any) -> Any:
+            for lay in self.layer:
+                x = lay(x)
+            return x
+
+    class Bert(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings, self.encoder = Embeddings(), Encoder()
+
+        def call(self, ids: Any) -> Any:
+            return self.encoder(self.embeddings(ids))
+
+    class Transform(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense, self.LayerNorm = L.Dense(H), L.LayerNormalization(epsilon=1e-12)
+
+        def call(self, x: Any) -> Any:
+            return self.LayerNorm(gelu(self.dense(x)))
+
+    class Predictions(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transform = Transform()
+
+        def build(self, shape: Any) -> None:
+            self.bias = self.add_weight(shape=(V,), initializer="zeros", name="bias")
+
+        def call(self, x: Any, table: Any) -> Any:  # the decoder: tied to the word embeddings
+            return ops.matmul(self.transform(x), ops.transpose(table)) + self.bias
+
+    class Cls(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.predictions = Predictions()
+
+        def call(self, x: Any, table: Any) -> Any:
+            return self.predictions(x, table)
+
+    class BertForMaskedLM(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert, self.cls = Bert(), Cls()
+
+        def call(self, ids: Any) -> Any:
+            return self.cls(self.bert(ids), self.bert.embeddings.word_embeddings.embeddings)
+
+    net = BertForMaskedLM()
+    net(IDS)
+    return net
+
+
+def keras_gpt2() -> Any:
+    keras = pytest.importorskip("keras")
+    L, ops = keras.layers, keras.ops
+    d = H // HEADS
+
+    class Conv1D(L.Layer):
+        """transformers' Conv1D: x @ weight + bias, weight (in, out)."""
+
+        def __init__(self, features: int) -> None:
+            super().__init__()
+            self.features = features
+
+        def build(self, shape: Any) -> None:
+            self.weight = self.add_weight(shape=(shape[-1], self.features), name="weight")
+            self.bias = self.add_weight(shape=(self.features,), initializer="zeros", name="bias")
+
+        def call(self, x: Any) -> Any:
+            return ops.matmul(x, self.weight) + self.bias
+
+    class Attention(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_attn, self.c_proj = Conv1D(3 * H), Conv1D(H)
+
+        def call(self, x: Any) -> Any:
+            q, k, v = (ops.transpose(ops.reshape(t, (-1, T, HEADS, d)), (0, 2, 1, 3))
+                       for t in ops.split(self.c_attn(x), 3, axis=-1))
+            s = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / np.sqrt(d)
+            s = ops.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+            a = ops.reshape(ops.transpose(ops.matmul(ops.softmax(s, axis=-1), v), (0, 2, 1, 3)), (-1, T, H))
+            return self.c_proj(a)
+
+    class MLP(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_fc, self.c_proj = Conv1D(4 * H), Conv1D(H)
+
+        def call(self, x: Any) -> Any:
+            return self.c_proj(keras.activations.gelu(self.c_fc(x), approximate=True))
+
+    class Block(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln_1, self.attn = L.LayerNormalization(epsilon=1e-5), Attention()
+            self.ln_2, self.mlp = L.LayerNormalization(epsilon=1e-5), MLP()
+
+        def call(self, x: Any) -> Any:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class Transformer(L.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte, self.wpe = L.Embedding(V, H), L.Embedding(POS, H)
+            self.h = [Block(), Block()]
+            self.ln_f = L.LayerNormalization(epsilon=1e-5)
+
+        def call(self, ids: Any) -> Any:
+            x = self.wte(ids) + self.wpe(ops.arange(T))[None]
+            for b in self.h:
+                x = b(x)
+            return ops.matmul(self.ln_f(x), ops.transpose(self.wte.embeddings))  # lm_head tied to wte
+
+    class LM(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = Transformer()
+
+        def call(self, ids: Any) -> Any:
+            return self.transformer(ids)
+
+    net = LM()
+    net(IDS)
+    return net
+
+
+def test_bert_save_pretrained_into_keras(tmp_path: Path) -> None:
+    f, y = hf_bert(tmp_path)
+    net = keras_bert()
+    m = up.wrap(net)
+    report = up.load(m, f, match="structure", check=(IDS, y))
+    assert report.ok and not report.unexpected and not report.missing
+    np.testing.assert_allclose(np.asarray(net(IDS)), y, rtol=1e-4, atol=1e-4)
+
+
+def test_gpt2_sharded_save_pretrained_into_keras(tmp_path: Path) -> None:
+    d, y = hf_gpt2(tmp_path)
+    net = keras_gpt2()
+    report = up.load(up.wrap(net), d, match="structure", check=(IDS, y))
+    assert report.ok and len(report.pairs) == 2 + 2 * 12 + 2
+    np.testing.assert_allclose(np.asarray(net(IDS)), y, rtol=1e-4, atol=1e-4)
