@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _limits
 from ._errors import FileFormatError
+from ._layout import empty
 from ._values import Deferred
 
 #: safetensors dtype code -> NumPy dtype name (bfloat16 and float8 from ml_dtypes).
@@ -415,7 +416,7 @@ class Reader:
 
     def read(self, e: Entry) -> np.ndarray:
         """The tensor ``e`` as a new array (checked around the read)."""
-        out = np.empty(e.shape, numpy_dtype(e.dtype))
+        out = empty(e.shape, numpy_dtype(e.dtype))  # aligned: a framework may adopt it as it is
         self.read_into(e, out)
         return out
 

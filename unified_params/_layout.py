@@ -216,6 +216,18 @@ def to_native(value: np.ndarray, layout: str, native_shape: Sequence[int] | None
     return lay.to_native(value, native_shape)
 
 
+def copy_canonical(native: np.ndarray, layout: str) -> np.ndarray:
+    """A private canonical copy of ``native`` in one pass at memory speed:
+    the native bytes copied in the order they lie (``order='K'``), seen
+    through the canonical axes. For a kernel-last layout that is a transposed
+    view of the copy (not C-contiguous; ``np.ascontiguousarray`` makes one
+    where it matters, ``contiguous`` tiles it); it never aliases ``native``."""
+    value = to_canonical(native, layout)
+    if not np.may_share_memory(value, native):
+        return value  # the conversion made a new array (gate blocks reordered)
+    return value.copy(order="K")
+
+
 def _unmerged_shape(lay: Layout, shape: Sequence[int]) -> tuple[int, ...]:
     ndim = len(shape)
     groups = lay.groups(ndim)
@@ -225,6 +237,21 @@ def _unmerged_shape(lay: Layout, shape: Sequence[int]) -> tuple[int, ...]:
     for g, d in zip(groups, shape):
         out[g[0]] = int(d)
     return tuple(out)
+
+
+#: Alignment in bytes of the arrays the core makes for a write: XLA (JAX on
+#: the CPU) keeps a 64-byte aligned host array as it is, and copies any other.
+ALIGN = 64
+
+
+def empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose data starts on an ``ALIGN``-byte
+    boundary, so that a framework can adopt it without a copy."""
+    dt = np.dtype(dtype)
+    n = math.prod(int(d) for d in shape) * dt.itemsize
+    buf = np.empty(n + ALIGN, np.uint8)
+    off = -buf.ctypes.data % ALIGN
+    return buf[off : off + n].view(dt).reshape(tuple(int(d) for d in shape))
 
 
 def contiguous(value: np.ndarray, copy: bool = False) -> np.ndarray:
@@ -242,7 +269,7 @@ def contiguous(value: np.ndarray, copy: bool = False) -> np.ndarray:
     n, m = value.shape[:2]
     if n < b or m < b:
         return np.array(value, order="C", copy=True)
-    out = np.empty(value.shape, value.dtype)
+    out = empty(value.shape, value.dtype)
     for i in range(0, n, b):
         for j in range(0, m, b):
             out[i : i + b, j : j + b] = value[i : i + b, j : j + b]

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._boundary import adapter_call
 from ._errors import DTypeError, NotInitializedError, ParamNotFoundError, ShapeMismatchError
-from ._layout import contiguous, shape_to_canonical, to_canonical
+from ._layout import copy_canonical, shape_to_canonical, to_canonical
 from ._shared import shared_for
 from ._values import can_cast, check_value
 from .adapter import CANONICAL, Handle, Leaf
@@ -162,8 +162,8 @@ class Param:
         layout = self._leaf.layout
         with adapter_call(self._handle.backend.name, f"read {self.name!r}"):
             raw = self._handle.read(self._leaf, copy=copy and layout == CANONICAL)
-        if copy and layout != CANONICAL:  # one copy: the transpose (a view read first)
-            return contiguous(to_canonical(raw, layout), copy=True)
+        if copy and layout != CANONICAL:  # one copy of the native view, at memory speed (issue 18)
+            return copy_canonical(raw, layout)
         value = to_canonical(raw, layout)
         if copy:
             return value

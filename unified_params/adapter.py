@@ -47,6 +47,7 @@ __all__ = [
     "CANONICAL",
     "KERNEL_LAST",
     "NATIVE",
+    "empty_aligned",
     "BIAS_SINGLE",
     "BIAS_STACKED",
     "layout_rule",
@@ -63,6 +64,7 @@ PROTOCOL_VERSION = 2
 #: names of ``unified_params._layout.LAYOUTS``. Adapters take them from the
 #: layout table (:func:`layout_rule`), not from code of their own.
 from ._layout import CANONICAL, KERNEL_LAST, NATIVE  # noqa: E402
+from ._layout import empty as empty_aligned  # noqa: E402
 from ._layout_table import BIAS_SINGLE, BIAS_STACKED, DEFAULT  # noqa: E402
 from ._layout_table import lookup as _lookup  # noqa: E402
 

@@ -76,14 +76,28 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.array(x, copy=True)
 
 
-def from_numpy(value: np.ndarray, like: Any) -> jax.Array:
+def from_numpy(value: np.ndarray, like: Any, owned: bool = False) -> jax.Array:
     """A new array holding ``value`` where ``like`` lives (its sharding), never
-    aliasing ``value``'s memory (the caller may reuse it)."""
+    aliasing ``value``'s memory (the caller may reuse it) unless ``owned``:
+    an array made for this write alone, which JAX may keep as it is."""
     sharding = getattr(like, "sharding", None)
     # device_put(..., may_alias=False) still aliases aligned host memory on
     # the CPU (jax 0.10): hand it a private copy, so that the caller's array
     # can change afterwards without changing the parameter.
-    return jax.device_put(np.array(value, copy=True), sharding)
+    if not owned:
+        value = _aligned_copy(value)
+    return jax.device_put(value, sharding)
+
+
+def _aligned_copy(value: np.ndarray) -> np.ndarray:
+    """A private copy on a 64-byte boundary, which ``device_put`` on the CPU
+    keeps as the array's buffer: one copy in all (any other alignment makes
+    XLA copy again)."""
+    from unified_params.adapter import empty_aligned
+
+    out = empty_aligned(value.shape, value.dtype)
+    np.copyto(out, value, casting="no")
+    return out
 
 
 def as_input(x: Any) -> Any:

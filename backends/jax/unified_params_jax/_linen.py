@@ -579,6 +579,17 @@ class LinenHandle(Handle):
         old = self._array(leaf, "write")
         self._put({self._resolve(leaf.ref.path): from_numpy(value, old)})
 
+    def write_owned(self, leaf: Leaf, value: np.ndarray) -> None:
+        old = self._array(leaf, "write")
+        self._put({self._resolve(leaf.ref.path): from_numpy(value, old, owned=True)})
+
+    def snapshot(self, leaf: Leaf) -> Any:
+        """The array itself: JAX arrays are immutable, so an undo needs no copy."""
+        return self._array(leaf, "read")
+
+    def restore(self, leaf: Leaf, snap: Any) -> None:
+        self._put({self._resolve(leaf.ref.path): snap})
+
     def _own_set(self, tree: dict[str, Any], path: Sequence[str], value: Any) -> dict[str, Any]:
         """``_set`` that changes in place the dicts only this handle has seen
         (those it made since ``variables`` was last read) and copies the others."""

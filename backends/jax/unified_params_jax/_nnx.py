@@ -283,6 +283,17 @@ class NnxHandle(Handle):
         var = leaf.ref.var
         var.set_value(from_numpy(value, var.get_value()))
 
+    def write_owned(self, leaf: Leaf, value: np.ndarray) -> None:
+        var = leaf.ref.var
+        var.set_value(from_numpy(value, var.get_value(), owned=True))
+
+    def snapshot(self, leaf: Leaf) -> Any:
+        """The array itself: JAX arrays are immutable, so an undo needs no copy."""
+        return leaf.ref.var.get_value()
+
+    def restore(self, leaf: Leaf, snap: Any) -> None:
+        leaf.ref.var.set_value(snap)
+
     # -- running ------------------------------------------------------------
 
     @staticmethod

@@ -94,6 +94,39 @@ def _np_dtype_of(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+class _Capsule:
+    """Hands a DLPack capsule to ``np.from_dlpack`` (TF tensors have no
+    ``__dlpack__`` of their own)."""
+
+    def __init__(self, capsule: Any) -> None:
+        self.capsule = capsule
+
+    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
+        return self.capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+
+def _host_view(x: Any) -> np.ndarray | None:
+    """A read-only zero-copy NumPy view of a TensorFlow tensor in host memory
+    (DLPack), or ``None`` (another backend, a device tensor, a dtype DLPack
+    or NumPy cannot carry: the caller copies)."""
+    if keras.backend.backend() != "tensorflow" or _device(x) != "cpu":
+        return None
+    try:
+        import tensorflow as tf
+
+        arr = np.from_dlpack(_Capsule(tf.experimental.dlpack.to_dlpack(x)))
+    except Exception:  # noqa: BLE001 - any refusal means: copy instead
+        return None
+    if arr.dtype != _np_dtype(x.dtype) or tuple(arr.shape) != tuple(x.shape):
+        return None
+    if arr.flags.writeable:
+        arr.flags.writeable = False
+    return arr
+
+
 def _device(value: Any) -> str:
     """``cpu`` or ``cuda:N`` from whatever the backend calls its device."""
     dev: Any = getattr(value, "device", None)
@@ -487,12 +520,28 @@ class KerasHandle(Handle):
         return "cpu" if ref.pending else _device(ref.variable().value)
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
-        # Always a copy: a TF resource variable can only be read into a new
-        # buffer, so no view is possible there (and none is claimed elsewhere).
-        return to_numpy(leaf.ref.variable())
+        # copy=False: a read-only DLPack view of the value's host buffer (TF
+        # copies on the next write while the view holds it, so the view
+        # keeps the value it was read with); a copy where there is none.
+        v = leaf.ref.variable()
+        if not copy:
+            view = _host_view(v.value)
+            if view is not None:
+                return view
+        return to_numpy(v)
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         leaf.ref.variable().assign(value)
+
+    def snapshot(self, leaf: Leaf) -> Any:
+        """The variable's current value tensor: TF copies on write while it is
+        held, so an undo needs no copy (on the TensorFlow backend)."""
+        if keras.backend.backend() != "tensorflow":
+            return None
+        return leaf.ref.variable().value
+
+    def restore(self, leaf: Leaf, snap: Any) -> None:
+        leaf.ref.variable().assign(snap)
 
     # -- running -----------------------------------------------------------
 
