@@ -53,7 +53,7 @@ class Param:
     framework's own storage, in place.
     """
 
-    __slots__ = ("_handle", "_leaf", "name", "_tied", "_tied_fn", "_node_path", "_lock")
+    __slots__ = ("_handle", "_leaf", "name", "_tied", "_tied_fn", "_node_path", "_lock", "_shapes")
 
     def __init__(
         self,
@@ -73,6 +73,7 @@ class Param:
         self._tied_fn = tied
         self._node_path = node_path
         self._lock = lock if lock is not None else shared_for(handle).lock
+        self._shapes: tuple[Any, tuple[int | None, ...]] | None = None  # (native, canonical) last converted
 
     # -- description --------------------------------------------------------
     @property
@@ -87,7 +88,16 @@ class Param:
     def shape(self) -> tuple[int | None, ...]:
         leaf = self._leaf
         native = self._handle.shape(leaf)
-        return tuple(native) if leaf.layout == CANONICAL else shape_to_canonical(native, leaf.layout)
+        if type(native) is not tuple:
+            native = tuple(native)
+        if leaf.layout == CANONICAL:
+            return native
+        last = self._shapes  # a listing asks again and again: convert once per native shape
+        if last is not None and last[0] == native:
+            return last[1]
+        canonical = shape_to_canonical(native, leaf.layout)
+        self._shapes = (native, canonical)
+        return canonical
 
     @property
     def layout(self) -> str:

@@ -365,6 +365,13 @@ class LinenHandle(Handle):
         self._owned: dict[int, dict[str, Any]] = {}
         # Whether the shape-only trace of the call order was tried (contract 12.1).
         self._traced = False
+        # Bumped by every change of what ``tree()`` reads (the variables'
+        # slots, ties, what forward passes taught): the ``stamp``.
+        self._structure = 0
+        # (shape, dtype) by storage slot, valid while ``_structure`` is
+        # ``_meta_at``: writes keep both (the core checks them).
+        self._meta: dict[VarPath, tuple[tuple[int, ...], np.dtype]] = {}
+        self._meta_at = -1
 
     # -- identity -----------------------------------------------------------
 
@@ -380,6 +387,15 @@ class LinenHandle(Handle):
         return self._vars
 
     # -- structure ----------------------------------------------------------
+
+    def stamp(self) -> tuple[Any, ...]:
+        """O(1): the module and a counter bumped by every change of the
+        variables' slots, the ties and the call order this handle learnt
+        (every change of the variables goes through the handle). Writes of
+        values into existing slots keep it (the core checks shapes and
+        dtypes); a variables dict changed in place by the user (not a Flax
+        idiom: Flax builds new pytrees) is not seen."""
+        return (id(self._module), self._vars is None, self._structure, len(self._ties), self._traced)
 
     def tree(self) -> Node:
         root = self._node("", self._module, (), self._root_sub())
@@ -507,6 +523,7 @@ class LinenHandle(Handle):
         if self._traced or self._vars is None:
             return False
         self._traced = True
+        self._structure += 1
         kwargs = _flag_kwargs(self._module)
         if kwargs is None:
             return False
@@ -524,6 +541,7 @@ class LinenHandle(Handle):
             except Exception:  # not this input: forget what the failed try recorded
                 self._seen, self._order = seen, order
                 continue
+            self._structure += 1
             return True
         return False
 
@@ -550,17 +568,32 @@ class LinenHandle(Handle):
             )
         return found
 
+    def _shape_dtype(self, leaf: Leaf) -> tuple[tuple[int, ...], np.dtype] | None:
+        """The storage's shape and dtype, remembered per slot until the
+        structure changes (a listing asks for both of every leaf)."""
+        if self._meta_at != self._structure:
+            self._meta.clear()
+            self._meta_at = self._structure
+        path = leaf.ref.path
+        hit = self._meta.get(path)
+        if hit is None:
+            found = self._lookup(leaf)
+            if found is None:
+                return None
+            hit = self._meta[path] = (tuple(found.shape), np.dtype(found.dtype))
+        return hit
+
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
-        found = self._lookup(leaf)
+        found = self._shape_dtype(leaf)
         if found is None:
             return leaf.ref.static_shape  # type: ignore[no-any-return]
-        return tuple(found.shape)
+        return found[0]
 
     def dtype(self, leaf: Leaf) -> np.dtype:
-        found = self._lookup(leaf)
+        found = self._shape_dtype(leaf)
         if found is None:
             return np.dtype(leaf.ref.static_dtype or np.float32)
-        return np.dtype(found.dtype)
+        return found[1]
 
     def device(self, leaf: Leaf) -> str:
         found = self._lookup(leaf)
@@ -608,7 +641,11 @@ class LinenHandle(Handle):
         """Store arrays at storage slots, and in every slot tied to them."""
         new = self._vars or {}
         for path, arr in values.items():
-            new = self._own_set(new, path, _rebox(_get(new, path), arr) if _has(new, path) else arr)
+            if _has(new, path):
+                new = self._own_set(new, path, _rebox(_get(new, path), arr))
+            else:  # a new slot: the structure changes
+                self._structure += 1
+                new = self._own_set(new, path, arr)
         for target in self._ties:
             source = self._resolve(target)
             if source in values and _has(new, source):
@@ -617,6 +654,7 @@ class LinenHandle(Handle):
 
     def _sync(self) -> None:
         """Every tied slot holds its source's array (after init or updates)."""
+        self._structure += 1
         if self._vars is None:
             return
         new = self._vars
@@ -661,6 +699,7 @@ class LinenHandle(Handle):
             mod = ctx.module
             path = tuple(mod.path) if mod.path is not None else ()
             if path and path not in self._seen and ctx.method_name != "setup":
+                self._structure += 1
                 self._seen[path] = mod.clone(parent=None)
                 order = self._order.setdefault(path[:-1], [])
                 if path[-1] not in order:
@@ -695,6 +734,7 @@ class LinenHandle(Handle):
     def _update(self, scope: VarPath, updates: Any) -> None:
         """Keep the collections a ``mutable=`` call updated, those the handle
         holds (not new ones such as ``intermediates``)."""
+        self._structure += 1
         new = self._vars or {}
         for coll, tree in unfreeze(updates).items():
             if coll in new:

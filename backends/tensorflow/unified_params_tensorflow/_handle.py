@@ -474,6 +474,34 @@ class KerasHandle(Handle):
     def tree(self) -> Node:
         return _node("", self._model)
 
+    def stamp(self) -> tuple[Any, ...]:
+        """What ``tree()`` reads, without its per-variable work (leaves,
+        layout rules, Keras' ``weights`` and ``TensorShape``): each layer's
+        identity, ``built`` and ``trainable``, the identity and trainability
+        of each variable it created, and its children by key. Far cheaper
+        than the walk, so repeated listings of an unchanged model reuse one."""
+        parts: list[Any] = []
+        add = parts.append
+        layer_type = keras.layers.Layer
+        stack: list[Any] = [self._model]
+        while stack:
+            obj = stack.pop()
+            add(id(obj))
+            if isinstance(obj, layer_type):
+                add(obj.built)
+                add(obj.trainable)
+                for store in (obj._trainable_variables, obj._non_trainable_variables):
+                    if store:
+                        add(tuple([(id(v), v._trainable) for v in store]))
+                    else:
+                        add(None)
+                if not obj._layers and not _is_sequential(obj):
+                    continue  # no child (Dense, Conv...): as ``children`` decides
+            kids = children(obj)
+            add(tuple([k for k, _ in kids]))
+            stack.extend([c for _, c in reversed(kids)])
+        return tuple(parts)
+
     def node(self, path: tuple[str, ...]) -> Node | None:
         """The layer at ``path``, followed through each parent's own children
         only (the first child of a key, as in :meth:`tree`): O(depth) for
