@@ -316,3 +316,35 @@ def test_torch_gru_biases_stack_into_a_keras_cell_and_lstm_ones_split() -> None:
     del t["gru.bias_hh_l0"]
     state, made = pair_structure(_rnn_targets(True), t, "torch")
     assert "0.cell.bias" in made.unpaired_model and "0.cell.bias" not in state
+
+
+def test_names_layout_for_weights_stored_in_out(tmp_path: Path) -> None:
+    """A torch file whose square middle weights are stored (in, out) (as
+    transformers' Conv1D stores them): shapes cannot tell, so check=
+    refuses; ``(template, 'kernel_last')`` in names= says it."""
+    src, dst = seeded(0), seeded(1)
+    t = torch_names(src)
+    t["net.fc2.weight"], t["net.fc3.weight"] = t["net.fc2.weight"].T, t["net.fc3.weight"].T
+    f = write(tmp_path / "conv1d.safetensors", t)
+    before = values(dst)
+    with pytest.raises(up.PortError):
+        up.load(dst, f, match="structure", check=(X, src(X)))
+    assert all(np.array_equal(values(dst)[k], v) for k, v in before.items())
+    rules = {r"^net\.fc2\.weight$": ("2.weight", "kernel_last"), r"^net\.fc3\.weight$": ("4.weight", "kernel_last")}
+    report = up.load(dst, f, match="structure", names=rules, check=(X, src(X)))
+    assert ("net.fc2.weight", "2.weight", "kernel_last") in report.pairs
+    assert all(np.array_equal(values(dst)[k], v) for k, v in values(src).items())
+
+
+@pytest.mark.parametrize("rules, error, message", [
+    ({r"^net\.fc2\.weight$": ("2.weight", "sideways")}, up.ArgumentError, "layout"),
+    ({r"^net\.fc2\.weight$": (None, "kernel_last")}, up.ArgumentError, "template"),
+    ({r"^net\.fc1\.weight$": ("0.weight", "kernel_last")}, up.StateError, "layout 'kernel_last'"),  # (8, 6) -> (6, 8)
+])
+def test_names_layout_errors_change_nothing(tmp_path: Path, rules: Any, error: type, message: str) -> None:
+    src, dst = seeded(0), seeded(1)
+    f = write(tmp_path / "m.safetensors", torch_names(src))
+    before = values(dst)
+    with pytest.raises(error, match=message):
+        up.load(dst, f, match="structure", names=rules)
+    assert all(np.array_equal(values(dst)[k], v) for k, v in before.items())

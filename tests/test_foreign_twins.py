@@ -516,13 +516,16 @@ def flax_bert() -> Any:
     return up.wrap(module, jax.jit(module.init)(jax.random.PRNGKey(3), IDS))
 
 
-def flax_gpt2() -> Any:
+def flax_gpt2(dense: bool = False) -> Any:
+    """GPT-2 in linen; its projections as transformers' ``Conv1D`` (a native
+    layer, weight (in, out)) or, with ``dense``, as ``nn.Dense`` (canonical
+    (out, in)), as a Flax user would write it."""
     jax = pytest.importorskip("jax")
     nn = pytest.importorskip("flax.linen")
     jnp = jax.numpy
     d = H // HEADS
 
-    class Conv1D(nn.Module):
+    class Conv1DModule(nn.Module):
         """transformers' Conv1D: x @ weight + bias, weight (in, out)."""
 
         features: int
@@ -531,6 +534,8 @@ def flax_gpt2() -> Any:
         def __call__(self, x: Any) -> Any:
             w = self.param("weight", nn.initializers.normal(0.02), (x.shape[-1], self.features))
             return x @ w + self.param("bias", nn.initializers.zeros, (self.features,))
+
+    Conv1D: Any = nn.Dense if dense else Conv1DModule
 
     class Attention(nn.Module):
         @nn.compact
@@ -804,3 +809,20 @@ def test_gpt2_sharded_save_pretrained_into_keras(tmp_path: Path) -> None:
     report = up.load(up.wrap(net), d, match="structure", check=(IDS, y))
     assert report.ok and len(report.pairs) == 2 + 2 * 12 + 2
     np.testing.assert_allclose(np.asarray(net(IDS)), y, rtol=1e-4, atol=1e-4)
+
+
+def test_gpt2_conv1d_weights_into_flax_dense_with_a_names_layout(tmp_path: Path) -> None:
+    """transformers' Conv1D stores (in, out): into ``nn.Dense`` the shapes
+    of c_attn and c_fc tell, a square c_proj does not; ``names=`` with
+    ``(template, 'kernel_last')`` says so, and ``check=`` guards the rest."""
+    d, y = hf_gpt2(tmp_path)
+    m = flax_gpt2(dense=True)
+    before = values(m)
+    with pytest.raises(up.StateError, match="c_attn"):  # (16, 48) is no canonical (48, 16)
+        up.load(m, d, match="structure", check=(IDS, y))
+    assert unchanged(m, before)
+    names = {r"^transformer\.h\.(\d+)\.(attn|mlp)\.(c_\w+)\.weight$":
+             (r"transformer.h_\1.\2.\3.weight", "kernel_last")}
+    report = up.load(m, d, match="structure", names=names, check=(IDS, y))
+    assert ("transformer.h.1.attn.c_proj.weight", "transformer.h_1.attn.c_proj.weight", "kernel_last") in report.pairs
+    np.testing.assert_allclose(np.asarray(m(IDS)), y, rtol=1e-4, atol=1e-4)

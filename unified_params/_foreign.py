@@ -42,6 +42,7 @@ import numpy as np
 from ._errors import ArgumentError, FileFormatError, StateError
 from ._format import few, short
 from ._layout import CANONICAL, KERNEL_LAST, NATIVE, shape_to_canonical, to_canonical
+from ._layout import get as get_layout
 from ._layout_table import BIAS_SINGLE, BIAS_STACKED, lookup
 from ._values import Deferred
 
@@ -192,6 +193,16 @@ def _layout_for(t: _Tensor, dst: _Target, origin: str) -> str | None:
     return None
 
 
+def _forced(t: _Tensor, dst: _Target, layout: str) -> str | None:
+    """The user's layout for one tensor, where it gives the model's shape."""
+    if dst.layout == NATIVE or t.fixed:
+        return None
+    try:
+        return layout if shape_to_canonical(t.shape, layout) == dst.shape else None
+    except (ValueError, IndexError):
+        return None
+
+
 def _signature(shapes: Sequence[tuple[int, ...]]) -> tuple[Any, ...]:
     return tuple(sorted((len(s), tuple(sorted(s))) for s in shapes))
 
@@ -203,20 +214,36 @@ def _convert(value: Any, layout: str, fixed: str = "") -> Any:
     return Deferred(shape, value.dtype, lambda: to_canonical(np.asarray(value), layout))
 
 
-def _rules(names: Mapping[str, str | None] | Sequence[tuple[str, str | None]] | None
-           ) -> list[tuple[re.Pattern[str], str | None]]:
+#: a ``names=`` value: a model name template, ``None`` (ignore), or ``(template, layout)``
+Rule = tuple[re.Pattern[str], str | None, str | None]
+
+
+def _rules(names: Any) -> list[Rule]:
+    """``names=`` as ``(pattern, template or None, layout or None)``; a
+    layout names the one the file's value is in (``kernel_last`` for
+    transformers' ``Conv1D`` weights, stored (in, out)) where shapes
+    cannot tell (a square matrix)."""
     if names is None:
         return []
     items = list(names.items()) if isinstance(names, Mapping) else list(names)
-    out = []
+    out: list[Rule] = []
     for item in items:
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                and (item[1] is None or isinstance(item[1], str))):
-            raise ArgumentError("names={regex: model name template or None} (or a list of such pairs)",
+        value = item[1] if isinstance(item, tuple) and len(item) == 2 else ()
+        template, layout = value if isinstance(value, tuple) and len(value) == 2 else (value, None)
+        if not (isinstance(item[0], str) and (template is None or isinstance(template, str))
+                and (layout is None or (isinstance(layout, str) and template is not None))):
+            raise ArgumentError("names={regex: model name template, None, or (template, layout)} "
+                                "(or a list of such pairs)",
                                 f"an entry {short(repr(item), 120)}",
                                 r"write e.g. names={r'^layers_(\d+)/kernel$': r'\1.weight'}")
+        if layout is not None:
+            try:
+                get_layout(layout)
+            except ValueError as exc:
+                raise ArgumentError("names= layouts among the layout table's", f"{layout!r} for {item[0]!r}",
+                                    f"{exc}; see docs/layouts.md") from None
         try:
-            out.append((re.compile(item[0]), item[1]))
+            out.append((re.compile(item[0]), template, layout))
         except re.error as exc:
             raise ArgumentError("names= keys that are regular expressions", f"{item[0]!r}: {exc}",
                                 "fix the pattern") from None
@@ -243,9 +270,11 @@ def pair_structure(targets: list[_Target], tensors: Mapping[str, Any], origin: s
             continue
         t = _Tensor(n, tensors[n], layer, role)
         mapped: str | None = n
-        for pattern, template in rules:
+        forced: str | None = None
+        for pattern, template, layout in rules:
             if pattern.search(n):
                 mapped = None if template is None else pattern.sub(template, n)
+                forced = layout
                 break
         else:
             files.append(t)
@@ -258,10 +287,11 @@ def pair_structure(targets: list[_Target], tensors: Mapping[str, Any], origin: s
                                 f"{short(mapped, 80)!r}, " + ("paired twice" if dst else "not a distinct storage of "
                                                              f"the model (first ones: {few(list(by_name))})"),
                                 "fix the rule's replacement (model names: m.params, m.buffers)")
-        lay = _layout_for(t, dst, origin)
+        lay = _layout_for(t, dst, origin) if forced is None else _forced(t, dst, forced)
         if lay is None:
+            how = f"layout {forced!r}" if forced else f"no layout of {origin}"
             raise StateError(f"a value for {dst.name!r} of canonical shape {dst.shape}",
-                             f"{short(n, 80)!r} of shape {t.shape}, which no layout of {origin} turns into it",
+                             f"{short(n, 80)!r} of shape {t.shape}, which {how} turns into it",
                              "fix the names= rule, or leave this tensor to the structure pairing")
         assign(t, dst, lay)
         used_targets.add(dst.name)
