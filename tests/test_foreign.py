@@ -348,3 +348,22 @@ def test_names_layout_errors_change_nothing(tmp_path: Path, rules: Any, error: t
     with pytest.raises(error, match=message):
         up.load(dst, f, match="structure", names=rules)
     assert all(np.array_equal(values(dst)[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", ["w.pth", "pytorch_model.bin", "w.pt", "checkpoint-1.pth.tar"])
+def test_torch_pickles_are_read_only_by_torch_safely(tmp_path: Path, name: str) -> None:
+    """A PyTorch pickle loads by name or structure (never 'order': it has no
+    metadata); a broken one, or one read where torch is not installed, is a
+    FileFormatError, and the model is unchanged."""
+    f = tmp_path / name
+    f.write_bytes(b"not a pickle")
+    m = seeded(1)
+    before = values(m)
+    with pytest.raises(up.ArgumentError, match="match='structure'"):
+        up.load(m, f, match="order")
+    for match in ("name", "structure"):
+        with pytest.raises(up.FileFormatError):
+            up.load(m, f, match=match)
+    with pytest.raises(up.FileFormatError, match="no such file"):
+        up.load(m, tmp_path / "absent.pth")
+    assert all(np.array_equal(values(m)[k], v) for k, v in before.items())

@@ -826,3 +826,27 @@ def test_gpt2_conv1d_weights_into_flax_dense_with_a_names_layout(tmp_path: Path)
     report = up.load(m, d, match="structure", names=names, check=(IDS, y))
     assert ("transformer.h.1.attn.c_proj.weight", "transformer.h_1.attn.c_proj.weight", "kernel_last") in report.pairs
     np.testing.assert_allclose(np.asarray(m(IDS)), y, rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_architecture_or_broken_checkpoint_changes_nothing(tmp_path: Path) -> None:
+    """A Keras MLP file into the torch CNN twin; an Orbax directory with a
+    file cut short: contract errors, the model as it was."""
+    keras_net = keras_twin("mlp")
+    f = tmp_path / "mlp.weights.h5"
+    keras_net.save_weights(str(f))
+    m = up.wrap(torch_twin("cnn"))
+    before = values(m)
+    with pytest.raises(up.StateError, match="model left unpaired") as info:
+        up.load(m, f, match="structure")
+    assert "0.weight" in str(info.value) and len(str(info.value)) < 2000
+    assert unchanged(m, before)
+    ocp = pytest.importorskip("orbax.checkpoint")
+    module, variables = flax_twin("cnn")
+    d = (tmp_path / "ckpt").absolute()
+    ocp.PyTreeCheckpointer().save(d, variables)
+    for p in sorted(d.rglob("*")):
+        if p.is_file() and p.stat().st_size > 100:
+            p.write_bytes(p.read_bytes()[:50])  # every data file cut short
+    with pytest.raises(up.FileFormatError):
+        up.load(m, d, match="structure")
+    assert unchanged(m, before)
