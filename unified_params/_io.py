@@ -504,10 +504,12 @@ def load(
     PyTorch) loads into the same architecture; it needs the file's
     unified_params metadata. ``match="structure"`` reads a checkpoint that
     another framework's own tools wrote (a safetensors ``state_dict``, a Keras
-    ``.weights.h5``, a Flax msgpack, a Gluon ``.params``): layers are paired
+    ``.weights.h5``, a Flax msgpack, an Orbax directory, a Gluon ``.params``,
+    a PyTorch ``.pt``/``.pth``/``.bin`` pickle, unpickled with
+    ``weights_only=True`` and loadable by name too): layers are paired
     by name, else by the model's order and the shapes of their tensors, each
     value turned from the writer's layout into the canonical one; ``names``
-    (``{regex: model name template or None}``) settles what structure cannot,
+    (``{regex: model name template, None, or (template, layout)}``) settles what structure cannot,
     and ``report.pairs`` lists every pair made. Every shard's header, name, shape and dtype is
     checked before the first write; then the tensors are read and written
     one at a time, with backups whatever the model's size, as one transaction
