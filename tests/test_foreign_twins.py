@@ -850,3 +850,25 @@ def test_wrong_architecture_or_broken_checkpoint_changes_nothing(tmp_path: Path)
     with pytest.raises(up.FileFormatError):
         up.load(m, d, match="structure")
     assert unchanged(m, before)
+
+
+def test_bert_torch_save_bin_into_flax_and_torch(tmp_path: Path) -> None:
+    """``torch.save(model.state_dict())`` of the tied BERT (``pytorch_model.bin``)
+    holds the decoder under both names, one storage: read once, so the
+    Flax twin (decoder tied) pairs every tensor, and torch loads it by name."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    _, y = hf_bert(tmp_path)
+    model = transformers.BertForMaskedLM.from_pretrained(tmp_path / "bert").eval()
+    assert "cls.predictions.decoder.weight" in model.state_dict()
+    f = tmp_path / "pytorch_model.bin"
+    torch.save(model.state_dict(), f)
+    m = flax_bert()
+    report = up.load(m, f, match="structure", check=(IDS, y))
+    assert report.ok and not report.unexpected
+    np.testing.assert_allclose(np.asarray(m(IDS)), y, rtol=1e-4, atol=1e-4)
+    dst = transformers.BertForMaskedLM(model.config).eval()
+    up.load(up.wrap(dst), f)  # by name, ties kept
+    with torch.no_grad():
+        np.testing.assert_allclose(dst(input_ids=torch.from_numpy(IDS).long()).logits.numpy(), y, rtol=1e-5,
+                                   atol=1e-6)

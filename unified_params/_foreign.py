@@ -544,8 +544,17 @@ def _read_torch(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
         raise FileFormatError("a torch.save of a state dict {name: tensor} (or a checkpoint dict holding one "
                               "under 'state_dict' or 'model')", f"{where}: {found}",
                               "save model.state_dict() with torch.save, or with safetensors.torch.save_file")
-    return {str(k): Deferred(tuple(v.shape), _torch_dtype(v), functools.partial(_torch_numpy, v))
-            for k, v in obj.items()}
+    out: dict[str, Any] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for k, v in obj.items():
+        # a tied parameter (BERT's decoder, GPT-2's lm_head) is saved under each of its names, one
+        # storage: the first name only, as save_pretrained and safetensors' save_model write it
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if v.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[str(k)] = Deferred(tuple(v.shape), _torch_dtype(v), functools.partial(_torch_numpy, v))
+    return out
 
 
 def _torch_dtype(t: Any) -> np.dtype[Any]:
