@@ -367,3 +367,14 @@ def test_torch_pickles_are_read_only_by_torch_safely(tmp_path: Path, name: str) 
     with pytest.raises(up.FileFormatError, match="no such file"):
         up.load(m, tmp_path / "absent.pth")
     assert all(np.array_equal(values(m)[k], v) for k, v in before.items())
+
+
+def test_file_order_puts_forward_before_backward() -> None:
+    """Keras Bidirectional's sorted names list backward_layer first; PyTorch
+    lists the forward direction first (``_reverse`` after it)."""
+    from unified_params._foreign import file_order
+
+    names = ["layers/bidirectional/backward_layer/cell/vars/0", "layers/bidirectional/forward_layer/cell/vars/0",
+             "layers/bidirectional_1/backward_layer/cell/vars/0", "layers/bidirectional_1/forward_layer/cell/vars/0",
+             "layers/dense_10/vars/0", "layers/dense_9/vars/0"]
+    assert sorted(names, key=file_order) == [names[1], names[0], names[3], names[2], names[5], names[4]]

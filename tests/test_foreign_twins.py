@@ -54,13 +54,15 @@ def torch_twin(kind: str, seed: int = 0) -> Any:
             bn.bias.uniform_(-0.5, 0.5)
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 1.5)
-    else:
+    else:  # rnn: LSTM, GRU, dense; birnn: a 2-layer bidirectional LSTM, a bidirectional GRU, dense
+        bi = kind == "birnn"
+
         class RNN(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.lstm = nn.LSTM(3, 4, batch_first=True)
-                self.gru = nn.GRU(4, 5, batch_first=True)
-                self.fc = nn.Linear(5, 2)
+                self.lstm = nn.LSTM(3, 4, batch_first=True, num_layers=2 if bi else 1, bidirectional=bi)
+                self.gru = nn.GRU(8 if bi else 4, 4 if bi else 5, batch_first=True, bidirectional=bi)
+                self.fc = nn.Linear(8 if bi else 5, 2)
 
             def forward(self, x: Any) -> Any:
                 return self.fc(self.gru(self.lstm(x)[0])[0])
@@ -96,9 +98,13 @@ def keras_twin(kind: str, seed: int = 1) -> Any:
     elif kind == "cnn":
         net = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3), L.BatchNormalization(epsilon=EPS),
                                 L.ReLU(), L.GlobalAveragePooling2D(), L.Dense(3)])
-    else:
+    elif kind == "rnn":
         net = keras.Sequential([keras.Input((5, 3)), L.LSTM(4, return_sequences=True),
                                 L.GRU(5, return_sequences=True), L.Dense(2)])
+    else:
+        net = keras.Sequential([keras.Input((5, 3)), *(L.Bidirectional(L.LSTM(4, return_sequences=True))
+                                                       for _ in range(2)),
+                                L.Bidirectional(L.GRU(4, return_sequences=True)), L.Dense(2)])
     rng = np.random.default_rng(seed)
     for w in net.weights:  # every value random (Keras zeros biases and ones variances)
         v = rng.normal(0, 0.5, size=tuple(w.shape))
@@ -107,11 +113,11 @@ def keras_twin(kind: str, seed: int = 1) -> Any:
 
 
 def keras_x(kind: str) -> np.ndarray:
-    return {"mlp": X_MLP, "cnn": X_IMG, "rnn": X_SEQ}[kind]
+    return {"mlp": X_MLP, "cnn": X_IMG, "rnn": X_SEQ, "birnn": X_SEQ}[kind]
 
 
 def torch_x(kind: str) -> np.ndarray:
-    return {"mlp": X_MLP, "cnn": X_IMG_T, "rnn": X_SEQ}[kind]
+    return {"mlp": X_MLP, "cnn": X_IMG_T, "rnn": X_SEQ, "birnn": X_SEQ}[kind]
 
 
 # -- Flax twins --------------------------------------------------------------------------------
@@ -151,7 +157,7 @@ def flax_out(module: Any, variables: Any, x: np.ndarray) -> np.ndarray:
 
 # -- a torch state_dict (safetensors, torch.save) into Keras and Flax twins ---------------------
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn", "birnn"])
 def test_torch_safetensors_into_keras(tmp_path: Path, kind: str) -> None:
     src = torch_twin(kind)
     y = torch_out(src, torch_x(kind))
@@ -265,7 +271,7 @@ def test_torch_pickle_with_code_is_refused_and_changes_nothing(tmp_path: Path) -
 
 # -- Keras .weights.h5 into torch --------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn", "birnn"])
 def test_keras_weights_h5_into_torch(tmp_path: Path, kind: str) -> None:
     net = keras_twin(kind)
     y = np.asarray(net(keras_x(kind)))
@@ -343,9 +349,12 @@ def gluon_twin(kind: str) -> Any:
     elif kind == "cnn":
         net.add(nn.Conv2D(4, 3, in_channels=3), nn.BatchNorm(epsilon=EPS, in_channels=4), nn.Activation("relu"),
                 nn.GlobalAvgPool2D(), nn.Dense(3, in_units=4))
-    else:
+    elif kind == "rnn":
         net.add(rnn.LSTM(4, input_size=3, layout="NTC"), rnn.GRU(5, input_size=4, layout="NTC"),
                 nn.Dense(2, in_units=5, flatten=False))
+    else:
+        net.add(rnn.LSTM(4, input_size=3, layout="NTC", num_layers=2, bidirectional=True),
+                rnn.GRU(4, input_size=8, layout="NTC", bidirectional=True), nn.Dense(2, in_units=8, flatten=False))
     net.initialize(mx.init.Uniform(0.5))
     if kind == "cnn":
         rng = np.random.default_rng(4)
@@ -355,7 +364,7 @@ def gluon_twin(kind: str) -> Any:
     return net
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn", "birnn"])
 def test_gluon_save_parameters_into_torch(tmp_path: Path, kind: str) -> None:
     mx = pytest.importorskip("mxnet")
     net = gluon_twin(kind)

@@ -93,6 +93,14 @@ def natural_key(name: str) -> tuple[Any, ...]:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
+def file_order(name: str) -> tuple[Any, ...]:
+    """The order a file's names are paired in: natural order, except that a
+    ``backward`` layer follows its ``forward`` sibling (Keras ``Bidirectional``'s
+    ``forward_layer``/``backward_layer``, Flax's ``forward_rnn``/``backward_rnn``),
+    as PyTorch's ``_reverse`` follows the forward direction."""
+    return natural_key(name.replace("backward", "forward\x7f"))
+
+
 @dataclass
 class _Tensor:
     name: str
@@ -264,7 +272,7 @@ def pair_structure(targets: list[_Target], tensors: Mapping[str, Any], origin: s
         state[d.name] = _convert(t.value, lay, t.fixed)
         result.pairs.append((t.name, d.part[0] if d.part else d.name, lay))
 
-    for n in sorted(tensors, key=natural_key):
+    for n in sorted(tensors, key=file_order):
         layer, role = _parse(n, origin)
         if role in _SKIP:
             continue
