@@ -209,7 +209,7 @@ def test_a_mapped_name_that_is_not_the_models(tmp_path: Path) -> None:
         up.load(seeded(1), f, match="structure", names={r"^net\.fc1\.weight$": "nowhere.weight"})
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".msgpack", ".params"])
+@pytest.mark.parametrize("suffix", [".h5", ".keras", ".msgpack", ".params"])
 def test_foreign_kinds_need_match_structure_and_a_file(tmp_path: Path, suffix: str) -> None:
     f = tmp_path / f"w{suffix}"
     f.write_bytes(b"not a checkpoint")

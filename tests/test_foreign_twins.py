@@ -881,3 +881,21 @@ def test_bert_torch_save_bin_into_flax_and_torch(tmp_path: Path) -> None:
     with torch.no_grad():
         np.testing.assert_allclose(dst(input_ids=torch.from_numpy(IDS).long()).logits.numpy(), y, rtol=1e-5,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["model.keras", "legacy.h5"])
+def test_keras_model_save_into_torch(tmp_path: Path, name: str) -> None:
+    """``model.save``: a ``.keras`` archive (its model.weights.h5), or the
+    legacy whole-model ``.h5`` (its model_weights; the optimizer's state
+    beside them is left out)."""
+    keras = pytest.importorskip("keras")
+    net = keras_twin("cnn")
+    net.compile(keras.optimizers.Adam(1e-3), "mse")
+    net.optimizer.build(net.trainable_variables)  # optimizer slots of the model's shapes in the file
+    y = np.asarray(net(X_IMG))
+    f = tmp_path / name
+    net.save(str(f))
+    dst = torch_twin("cnn")
+    report = up.load(up.wrap(dst), f, match="structure", check=(X_IMG_T, y))
+    assert report.ok and len(report.pairs) == 8
+    np.testing.assert_allclose(torch_out(dst, X_IMG_T), y, rtol=1e-4, atol=1e-5)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import re
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from ._values import Deferred
 
 #: file suffixes read here (safetensors files are read by ``_format``); ``.pt``/``.pth``/``.bin``:
 #: PyTorch's own ``torch.save`` pickles, read with ``weights_only=True`` (tensors only, no code)
-SUFFIXES = {".h5": "keras", ".hdf5": "keras", ".msgpack": "flax", ".params": "mxnet",
+SUFFIXES = {".h5": "keras", ".hdf5": "keras", ".keras": "keras", ".msgpack": "flax", ".params": "mxnet",
             ".pt": "torch", ".pth": "torch", ".bin": "torch"}
 #: files inside an Orbax checkpoint directory (any of them marks one)
 _ORBAX_MARKS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt", "_sharding")
@@ -149,7 +150,7 @@ def origin_of(names: Sequence[str], suffix_origin: str | None, meta_backend: str
 
 
 def _parse(name: str, origin: str) -> tuple[tuple[str, ...], str]:
-    tokens = [t for t in re.split(r"[./:]", name) if t]
+    tokens = [t for t in re.split(r"[./:]", re.sub(r":\d+$", "", name)) if t]  # TF's 'kernel:0'
     if tokens and tokens[0] in ("arg", "aux"):  # MXNet's export prefixes
         tokens = tokens[1:]
     if len(tokens) >= 2 and tokens[-1].isdigit() and tokens[-2] == "vars":
@@ -475,11 +476,25 @@ def read(path: Path, where: str, stack: ExitStack) -> tuple[dict[str, Any], str]
 
 
 def _read_h5(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
+    """Keras weights: a ``.weights.h5`` (``save_weights``), the weights of a
+    ``.keras`` archive, or a legacy whole-model ``.h5`` (its ``model_weights``;
+    the optimizer's state is not the model's)."""
     h5py = _needs("h5py", "a Keras .h5 file", where)
-    f = stack.enter_context(h5py.File(path, "r"))
+    if zipfile.is_zipfile(path):  # a .keras archive
+        archive = stack.enter_context(zipfile.ZipFile(path))
+        if "model.weights.h5" not in archive.namelist():
+            raise FileFormatError("a .keras archive holding model.weights.h5", f"{where}: "
+                                  f"members {few(archive.namelist())}", "save it with model.save('x.keras')")
+        f = stack.enter_context(h5py.File(stack.enter_context(archive.open("model.weights.h5")), "r"))
+    else:
+        f = stack.enter_context(h5py.File(path, "r"))
+    if "model_weights" in f:
+        f = f["model_weights"]
     out: dict[str, Any] = {}
 
     def visit(name: str, obj: Any) -> None:
+        if name.split("/", 1)[0] in ("optimizer", "optimizer_weights"):
+            return  # the optimizer's state (a .keras archive's), not the model's
         if isinstance(obj, h5py.Dataset) and obj.shape is not None:
             out[name] = Deferred(tuple(obj.shape), obj.dtype, _reader(lambda: obj[()]))
 
