@@ -194,6 +194,9 @@ def test_our_own_file_loads_by_structure_too(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"match": "structure", "names": {"(": "x"}}, "regular expressions"),
     ({"match": "structure", "names": [("a", 3)]}, "names="),
+    ({"match": "structure", "names": 5}, "names="),
+    ({"match": "structure", "names": [7, "ab"]}, "names="),
+    ({"match": "structure", "names": {"a": ("b", "kernel_last", "x")}}, "names="),
     ({"match": "name", "names": {"a": "b"}}, "match='structure'"),
     ({"match": "shape"}, "'structure'"),
 ])

@@ -234,12 +234,14 @@ def _rules(names: Any) -> list[Rule]:
     cannot tell (a square matrix)."""
     if names is None:
         return []
-    items = list(names.items()) if isinstance(names, Mapping) else list(names)
+    items = (list(names.items()) if isinstance(names, Mapping) else
+             list(names) if isinstance(names, (list, tuple)) else [names])
     out: list[Rule] = []
     for item in items:
-        value = item[1] if isinstance(item, tuple) and len(item) == 2 else ()
+        pair = isinstance(item, tuple) and len(item) == 2
+        value = item[1] if pair else ()
         template, layout = value if isinstance(value, tuple) and len(value) == 2 else (value, None)
-        if not (isinstance(item[0], str) and (template is None or isinstance(template, str))
+        if not (pair and isinstance(item[0], str) and (template is None or isinstance(template, str))
                 and (layout is None or (isinstance(layout, str) and template is not None))):
             raise ArgumentError("names={regex: model name template, None, or (template, layout)} "
                                 "(or a list of such pairs)",
