@@ -899,3 +899,27 @@ def test_keras_model_save_into_torch(tmp_path: Path, name: str) -> None:
     report = up.load(up.wrap(dst), f, match="structure", check=(X_IMG_T, y))
     assert report.ok and len(report.pairs) == 8
     np.testing.assert_allclose(torch_out(dst, X_IMG_T), y, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_pickle_bfloat16_and_float8(tmp_path: Path) -> None:
+    """bfloat16 and float8 tensors of a torch.save file cross as ml_dtypes
+    arrays: bit-exact into a bfloat16 model by name, cast to nearest into
+    a float32 one by structure."""
+    torch = pytest.importorskip("torch")
+    src = torch_twin("mlp").to(torch.bfloat16)
+    f = tmp_path / "bf16.pth"
+    torch.save(src.state_dict(), f)
+    dst = torch_twin("mlp", seed=4).to(torch.bfloat16)
+    up.load(up.wrap(dst), f)
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k].view(torch.int16), v.view(torch.int16)), k
+    f32 = torch_twin("mlp", seed=5)
+    up.load(up.wrap(f32), f, match="structure")
+    for k, v in src.state_dict().items():
+        assert torch.equal(f32.state_dict()[k], v.float()), k
+    g = tmp_path / "f8.pt"
+    w8 = torch.randn(3, 6).to(torch.float8_e4m3fn)
+    torch.save({"weight": w8, "bias": torch.randn(3).to(torch.float8_e5m2)}, g)
+    lin = torch.nn.Linear(6, 3)
+    up.load(up.wrap(lin), g)
+    assert torch.equal(lin.weight.detach(), w8.float())

@@ -583,23 +583,24 @@ def _read_torch(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
 
 
 def _torch_dtype(t: Any) -> np.dtype[Any]:
-    import torch
-
-    if t.dtype == torch.bfloat16:
+    """NumPy's dtype of a tensor; bfloat16 and float8 as ``ml_dtypes``'."""
+    name = str(t.dtype).removeprefix("torch.")
+    try:
+        return np.dtype(name)
+    except TypeError:
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(str(t.dtype).removeprefix("torch."))
+        return np.dtype(getattr(ml_dtypes, name))
 
 
 def _torch_numpy(t: Any) -> np.ndarray:
     import torch
 
     t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    dtype = _torch_dtype(t)
+    if dtype.kind == "V" or dtype.type.__module__.startswith("ml_dtypes"):  # no NumPy dtype in torch: its bits
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[dtype.itemsize]
+        return t.contiguous().view(bits).numpy().view(dtype)
     return t.numpy()
 
 
