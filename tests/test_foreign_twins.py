@@ -923,3 +923,28 @@ def test_torch_pickle_bfloat16_and_float8(tmp_path: Path) -> None:
     lin = torch.nn.Linear(6, 3)
     up.load(up.wrap(lin), g)
     assert torch.equal(lin.weight.detach(), w8.float())
+
+
+def test_flax_recurrent_cells_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    """Flax's LSTMCell/GRUCell keep one Dense per gate, a layout the table
+    does not have (native): a strict load names what it could not pair and
+    writes nothing, rather than guessing gates."""
+    jax = pytest.importorskip("jax")
+    nn = pytest.importorskip("flax.linen")
+    serialization = pytest.importorskip("flax.serialization")
+
+    class RNN(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            x = nn.RNN(nn.LSTMCell(4))(x)
+            return nn.Dense(2)(nn.RNN(nn.GRUCell(5))(x))
+
+    variables = jax.jit(RNN().init)(jax.random.PRNGKey(0), X_SEQ)
+    f = tmp_path / "rnn.msgpack"
+    f.write_bytes(serialization.to_bytes(variables))
+    m = up.wrap(torch_twin("rnn"))
+    before = values(m)
+    with pytest.raises(up.StateError, match="model left unpaired") as info:
+        up.load(m, f, match="structure")
+    assert "lstm.weight_ih_l0" in str(info.value)
+    assert unchanged(m, before)
