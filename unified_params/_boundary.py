@@ -18,21 +18,32 @@ from ._errors import ForwardError, UnifiedParamsError
 __all__ = ["adapter_call", "framework_errors"]
 
 
-@contextmanager
-def adapter_call(
-    backend: str,
-    action: str,
-    *,
-    error: type[UnifiedParamsError] = UnifiedParamsError,
-    fix: str = "report this as a bug of the adapter; nothing was changed",
-) -> Iterator[None]:
-    """Re-raise an adapter's exception as ``error`` saying what failed."""
-    try:
-        yield
-    except UnifiedParamsError:
-        raise
-    except Exception as exc:
-        raise error(f"the {backend} backend to {action}", f"{type(exc).__name__}: {exc}", fix) from exc
+class adapter_call:  # noqa: N801 - used as a function: ``with adapter_call(...):``
+    """Re-raise an adapter's exception as ``error`` saying what failed.
+
+    A class, not a generator context manager: it wraps every read and write
+    of every parameter, so entering it must cost next to nothing."""
+
+    __slots__ = ("backend", "action", "error", "fix")
+
+    def __init__(
+        self,
+        backend: str,
+        action: str,
+        *,
+        error: type[UnifiedParamsError] = UnifiedParamsError,
+        fix: str = "report this as a bug of the adapter; nothing was changed",
+    ) -> None:
+        self.backend, self.action, self.error, self.fix = backend, action, error, fix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, UnifiedParamsError):
+            return False
+        raise self.error(f"the {self.backend} backend to {self.action}", f"{type(exc).__name__}: {exc}",
+                         self.fix) from exc
 
 
 @contextmanager

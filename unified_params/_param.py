@@ -109,18 +109,22 @@ class Param:
 
     @property
     def deferred(self) -> bool:
-        return any(d is None for d in self.native_shape)
+        return None in self._handle.shape(self._leaf)
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._handle.dtype(self._leaf))
+        d = self._handle.dtype(self._leaf)
+        return d if isinstance(d, np.dtype) else np.dtype(d)
 
     @property
     def size(self) -> int | None:
         shape = self.shape
-        if any(d is None for d in shape):
+        if None in shape:
             return None
-        return int(np.prod([int(d) for d in shape if d is not None], dtype=np.int64))
+        n = 1
+        for d in shape:
+            n *= int(d)  # type: ignore[arg-type]
+        return n
 
     @property
     def trainable(self) -> bool:

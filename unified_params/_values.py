@@ -84,14 +84,14 @@ def as_array(value: Any, shape: Any, name: str, where: str) -> np.ndarray:
 def check_value(p: Param, value: Any, where: str) -> np.ndarray:
     """Cast-and-shape check shared by every write; returns the canonical array
     in the storage's dtype."""
-    arr = as_array(value, p.shape, p.name, where)
+    shape, dtype = p.shape, p.dtype  # each an adapter call: asked once
+    arr = as_array(value, shape, p.name, where)
     if _kind(arr.dtype) in "OUSVMm":
         raise DTypeError(
-            f"numbers that cast safely (same_kind) to {p.dtype} for {p.name!r}",
+            f"numbers that cast safely (same_kind) to {dtype} for {p.name!r}",
             f"an array of dtype {arr.dtype} in {where}",
             "pass numeric values",
         )
-    dtype = p.dtype
     if not can_cast(arr.dtype, dtype):
         raise DTypeError(
             f"a value that casts safely (same_kind) to {dtype_name(dtype)} for {p.name!r}",
@@ -113,7 +113,6 @@ def check_value(p: Param, value: Any, where: str) -> np.ndarray:
                 f"values in [{lo}, {hi}] in {where}",
                 "clip them, or keep the storage in a wider dtype",
             )
-    shape = p.shape
     if arr.shape != shape:
         raise ShapeMismatchError(
             f"a value of canonical shape {shape} for {p.name!r}",
@@ -142,9 +141,10 @@ class Deferred:
 def check_deferred(p: Param, value: Deferred, where: str) -> Deferred | np.ndarray:
     """``_check_value`` on a Deferred's shape and dtype; its data is read now
     only where the check needs it (floats into an integer storage)."""
-    if np.issubdtype(p.dtype, np.integer) and value.dtype.kind == "f":
+    dtype = p.dtype
+    if dtype.kind in "iu" and value.dtype.kind == "f":
         return check_value(p, np.asarray(value), where)
-    if value.shape != p.shape or not can_cast(value.dtype, p.dtype):
+    if value.dtype != dtype and not can_cast(value.dtype, dtype) or value.shape != p.shape:
         check_value(p, np.broadcast_to(np.zeros((), value.dtype), value.shape), where)  # raises
     return value
 
