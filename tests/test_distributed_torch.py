@@ -188,16 +188,80 @@ for placements in ([Shard(0), Shard(1)], [Shard(1), Shard(0)], [Shard(0), Shard(
     np.testing.assert_array_equal(w.value, v)
 '''
 
+SAVE = r'''
+from torch.distributed.fsdp import fully_shard
+
+CKPT = os.environ["CKPT"]
+mesh = init_device_mesh("cpu", (N,))
+net = mlp()
+fully_shard(net, mesh=mesh)
+m = up.wrap(net)
+m.initialize(up.init.Normal(0.0, 1.0), seed=7)
+local = {k: t.to_local().detach().clone() for k, t in net.named_parameters()}
+assert up.save(m, CKPT) is not None
+files = sorted(os.listdir(CKPT))
+assert files == ["model-r00000-of-00002.safetensors", "model-r00001-of-00002.safetensors",
+                 "model.safetensors.index.json"], files
+from safetensors.numpy import load_file
+mine = load_file(os.path.join(CKPT, f"model-r{R:05d}-of-00002.safetensors"))
+assert sorted(mine) == sorted(f"{k}#{R}" for k in local), sorted(mine)  # its own pieces, nothing else
+for k, t in local.items():
+    np.testing.assert_array_equal(mine[f"{k}#{R}"], t.numpy())
+
+# back into another model of the same sharding, and into another sharding
+fresh = mlp()
+fully_shard(fresh, mesh=mesh)
+f = up.wrap(fresh)
+f.initialize(up.init.Constant(0.0))
+up.load(f, CKPT)
+for k, t in fresh.named_parameters():
+    assert torch.equal(t.to_local(), local[k]), k
+
+def replicate(name, module, mesh):
+    for pname, p in list(module.named_parameters(recurse=False)):
+        module.register_parameter(pname, nn.Parameter(distribute_tensor(p.detach(), mesh, [Replicate()])))
+
+rep = distribute_module(mlp(), mesh, replicate)
+up.load(up.wrap(rep), CKPT)
+for k, p in up.wrap(rep).params.items():
+    np.testing.assert_array_equal(p.value, m.params[k].value, err_msg=k)
+'''
+
+LOAD_FOUR = r'''
+from torch.distributed.fsdp import fully_shard
+import unified_params._format as F
+
+CKPT = os.environ["CKPT"]
+mesh = init_device_mesh("cpu", (N,))
+torch.manual_seed(1)
+net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))  # the 2-process checkpoint's shapes
+fully_shard(net, mesh=mesh)
+m = up.wrap(net)
+read = []
+real = F.Reader.read_into
+def counting(self, e, out):
+    read.append(e.end - e.begin)
+    return real(self, e, out)
+F.Reader.read_into = counting
+up.load(m, CKPT)
+F.Reader.read_into = real
+held = sum(t.to_local().numel() * 4 for t in net.parameters())
+assert sum(read) == held, (sum(read), held)  # only the byte ranges of its own pieces
+r = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
+r.initialize(up.init.Normal(0.0, 1.0), seed=7)
+np.testing.assert_allclose(up.asnumpy(m(X)), up.asnumpy(r(X)), rtol=1e-5, atol=1e-5)
+'''
+
 DONE = r'''
 print(f"OK {R}", flush=True)
 dist.destroy_process_group()
 '''
 
 
-def _run(tmp_path: Path, nproc: int, body: str) -> None:
+def _run(tmp_path: Path, nproc: int, body: str, **env_extra: str) -> None:
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(COMMON) + textwrap.dedent(body) + textwrap.dedent(DONE))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **env_extra)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(script)],
         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
@@ -222,3 +286,42 @@ def test_replicate_and_partial_placements(tmp_path: Path) -> None:
 
 def test_two_dimensional_mesh(tmp_path: Path) -> None:
     _run(tmp_path, 4, MESH_2D)
+
+
+def test_save_from_two_processes_load_anywhere(tmp_path: Path) -> None:
+    """Contract 15.2: FSDP2 on 2 processes saves one checkpoint (each process
+    its pieces, one index); it loads back, into another sharding, into 4
+    processes (each reading only its rows), into one NumPy process, and
+    ``up.consolidate`` turns it into a plain sharded directory."""
+    import numpy as np
+
+    import unified_params as up
+    from unified_params import reference as ref
+
+    ckpt = tmp_path / "ckpt"
+    _run(tmp_path, 2, SAVE, CKPT=str(ckpt))
+    _run(tmp_path, 4, LOAD_FOUR, CKPT=str(ckpt))
+    want = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
+    want.initialize(up.init.Normal(0.0, 1.0), seed=7)
+    one = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
+    up.load(one, ckpt, match="order")  # another framework, one process: the whole of each tensor
+    for k, p in want.params.items():
+        np.testing.assert_array_equal(one.params[k].value, p.value, err_msg=k)
+    plain = up.consolidate(ckpt, tmp_path / "plain", max_shard_size=100)
+    names = sorted(x.name for x in plain.iterdir())
+    assert "model.safetensors.index.json" in names and len(names) >= 3, names
+    from safetensors.numpy import load_file
+
+    got: dict[str, np.ndarray] = {}
+    for f in names:
+        if f.endswith(".safetensors"):
+            got.update(load_file(str(plain / f)))
+    assert sorted(got) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    for k, p in want.params.items():
+        np.testing.assert_array_equal(got[k], p.value, err_msg=k)
+    again = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
+    up.load(again, plain)
+    for k, p in want.params.items():
+        np.testing.assert_array_equal(again.params[k].value, p.value, err_msg=k)
+    with pytest.raises(up.FileFormatError, match="needs no consolidation"):
+        up.consolidate(plain, tmp_path / "twice")

@@ -32,6 +32,7 @@ from ._errors import (
     UnsupportedModelError,
 )
 from ._io import PortReport, load, port, save
+from ._pieces import consolidate
 from ._registry import backend_for, backends, get_backend
 from ._report import Summary
 
@@ -45,6 +46,7 @@ __all__ = [
     "save",
     "load",
     "port",
+    "consolidate",
     "init",
     "adapter",
     "Block",

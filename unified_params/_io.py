@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _foreign, _format
+from . import _foreign, _format, _pieces
 from ._block import (
     Block,
     Deferred,
@@ -209,6 +209,12 @@ def _arrays(storages: Sequence[Param]) -> Any:
     return (contiguous(np.asarray(p.read(copy=False))) for p in storages)
 
 
+def _values(items: Sequence[Any]) -> Any:
+    """Params as ``_arrays`` reads them; other values (a checkpoint's pieces
+    assembled) read one at a time."""
+    return (contiguous(np.asarray(v.read(copy=False))) if isinstance(v, Param) else np.asarray(v) for v in items)
+
+
 def _entries(storages: dict[str, Param]) -> list[tuple[str, str, tuple[int, ...]]]:
     entries = []
     for n, p in storages.items():
@@ -273,6 +279,9 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None,
     >>> f = up.save(m, os.path.join(tempfile.mkdtemp(), "m.safetensors"))
     """
     block = _as_block(m, "save")
+    grp = _pieces.group_of(block)
+    if grp is not None and any(block._handle.shards(p._leaf) is not None for p in _metadata(block)[0].values()):
+        return _pieces.save_pieces(block, path, grp, progress)  # every process its pieces (contract 15.2)
     if max_shard_size is not None:
         return _save_sharded(block, path, shard_bytes(max_shard_size), progress)
     target = _format.as_path(path, "save to")
@@ -323,6 +332,17 @@ _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors\Z")
 def _save_sharded(block: Block, path: str | os.PathLike[str], limit: int, progress: bool | None) -> Path:
     """``save`` with ``max_shard_size``: shards and the index, streamed one
     tensor at a time, renamed into place once all are written (index last)."""
+    storages, meta = _metadata(block)
+    values = [(n, code, shape, storages[n]) for n, code, shape in _entries(storages)]
+    return write_sharded(path, values, meta, limit, progress)
+
+
+def write_sharded(path: str | os.PathLike[str], values: Sequence[tuple[str, str, tuple[int, ...], Any]],
+                  meta: dict[str, str], limit: int, progress: bool | None) -> Path:
+    """A sharded directory of ``values`` (``(name, code, shape, value)``,
+    each value a Param or an array-like read when its shard is written),
+    shards of at most ``limit`` bytes, then the index; what ``save`` with
+    ``max_shard_size`` and ``up.consolidate`` write."""
     target = _format.as_path(path, "save to")
     where = short(repr(str(target)), 200)
     created = False
@@ -340,9 +360,7 @@ def _save_sharded(block: Block, path: str | os.PathLike[str], limit: int, progre
     except OSError as exc:
         raise FileFormatError("a path this process may save to", f"{where}: {short(str(exc), 300)}",
                               "check the path") from None
-    storages, meta = _metadata(block)
-    entries = _entries(storages)
-    params = list(storages.values())
+    entries = [(n, code, shape) for n, code, shape, _ in values]
     groups: list[list[int]] = [[]]
     size = 0
     for i, (_, code, shape) in enumerate(entries):
@@ -369,7 +387,7 @@ def _save_sharded(block: Block, path: str | os.PathLike[str], limit: int, progre
     bar = progress_bar(progress, total, "save")
     try:
         for f, group, head in zip(files, groups, heads):
-            temps.append((_write_temp(target, head, _arrays([params[i] for i in group]), bar), target / f))
+            temps.append((_write_temp(target, head, _values([values[i][3] for i in group]), bar), target / f))
         fd, tmp = _create_temp(target)
         temps.append((tmp, target / _format.INDEX))
         with os.fdopen(fd, "wb") as fh:
@@ -548,6 +566,10 @@ def load(
                 output_matches(block, check)
 
         tensors, meta = src.tensors, src.metadata
+        desc = _pieces.describe(meta, where)
+        if desc is not None:  # written by several processes: each storage from its pieces (contract 15.2)
+            named = block._all() if match == "name" else {}
+            tensors = _pieces.assemble(tensors, desc, where, named.get)
         ours = _format.our_metadata(meta, where) is not None
         try:
             if match == "structure":
@@ -794,17 +816,19 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
     s, d = _as_block(src, "port"), _as_block(dst, "port")
     report = PortReport(src_backend=s.backend, dst_backend=d.backend)
     items: list[tuple[Param, Any]] = []
-    portable = list(zip(("parameters", "running statistics"), _portable(s), _portable(d)))
-    for _, sl, dl in portable:
-        for q in (*sl, *dl):
-            if q.deferred:
+    portable = []
+    for what, sl, dl in zip(("parameters", "running statistics"), _portable(s), _portable(d)):
+        se, de = [_entry(p) for p in sl], [_entry(p) for p in dl]  # each shape asked for once
+        for q, e in zip((*sl, *dl), (*se, *de)):
+            if None in e.shape:
                 raise PortError(
                     "two concrete models",
                     f"{q.name!r} is deferred",
                     "call materialize(x) on it first",
                 )
-    for what, sl, dl in portable:
-        links = pair(what, [_entry(p) for p in sl], [_entry(p) for p in dl], f"the {s.backend} source",
+        portable.append((what, sl, dl, se, de))
+    for what, sl, dl, se, de in portable:
+        links = pair(what, se, de, f"the {s.backend} source",
                      f"the {d.backend} destination", "port between models of the same architecture")
         for n, link in enumerate(links):
             srcs = [sl[k] for k in link.src]
@@ -813,10 +837,10 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
                 try:
                     if link.how == "copy":
                         sp = srcs[0]
-                        value = Deferred(sp._concrete_shape(), sp.dtype,
+                        value = Deferred(se[link.src[0]].shape, sp.dtype,  # type: ignore[arg-type]
                                          lambda sp=sp: sp.read(copy=False))  # type: ignore[misc]
                     else:
-                        value = Deferred(dp._concrete_shape(), srcs[0].dtype,
+                        value = Deferred(de[k].shape, srcs[0].dtype,  # type: ignore[arg-type]
                                          lambda srcs=srcs, how=link.how, pos=pos: combine(  # type: ignore[misc]
                                              how, [q.read(copy=False) for q in srcs])[pos])
                     items.append((dp, _check_deferred(dp, value, "port")))
@@ -826,7 +850,7 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
                         f"{srcs[0].name!r} {srcs[0].dtype} -> {dp.name!r} {dp.dtype}",
                         str(exc),
                     ) from None
-                report.pairs.append(("+".join(q.name for q in srcs), dp.name, tuple(dp.shape)))  # type: ignore[arg-type]
+                report.pairs.append(("+".join(q.name for q in srcs), dp.name, de[k].shape))  # type: ignore[arg-type]
     if check is None:
         write_atomic(items, what="port", progress=progress)
     else:

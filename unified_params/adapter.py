@@ -234,6 +234,13 @@ class Handle(ABC):
         """Piece ``k`` of :meth:`shards` (native layout), read locally."""
         raise NotImplementedError
 
+    def group(self) -> Any:
+        """The framework's process group when the model may span processes
+        (``rank``, ``size``, ``all_gather(obj) -> list``, ``barrier()``),
+        which ``up.save`` of a sharded model uses to write one checkpoint
+        from every process; ``None`` (the default): one process."""
+        return None
+
     @abstractmethod
     def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the native call of ``node.native`` with every argument. ``x``

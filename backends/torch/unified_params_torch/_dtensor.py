@@ -92,3 +92,30 @@ def write_local(t: Any, value: np.ndarray, to_tensor: Any) -> None:
     dst = t.to_local()
     with torch.no_grad():
         dst.copy_(piece.to(device=dst.device))
+
+
+class Group:
+    """``torch.distributed``'s default group as the core's ``Handle.group``."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.size
+        self._dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        self._dist.barrier()
+
+
+def group() -> Group | None:
+    """The default process group, if one is initialized (and
+    ``torch.distributed`` imported: nothing is imported here)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return Group()

@@ -368,6 +368,9 @@ class TorchHandle(Handle):
     def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
         return _host_array(_dt.local(leaf.ref.data("read"))).copy()
 
+    def group(self) -> Any:
+        return _dt.group()
+
     def snapshot(self, leaf: Leaf) -> Any:
         """An undo of a DTensor keeps its local piece (no gather); other
         tensors take the core's default (a copy of ``read``)."""

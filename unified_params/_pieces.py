@@ -1,0 +1,257 @@
+"""Checkpoints written by several processes, read by any number of them
+(contract 15.2): ``up.save`` of a sharded model, ``up.load`` into another
+sharding or framework, ``up.consolidate``.
+
+Design constraints:
+
+* No process gathers. Each process writes the pieces it holds (``p.shards()``,
+  canonical layout) to a file of its own, ``model-r0000R-of-0000N.safetensors``;
+  a piece held by several processes (a replicated parameter) is written once,
+  by the lowest rank that holds it. What every process holds is exchanged
+  once (``Group.all_gather``), so each computes the same index, which rank 0
+  writes after a barrier.
+* The index is transformers' ``model.safetensors.index.json``: ``weight_map``
+  maps each piece's tensor to its file. A parameter written whole keeps its
+  own name, so a checkpoint of unsharded parameters is a plain sharded
+  directory; a piece of a parameter is ``<name>#<k>``, placed by the box in
+  the index's ``unified_params.pieces`` entry (global shape, dtype, boxes).
+* A load reads, for each storage, only the rows of the file pieces that
+  overlap the boxes this process holds (``p.shards()`` of the target), one
+  storage at a time; a target that is not sharded holds the whole box.
+* ``consolidate`` streams a pieces checkpoint into a plain sharded directory
+  that ``transformers`` and ``safetensors`` read, one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _format
+from ._errors import FileFormatError
+from ._values import Deferred
+
+if TYPE_CHECKING:
+    from ._block import Block
+    from ._param import Param
+
+#: the index's metadata key that marks (and describes) a pieces checkpoint
+KEY = "unified_params.pieces"
+
+Box = tuple[tuple[int, int], ...]
+
+
+def group_of(block: Block) -> Any:
+    """The process group of the model's framework when it spans several
+    processes (``rank``, ``size``, ``all_gather(obj)``, ``barrier()``), else None."""
+    grp = block._handle.group()
+    return grp if grp is not None and grp.size > 1 else None
+
+
+def _box(index: Sequence[slice]) -> Box:
+    return tuple((int(s.start), int(s.stop)) for s in index)
+
+
+def _whole(shape: Sequence[int]) -> Box:
+    return tuple((0, int(d)) for d in shape)
+
+
+def plan(held: Sequence[Mapping[str, list[Box]]], shapes: Mapping[str, tuple[int, ...]],
+         ) -> tuple[dict[str, list[tuple[str, Box, int]]], dict[int, list[tuple[str, str, Box]]]]:
+    """From what each rank holds (``held[rank]``: name -> boxes): per name,
+    its distinct pieces ``(key, box, writer rank)``; per rank, what it writes
+    ``(name, key, box)``. Deterministic: every process computes the same."""
+    pieces: dict[str, list[tuple[str, Box, int]]] = {}
+    writes: dict[int, list[tuple[str, str, Box]]] = {}
+    for name, shape in shapes.items():
+        owner: dict[Box, int] = {}
+        for rank, boxes in enumerate(held):
+            for b in boxes.get(name, []):
+                owner.setdefault(tuple(b), rank)
+        whole = _whole(shape)
+        ordered = sorted(owner)
+        for k, b in enumerate(ordered):
+            key = name if b == whole else f"{name}#{k}"
+            pieces.setdefault(name, []).append((key, b, owner[b]))
+            writes.setdefault(owner[b], []).append((name, key, b))
+    return pieces, writes
+
+
+def file_name(rank: int, size: int) -> str:
+    return f"model-r{rank:05d}-of-{size:05d}.safetensors"
+
+
+def save_pieces(block: Block, path: str | os.PathLike[str], grp: Any, progress: bool | None) -> Path:
+    """``up.save`` called by every process of ``grp`` (see the module doc)."""
+    from . import _io
+
+    target = _format.as_path(path, "save to")
+    if grp.rank == 0:
+        try:
+            target.mkdir(parents=False, exist_ok=True)
+        except OSError as exc:
+            raise _io._folder_error(target, exc) from None
+    grp.barrier()
+    storages, meta = _io._metadata(block)
+    entries = {n: (code, shape) for n, code, shape in _io._entries(storages)}
+    mine = {n: [_box(s.index) for s in p.shards()] for n, p in storages.items()}
+    held = grp.all_gather(mine)
+    pieces, writes = plan(held, {n: shape for n, (_, shape) in entries.items()})
+    own = writes.get(grp.rank, [])
+    files = {r: file_name(r, grp.size) for r in sorted(writes)}
+    if own:
+        shards = {n: {_box(s.index): s for s in storages[n].shards()} for n in {w[0] for w in own}}
+        head, _ = _format.header_bytes(
+            [(key, entries[n][0], tuple(b - a for a, b in box)) for n, key, box in own], {"format": "pt"})
+        arrays = (shards[n][box].value for n, key, box in own)
+        try:
+            tmp = _io._write_temp(target, head, arrays, None)
+            os.replace(tmp, target / files[grp.rank])
+        except OSError as exc:
+            raise _io._folder_error(target, exc) from None
+    grp.barrier()  # every process's file is in place before the index names it
+    if grp.rank == 0:
+        desc = {n: {"shape": list(entries[n][1]), "dtype": entries[n][0],
+                    "parts": [[key, [list(x) for x in box]] for key, box, _ in pieces[n]]} for n in pieces}
+        weight_map = {key: files[r] for n in pieces for key, _, r in pieces[n]}
+        index = {"metadata": {**meta, KEY: json.dumps(desc, sort_keys=True)},
+                 "weight_map": dict(sorted(weight_map.items()))}
+        fd, tmp = _io._create_temp(target)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write((json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target / _format.INDEX)
+        except OSError as exc:
+            _io._unlink(tmp)
+            raise _io._folder_error(target, exc) from None
+    grp.barrier()
+    return target
+
+
+def describe(meta: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """The pieces description of an index's metadata, checked; None for a
+    checkpoint that is not one."""
+    raw = meta.get(KEY)
+    if raw is None:
+        return None
+    fix = "copy the checkpoint again, or save it again from the processes that hold the model"
+    try:
+        desc = json.loads(raw) if isinstance(raw, str) else None
+        ok = isinstance(desc, dict) and all(
+            isinstance(d, dict) and isinstance(d.get("shape"), list) and isinstance(d.get("parts"), list)
+            and all(isinstance(k, str) and len(b) == len(d["shape"]) for k, b in d["parts"])
+            for d in desc.values())
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise FileFormatError(f"a {KEY} entry describing the pieces of each tensor", f"{_format.short(raw)} in "
+                              f"{where}", fix)
+    return desc  # type: ignore[return-value]
+
+
+def _overlap(a: Box, b: Box) -> Box | None:
+    out = tuple((max(x0, y0), min(x1, y1)) for (x0, x1), (y0, y1) in zip(a, b))
+    return out if all(lo < hi for lo, hi in out) or not out else None
+
+
+def _read_rows(ft: Any, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` (axis 0) of a file tensor: one byte range of the file."""
+    shape = ft.shape
+    if not shape or (lo, hi) == (0, shape[0]):
+        return np.asarray(ft)
+    row = int(np.prod(shape[1:], dtype=np.int64)) * ft.dtype.itemsize
+    r, e = ft._reader, ft._entry
+    out = np.empty((hi - lo, *shape[1:]), ft.dtype)
+    part = _format.Entry(e.name, e.dtype, out.shape, e.begin + lo * row, e.begin + hi * row)
+    r.read_into(part, out)
+    return out
+
+
+class Assembled(Deferred):
+    """One storage's value from its pieces: the boxes this process holds
+    (``boxes()``, called when the value is written) filled from the file
+    pieces that overlap them; the rest stays zero and is never read."""
+
+    __slots__ = ("_parts", "_boxes")
+    private = True
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, parts: list[tuple[Box, Any]],
+                 boxes: Callable[[], list[Box]]) -> None:
+        super().__init__(shape, dtype, self._assemble)
+        self._parts, self._boxes = parts, boxes
+
+    def _assemble(self) -> np.ndarray:
+        out = np.zeros(self.shape, self.dtype)
+        for want in self._boxes():
+            for box, ft in self._parts:
+                o = _overlap(box, want)
+                if o is None:
+                    continue
+                if not o:
+                    out[...] = np.asarray(ft)
+                    continue
+                rows = _read_rows(ft, o[0][0] - box[0][0], o[0][1] - box[0][0])
+                local = (slice(0, o[0][1] - o[0][0]),) + tuple(slice(lo - b0, hi - b0)
+                                                               for (lo, hi), (b0, _) in zip(o[1:], box[1:]))
+                out[tuple(slice(lo, hi) for lo, hi in o)] = rows[local]
+        return out
+
+
+def assemble(tensors: Mapping[str, Any], desc: Mapping[str, Any], where: str,
+             target: Callable[[str], Param | None]) -> dict[str, Any]:
+    """name -> :class:`Assembled` for every storage the pieces describe.
+    ``target(name)``: the model's parameter of that name (its boxes are read),
+    or None (the whole value is assembled)."""
+    out: dict[str, Any] = {}
+    fix = "copy the checkpoint again (every file the index lists)"
+    for name, d in desc.items():
+        shape = tuple(int(x) for x in d["shape"])
+        parts: list[tuple[Box, Any]] = []
+        cover = 0
+        for key, box in d["parts"]:
+            ft = tensors.get(key)
+            b = tuple((int(lo), int(hi)) for lo, hi in box)
+            if ft is None or tuple(ft.shape) != tuple(hi - lo for lo, hi in b):
+                raise FileFormatError(f"the piece {key!r} of {name!r} of the shape its box gives",
+                                      "absent" if ft is None else f"shape {tuple(ft.shape)}" + f" in {where}", fix)
+            parts.append((b, ft))
+            cover += int(np.prod([hi - lo for lo, hi in b], dtype=np.int64))
+        if cover < int(np.prod(shape, dtype=np.int64)):
+            raise FileFormatError(f"pieces that cover all of {name!r} {shape}",
+                                  f"{cover} of {int(np.prod(shape, dtype=np.int64))} elements in {where}", fix)
+        dtype = parts[0][1].dtype if parts else np.dtype(np.float32)
+
+        def boxes(name: str = name, shape: tuple[int, ...] = shape) -> list[Box]:
+            p = target(name)
+            if p is None:
+                return [_whole(shape)]
+            return [_box(s.index) for s in p.shards()]
+
+        out[name] = Assembled(shape, dtype, parts, boxes)
+    return out
+
+
+def consolidate(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                max_shard_size: int | str = "5GB", progress: bool | None = None) -> Path:
+    """Turn a checkpoint that several processes wrote (``up.save`` of a sharded
+    model) into a plain sharded directory (``model-0000k-of-0000N.safetensors``
+    and its index) that transformers' and safetensors' loaders read, holding
+    one tensor in memory at a time. The metadata (names, ties, backend) is kept."""
+    from . import _io
+
+    with _io._Source(src) as source:
+        desc = describe(source.metadata, source.where)
+        if desc is None:
+            raise FileFormatError(f"a checkpoint written by several processes ({KEY} in its index)",
+                                  f"{source.where}, a plain checkpoint", "load it as it is; it needs no consolidation")
+        whole = assemble(source.tensors, desc, source.where, lambda name: None)
+        meta = {k: v for k, v in source.metadata.items() if k != KEY and isinstance(v, str)}
+        values = [(n, desc[n]["dtype"], whole[n].shape, whole[n]) for n in desc]
+        return _io.write_sharded(out, values, meta, _io.shard_bytes(max_shard_size), progress)
