@@ -13,8 +13,16 @@ up to axis order: the same layer name first, else the same shapes. Inside a
 layer, tensors pair by role, else by position. A value crosses to the
 canonical layout chosen from the layouts the writing framework uses, the
 first that gives the model's canonical shape. What names cannot decide, a
-``names`` map of regex rules settles; ``check=`` verifies the result.
-Each framework's reader is imported only for its own file kind.
+``names`` map of regex rules settles (a rule may also name the layout a
+value is in, where shapes cannot tell); ``check=`` verifies the result.
+
+Each framework's reader is imported only for its own file kind: h5py for
+Keras (``.weights.h5``, a ``.keras`` archive's weights, a legacy ``.h5``'s
+``model_weights``), ``flax.serialization`` for msgpack, Orbax's own
+checkpointer for an Orbax directory, MXNet's loader for ``.params``, and
+``torch.load(weights_only=True)`` for PyTorch pickles (tensors and plain
+containers only: no code in a file runs; a tied tensor saved under several
+names is read once, as ``save_pretrained`` writes it).
 
 Recurrent layers are paired in PyTorch's form, one unit per layer and
 direction (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``): PyTorch's
