@@ -39,6 +39,12 @@ class CountingHandle(NumpyHandle):
         self.writes += 1
         super().write(leaf, value)
 
+    def host_buffer(self, leaf: Any) -> Any:  # a write straight into the storage counts as one
+        buf = super().host_buffer(leaf)
+        if buf is not None:
+            self.writes += 1
+        return buf
+
 
 def big(n: int) -> ref.Sequential:
     return ref.Sequential(*[ref.Dense(2, in_units=2) for _ in range(n)])
@@ -65,7 +71,7 @@ def test_save_load_port_walk_once_and_touch_each_storage_once(n: int, tmp_path: 
     assert h.walks == 0  # the model did not change: the cached listing serves
     h.reads = h.writes = 0
     up.load(m, f)
-    assert h.writes == 2 * n  # one write per storage (backups: one read each, no second write)
+    assert h.writes == 2 * n  # one write per storage (backups: no second write)
     h2 = CountingHandle(big(n))
     up.port(m, Block(h2))
     assert h2.writes == 2 * n and h2.walks == 1
@@ -100,3 +106,35 @@ def test_a_write_by_name_does_not_walk() -> None:
         m.params["50.weight"][0, 0] = 1.0
         assert m.params["50.weight"].value[0, 0] == 1.0
     assert h.walks == 0
+
+
+def test_a_file_changed_midway_through_many_small_tensors_is_caught(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from unified_params import _format
+
+    m = up.wrap(big(50))
+    m.initialize(up.init.Normal(), seed=0)
+    f = tmp_path / "m.safetensors"
+    up.save(m, f)
+    m.initialize(up.init.Zeros())
+    before = {k: v.copy() for k, v in m.state().items()}
+    checks = []
+    real_check, real_read = _format.Reader.check, _format.Reader.read_into
+    monkeypatch.setattr(_format.Reader, "check", lambda self: (checks.append(1), real_check(self))[1])
+    up.load(m, f)
+    assert 1 <= len(checks) <= 5  # not two per tensor: once per CHECK_BYTES, and after the last write
+    m.initialize(up.init.Zeros())
+    reads = []
+
+    def read_into(self: Any, e: Any, out: np.ndarray) -> None:
+        real_read(self, e, out)
+        reads.append(1)
+        if len(reads) == 3:  # another program rewrites the file while it is loaded
+            data = f.read_bytes()
+            f.write_bytes(data[:-4] + b"\0\0\0\1")
+
+    monkeypatch.setattr(_format.Reader, "read_into", read_into)
+    with pytest.raises(up.FileFormatError, match="changed|unchanged"):
+        up.load(m, f)
+    after = m.state()
+    assert all(np.array_equal(after[k], before[k]) for k in before), "a failed load changed the model"

@@ -81,14 +81,21 @@ def load_into(
             f"a {type(state).__name__}",
             "pass a dict of canonical arrays keyed by parameter names",
         )
-    allp = block._all()
+    allp = block._all()._params  # the plain dict: one lookup per name, no method call
     report = LoadReport()
     groups: dict[Any, list[str]] = {}
     for n, p in allp.items():
-        groups.setdefault(p.storage, []).append(n)
+        groups.setdefault(p._leaf.storage, []).append(n)
     report.unexpected = [k for k in state if k not in allp]
     chosen: dict[Any, tuple[str, Any]] = {}
     for names in groups.values():
+        if len(names) == 1:  # untied: the common case, without building a list
+            first = names[0]
+            if first in state:
+                chosen[allp[first]._leaf.storage] = (first, state[first])
+            elif allp[first]._leaf.persistent:  # non-persistent state is never required
+                report.missing.append(first)
+            continue
         given = [n for n in names if n in state]
         if not given:
             if any(allp[n]._leaf.persistent for n in names):  # non-persistent state is never required
@@ -104,29 +111,35 @@ def load_into(
                     f"different values under {first!r} and {other!r}",
                     "give one name of the tie group, or equal values",
                 )
-        chosen[allp[first].storage] = (first, state[first])
+        chosen[allp[first]._leaf.storage] = (first, state[first])
     items: list[tuple[Param, Any]] = []
+    loaded = report.loaded
     for storage, (name, value) in chosen.items():
         p = allp[name]
+        shape = p.shape  # an adapter call: asked once
         arr: Deferred | np.ndarray
         if isinstance(value, Deferred):
             arr = value
         else:
-            a = as_array(value, p.shape, name, what)
+            a = as_array(value, shape, name, what)
             # a read-only view, such as m.state(copy=False) gives, may be of a
             # storage this very load writes first (two layers swapped)
             arr = a.copy() if not a.flags.writeable and a.base is not None else a
-        if p.deferred:
+        if None in shape:
             raise NotInitializedError(
                 f"a concrete model to {what} into",
-                f"{name!r} has the deferred shape {p.shape}",
+                f"{name!r} has the deferred shape {shape}",
                 "call m.materialize(x) with an example input first",
             )
-        if arr.shape != p.shape:
-            report.mismatched.append((name, p.shape, arr.shape))
+        if arr.shape != shape:
+            report.mismatched.append((name, shape, arr.shape))
             continue
         items.append((p, arr))
-        report.loaded.extend(groups[storage])
+        group = groups[storage]
+        if len(group) == 1:
+            loaded.append(name)
+        else:
+            loaded.extend(group)
     if strict and not report.ok:
         raise StateError(
             f"a state that fits the model exactly (strict {what})",

@@ -280,18 +280,25 @@ class TorchHandle(Handle):
         _dt.reshard_fsdp(self._module)  # FSDP2 keeps a root unsharded after forward: list its DTensors
         parts: list[Any] = []
         add = parts.append
+        extend = parts.extend
         stack = [self._module]
+        pop = stack.pop
         while stack:
-            m = stack.pop()
+            m = pop()
             add(id(m))
             params = m._parameters
             if params:
                 add(tuple(params))
-                add(tuple([None if t is None else (id(t), t.requires_grad) for t in params.values()]))
+                for t in params.values():  # flat: no tuple per parameter
+                    if t is None:
+                        add(None)
+                    else:
+                        add(id(t))
+                        add(t.requires_grad)
             buffers = m._buffers
             if buffers:
                 add(tuple(buffers))
-                add(tuple(map(id, buffers.values())))
+                extend(map(id, buffers.values()))
                 if m._non_persistent_buffers_set:
                     add(frozenset(m._non_persistent_buffers_set))
             children = m._modules
