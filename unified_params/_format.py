@@ -368,6 +368,7 @@ class Reader:
     def __init__(self, path: Any) -> None:
         p = as_path(path, "read")
         self.path = p
+        self._since = 0  # bytes read since the last check
         st = _stat_regular(p)  # before opening: a FIFO would block in open()
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
         try:
@@ -425,8 +426,13 @@ class Reader:
         shape and dtype: a new array, or a storage's own host memory), checked
         around the read; a short read is a FileFormatError (the caller undoes
         what it wrote)."""
-        self.check()
         n = e.end - e.begin
+        # Checked around every large tensor, and once per CHECK_BYTES of small
+        # ones (two system calls each: per tensor they cost more than the
+        # read); a load checks once more after its last write (and undoes).
+        if n >= _limits.CHECK_BYTES or self._since >= _limits.CHECK_BYTES:
+            self.check()
+            self._since = 0
         if n:
             buf = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
             self._fh.seek(self.header.data_start + e.begin)
@@ -440,11 +446,15 @@ class Reader:
                 self.check()
                 raise FileFormatError(f"{n} bytes of {short(e.name, 80)}", f"{got} bytes: {CHANGED}",
                                       "load again once the file is complete; the model is unchanged")
-        self.check()
+        self._since += n
+        if self._since >= _limits.CHECK_BYTES:
+            self.check()
+            self._since = 0
 
     def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, e in self.header.entries.items():
             yield name, self.read(e)
+        self.check()
 
 
 class FileTensor(Deferred):

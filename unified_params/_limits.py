@@ -15,6 +15,11 @@ LARGE_BYTES = 256 << 20
 #: Largest safetensors JSON header read (safetensors' own ``MAX_HEADER_SIZE``).
 MAX_HEADER_BYTES = 100_000_000
 
+#: A file being loaded is checked unchanged (size, mtime, inode) around every
+#: tensor of at least this many bytes, and once per this many bytes of
+#: smaller ones (and after the last write of a load).
+CHECK_BYTES = 1 << 20
+
 #: Side of the tiles of a large transposed copy (``_layout.contiguous``), in
 #: elements, and the size above which copies are tiled.
 TILE = 128
