@@ -253,8 +253,9 @@ def _fused(what: str, src: Sequence[Entry], dst: Sequence[Entry], i: int, j: int
         for m in (k, *members):
             e = (fs if m == k else os_)[m]
             if e.layout == NATIVE:
-                raise refuse(f"{short(e.name, 80)!r} is in its framework's native layout (a layer type "
-                             f"without a canonical layout)")
+                shown = ", ".join(f"{short(os_[m].name, 60)!r} {tuple(os_[m].shape)}" for m in window)
+                raise refuse(f"{ol}: {shown}; {short(e.name, 80)!r} is in its framework's native layout (a layer "
+                             f"type without a canonical layout)")
         step = rows // parts_k
         if fs is src:  # one fused -> several
             links += [(m, _ints(os_[m].shape), (k,), [[(0, q * step, (q + 1) * step)]], [])
