@@ -144,6 +144,8 @@ RULES: list[Rule] = [
     # -- Keras 3 -------------------------------------------------------------------
     Rule(_K, "Dense", "kernel", "weight", KERNEL_LAST),
     Rule(_K, "Dense", "bias", "bias"),
+    Rule(_K, "Dense", "lora_kernel_a", "lora_kernel_a", KERNEL_LAST, note="lora_rank: (rank, in), PEFT's lora_A"),
+    Rule(_K, "Dense", "lora_kernel_b", "lora_kernel_b", KERNEL_LAST, note="lora_rank: (out, rank), PEFT's lora_B"),
     Rule(_K, "EinsumDense", "kernel", "weight", when=_einsum_layout, note="Linear when the equation is one"),
     Rule(_K, "EinsumDense", "bias", "bias", when=_einsum_bias),
     Rule(_K, "DepthwiseConv1D", "kernel", "weight", "depthwise_last"),  # Keras 3 names it kernel
@@ -181,6 +183,15 @@ RULES: list[Rule] = [
     Rule(_K, "SimpleRNNCell", "kernel", "weight_ih", KERNEL_LAST),
     Rule(_K, "SimpleRNNCell", "recurrent_kernel", "weight_hh", KERNEL_LAST),
     Rule(_K, "SimpleRNNCell", "bias", "bias", bias=BIAS_SINGLE),
+    # keras_hub layers (ReversibleEmbedding is an Embedding: its embeddings row is Embedding's)
+    Rule(_K, "PositionEmbedding", "embeddings", "weight", note="keras_hub: (positions, dim), an Embedding's"),
+    Rule(_K, "ReversibleEmbedding", "reverse_embeddings", "reverse_embeddings", KERNEL_LAST,
+         note="keras_hub, untied output projection: a Linear(dim, vocab)'s (vocab, dim)"),
+    Rule(_K, "LlamaLayerNorm", "scale", "weight", note="keras_hub: RMS norm"),
+    Rule(_K, "T5LayerNorm", "weight", "weight", note="keras_hub: RMS norm"),
+    Rule(_K, "T5MultiHeadAttention", "embeddings", "relative_attention_bias",
+         note="keras_hub: (buckets, heads), as T5's relative_attention_bias Embedding"),
+    Rule(_K, "ViTPatchingAndEmbedding", "class_token", "class_token", note="keras_hub: (1, 1, dim)"),
     # -- Flax (linen and NNX share names: kernel, bias, scale, embedding) -----------
     Rule(_F, "Dense", "kernel", "weight", KERNEL_LAST),
     Rule(_F, "Linear", "kernel", "weight", KERNEL_LAST),

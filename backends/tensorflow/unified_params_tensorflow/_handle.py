@@ -30,6 +30,7 @@ Design constraints of this module:
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -341,22 +342,51 @@ def _pending_leaf(layer: Any, name: str, shape: tuple[int | None, ...]) -> Leaf:
     )
 
 
+_AUTO_NAME = re.compile(r"variable(_\d+)?")
+
+
+def _stable_name(layer: Any, v: Any) -> str:
+    """``v``'s name, or where Keras made one up (``add_weight`` without a
+    name: ``variable``, ``variable_17`` from a process-wide counter, so two
+    builds of one model differ) the attribute of ``layer`` that holds it
+    (ConvNeXt's ``LayerScale.gamma``), else ``variable``."""
+    name: str = v.name
+    if not _AUTO_NAME.fullmatch(name):
+        return name
+    private = None
+    for attr, value in vars(layer).items():
+        if value is v:
+            if not attr.startswith("_"):
+                return attr
+            private = private or attr.lstrip("_") or None
+    return private or "variable"
+
+
 def _leaves(layer: Any) -> list[Leaf]:
     if not isinstance(layer, keras.layers.Layer):
         return []
     own = _own_variables(layer)
     if not own and not layer.built:
         return [_pending_leaf(layer, name, shape) for name, shape in _pending_specs(layer)]
+    if own and layer._layers:
+        # A wrapper that also tracks a variable of a layer it holds
+        # (SpectralNormalization's ``kernel`` is its Dense's): listed once, at
+        # the layer that made it, in that layer's layout.
+        inner = {id(v) for sub in layer._layers for v in sub.weights}
+        own = [v for v in own if id(v) not in inner]
     leaves = []
     roles: set[str] = set()
     layer_trainable = bool(layer.trainable)
+    # made with trainable=False (adapted statistics such as Normalization's
+    # mean/variance/count): state, as Keras' non_trainable_weights lists it
+    state_ids = {id(v) for v in layer._non_trainable_variables}
     for v in own:
-        name = v.name
+        name = _stable_name(layer, v)
         role, layout, rnn_bias = _rule(layer, name, len(v.shape))
         if role in roles:  # two variables of one name: keep both reachable
             role = f"{role}_{len(roles)}"
         roles.add(role)
-        buffer = role in _BUFFER_ROLES
+        buffer = role in _BUFFER_ROLES or id(v) in state_ids
         leaves.append(
             Leaf(
                 role=role,
@@ -388,15 +418,48 @@ def _node(key: str, obj: Any) -> Node:
 def _initializer_for(layer: Any, name: str) -> Any:
     """The initializer a layer used for its variable ``name``: Keras keeps it
     as ``<name>_initializer`` (``kernel_initializer``, ``gamma_initializer``,
-    ``embeddings_initializer``) or, for ``depthwise_kernel``, ``depthwise_initializer``."""
+    ``embeddings_initializer``) or, for ``depthwise_kernel``, ``depthwise_initializer``
+    (which Keras 3 DepthwiseConv1D/2D also use for the variable they call ``kernel``)."""
     candidates = [f"{name}_initializer"]
     if name.endswith("_kernel"):
         candidates.append(f"{name[: -len('_kernel')]}_initializer")
+    elif name == "kernel":
+        candidates.append("depthwise_initializer")
     for attr in candidates:
         init = getattr(layer, attr, None)
         if init is not None:
-            return keras.initializers.get(init)
+            init = keras.initializers.get(init)
+            if name == "bias" and getattr(layer, "unit_forget_bias", False):
+                return _ForgetBias(init)  # LSTMCell, ConvLSTMCell: as their build makes it
+            return init
+    for cls in type(layer).__mro__:
+        inline = _INLINE_INIT.get((cls.__name__, name))
+        if inline is not None:
+            return keras.initializers.get(inline)
     return None
+
+
+#: Variables Keras layers make with an initializer they do not keep.
+_INLINE_INIT = {
+    ("RMSNormalization", "scale"): "ones",
+    ("Attention", "scale"): "ones",
+    ("Attention", "concat_score_weight"): "ones",
+    ("AdditiveAttention", "scale"): "glorot_uniform",
+}
+
+
+class _ForgetBias:
+    """An LSTM bias with ``unit_forget_bias``: the bias initializer's values
+    with ones for the forget gate (gates i, f, c, o), as Keras' build makes it."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __call__(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
+        u = shape[0] // 4
+        ops = keras.ops
+        return ops.concatenate([self.base((u,), dtype=dtype), ops.ones((u,), dtype=dtype),
+                                self.base((2 * u,), dtype=dtype)])
 
 
 def _reseeded(init: Any, seed: int | None) -> Any:
@@ -566,7 +629,8 @@ class KerasHandle(Handle):
         held, so an undo needs no copy (on the TensorFlow backend)."""
         if keras.backend.backend() != "tensorflow":
             return None
-        return leaf.ref.variable().value
+        value = leaf.ref.variable().value  # the tf.Variable itself: read its current tensor
+        return value.read_value() if callable(getattr(value, "read_value", None)) else None
 
     def restore(self, leaf: Leaf, snap: Any) -> None:
         leaf.ref.variable().assign(snap)
