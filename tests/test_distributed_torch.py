@@ -252,6 +252,17 @@ r.initialize(up.init.Normal(0.0, 1.0), seed=7)
 np.testing.assert_allclose(up.asnumpy(m(X)), up.asnumpy(r(X)), rtol=1e-5, atol=1e-5)
 '''
 
+DCP_SAVE = r'''
+import torch.distributed.checkpoint as dcp
+from torch.distributed.fsdp import fully_shard
+
+mesh = init_device_mesh("cpu", (N,))
+net = mlp()
+fully_shard(net, mesh=mesh)
+up.wrap(net).initialize(up.init.Normal(0.0, 1.0), seed=7)
+dcp.save(net.state_dict(), checkpoint_id=os.environ["CKPT"])  # each process writes its shards, DCP's way
+'''
+
 DONE = r'''
 print(f"OK {R}", flush=True)
 dist.destroy_process_group()
@@ -325,3 +336,31 @@ def test_save_from_two_processes_load_anywhere(tmp_path: Path) -> None:
         np.testing.assert_array_equal(again.params[k].value, p.value, err_msg=k)
     with pytest.raises(up.FileFormatError, match="needs no consolidation"):
         up.consolidate(plain, tmp_path / "twice")
+
+
+def test_distributed_checkpoint_loads_into_another_framework(tmp_path: Path) -> None:
+    """Contract 15.3: a PyTorch Distributed Checkpoint written by FSDP2 on 2
+    processes loads, in one process, into the NumPy reference twin (by name,
+    and by structure with check=), each tensor read alone by DCP's loader."""
+    import numpy as np
+
+    import unified_params as up
+    from unified_params import reference as ref
+
+    ckpt = tmp_path / "dcp"
+    _run(tmp_path, 2, DCP_SAVE, CKPT=str(ckpt))
+    want = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
+    want.initialize(up.init.Normal(0.0, 1.0), seed=7)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    for match in ("name", "structure"):
+        twin = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
+        kw = {"check": (x, up.asnumpy(want(x)))} if match == "structure" else {}
+        up.load(twin, ckpt, match=match, **kw)
+        for k, p in want.params.items():
+            np.testing.assert_array_equal(twin.params[k].value, p.value, err_msg=f"{match} {k}")
+    wrong = up.wrap(ref.Sequential(ref.Dense(5, in_units=4), ref.ReLU(), ref.Dense(3, in_units=5)))
+    before = wrong.state()
+    with pytest.raises(up.UnifiedParamsError):
+        up.load(wrong, ckpt)
+    for k, v in wrong.state().items():
+        np.testing.assert_array_equal(v, before[k])

@@ -94,6 +94,8 @@ def kind_of(path: Path) -> str | None:
         return "torch"
     if path.is_dir() and any((path / m).exists() for m in _ORBAX_MARKS):
         return "orbax"
+    if path.is_dir() and (path / ".metadata").is_file() and any(path.glob("*.distcp")):
+        return "dcp"  # PyTorch Distributed Checkpoint (FileSystemWriter's layout)
     return None
 
 
@@ -473,8 +475,8 @@ def read(path: Path, where: str, stack: ExitStack) -> tuple[dict[str, Any], str]
     kind = kind_of(path) or ""
     readers: dict[str, Callable[[Path, str, ExitStack], dict[str, Any]]] = {
         "keras": _read_h5, "flax": _read_msgpack, "mxnet": _read_params, "torch": _read_torch,
-        "orbax": _read_orbax}
-    origin = "flax" if kind == "orbax" else kind
+        "orbax": _read_orbax, "dcp": _read_dcp}
+    origin = {"orbax": "flax", "dcp": "torch"}.get(kind, kind)
     try:
         return readers[kind](path, where, stack), origin
     except FileFormatError:
@@ -532,6 +534,38 @@ def _read_orbax(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
     ocp = _needs("orbax.checkpoint", "an Orbax checkpoint", where)
     tree = ocp.PyTreeCheckpointer().restore(str(path.absolute()))
     return _flatten(tree)
+
+
+def _read_dcp(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
+    """A PyTorch Distributed Checkpoint directory, however many processes
+    wrote it: its metadata names every tensor (global shape, dtype), and
+    each tensor is read when it is written, alone, by DCP's own loader in
+    this process (``no_dist``), whatever sharding it was saved with.
+    Entries that are not tensors (an optimizer's step counters, bytes) are
+    not the model's."""
+    _needs("torch", "a PyTorch Distributed Checkpoint", where)
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = dcp.FileSystemReader(str(path)).read_metadata()
+
+    def load(key: str, size: Any, dtype: Any) -> np.ndarray:
+        out = {key: torch.empty(size, dtype=dtype)}
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(out, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+        return _torch_numpy(out[key])
+
+    result: dict[str, Any] = {}
+    for key, md in meta.state_dict_metadata.items():
+        if isinstance(md, TensorStorageMetadata):
+            dtype = md.properties.dtype
+            result[key] = Deferred(tuple(int(d) for d in md.size), _torch_dtype(torch.empty(0, dtype=dtype)),
+                                   functools.partial(load, key, md.size, dtype))
+    return result
 
 
 def _flatten(tree: Any) -> dict[str, Any]:

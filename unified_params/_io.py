@@ -551,7 +551,7 @@ def load(
     p = _format.as_path(path, "load")
     kind = _foreign.kind_of(p)
     if kind:
-        if match != "structure" and not (kind == "torch" and match == "name"):
+        if match != "structure" and not (kind in ("torch", "dcp") and match == "name"):
             raise ArgumentError(
                 f"match='structure' for a {kind} checkpoint ({p.suffix or 'a directory'})",
                 f"match={match!r} for {short(repr(str(p)), 200)}",
