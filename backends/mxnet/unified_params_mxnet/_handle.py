@@ -260,6 +260,33 @@ class MXNetHandle(Handle):
     def tree(self) -> Node:
         return _node("", self._root)
 
+    def stamp(self) -> tuple[Any, ...]:
+        """What ``tree()`` reads, without building leaves or asking the
+        layout table: each block's identity, the keys and identities of its
+        registered parameters and its ParameterDict's, each one's
+        ``grad_req`` and differentiability, and its children by key."""
+        parts: list[Any] = []
+        add = parts.append
+        stack: list[Any] = [self._root]
+        pop = stack.pop
+        while stack:
+            b = pop()
+            add(id(b))
+            for table in (b._reg_params, b._params._params):
+                if table:
+                    add(tuple(table))
+                    for p in table.values():
+                        add(id(p))
+                        add(p._grad_req)
+                        add(getattr(p, "_differentiable", True))
+                else:
+                    add(None)
+            kids = b._children
+            if kids:
+                add(tuple(kids))
+                stack.extend(reversed(kids.values()))
+        return tuple(parts)
+
     def node(self, path: tuple[str, ...]) -> Node | None:
         """The block at ``path`` (Gluon's ``_children`` followed) with its own leaves."""
         block = self._root
