@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _limits
 from ._errors import FileFormatError
-from ._layout import empty
+from ._layout import contiguous, contiguous_into, empty
 from ._values import Deferred
 
 #: safetensors dtype code -> NumPy dtype name (bfloat16 and float8 from ml_dtypes).
@@ -596,14 +596,33 @@ def write(fh: BinaryIO, head: bytes, arrays: Iterable[np.ndarray], bar: Any = No
     """Write the framed header, then each array's bytes (C order, little
     endian), one at a time."""
     fh.write(head)
+    scratch: list[np.ndarray] = []
     for v in arrays:
-        v = np.ascontiguousarray(v)
+        v = np.asarray(v)
         if v.dtype.byteorder == ">" or (v.dtype.byteorder == "=" and not _little()):
             v = v.astype(v.dtype.newbyteorder("<"))
         if v.size:
-            fh.write(memoryview(v.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+            for part in _c_order_parts(v, scratch):
+                fh.write(memoryview(part.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
         if bar is not None:
             bar.update(v.nbytes)
+
+
+def _c_order_parts(v: np.ndarray, scratch: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """``v``'s bytes in C order as C-contiguous pieces: ``v`` itself, or a
+    strided view (a kernel-last storage's canonical view) converted into one
+    scratch buffer reused from tensor to tensor (a transposed matrix strip by
+    strip), so that a save touches no fresh memory per tensor."""
+    if v.flags.c_contiguous:
+        yield v
+        return
+    if v.ndim != 2 or v.nbytes < _limits.TILED_BYTES:
+        yield contiguous(v, copy=True)
+        return
+    if not scratch or scratch[0].nbytes < v.nbytes:
+        scratch[:] = [empty((v.nbytes,), np.uint8)]
+    out = scratch[0][: v.nbytes].view(v.dtype).reshape(v.shape)
+    yield contiguous_into(v, out)
 
 
 def _little() -> bool:

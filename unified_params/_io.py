@@ -204,9 +204,9 @@ def _unlink(path: str) -> None:
 
 
 def _arrays(storages: Sequence[Param]) -> Any:
-    """Each storage's canonical bytes, one at a time (kernel-last storages: a
-    tiled transpose each)."""
-    return (contiguous(np.asarray(p.read(copy=False))) for p in storages)
+    """Each storage's canonical value, one at a time (kernel-last storages: a
+    view, which the writer converts in blocks)."""
+    return (np.asarray(p.read(copy=False)) for p in storages)
 
 
 def _values(items: Sequence[Any]) -> Any:

@@ -254,16 +254,21 @@ def empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     return buf[off : off + n].view(dt).reshape(tuple(int(d) for d in shape))
 
 
-def contiguous(value: np.ndarray, copy: bool = False) -> np.ndarray:
+def contiguous(value: np.ndarray, copy: bool = False, tile_from: int | None = None) -> np.ndarray:
     """``value`` as a C-contiguous array (a new one if ``copy``).
 
     A large transposed view (a layout conversion) is copied tile by tile
     over its first two axes: NumPy's own strided copy walks the source a
     column at a time, a cache (and TLB) miss per element, about 4x slower on
-    a 4096 x 4096 float32 matrix.
+    a 4096 x 4096 float32 matrix. A transposed matrix goes strip by strip
+    (``_strips``), 3x faster again. ``tile_from``: the size in bytes from
+    which to tile (default ``_limits.TILED_BYTES``).
     """
-    if value.flags.c_contiguous or value.ndim < 2 or value.nbytes < _limits.TILED_BYTES:
+    threshold = _limits.TILED_BYTES if tile_from is None else tile_from
+    if value.flags.c_contiguous or value.ndim < 2 or value.nbytes < threshold:
         return np.array(value, order="C", copy=True) if copy else np.ascontiguousarray(value)
+    if value.ndim == 2 and abs(value.strides[0]) < abs(value.strides[1]):
+        return _strips(value)
     rest = int(np.prod(value.shape[2:]))
     b = max(8, int(_limits.TILE / max(1, rest) ** 0.5))
     n, m = value.shape[:2]
@@ -273,4 +278,30 @@ def contiguous(value: np.ndarray, copy: bool = False) -> np.ndarray:
     for i in range(0, n, b):
         for j in range(0, m, b):
             out[i : i + b, j : j + b] = value[i : i + b, j : j + b]
+    return out
+
+
+def contiguous_into(value: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Copy ``value`` into the C-contiguous ``out`` of its shape and dtype
+    (a transposed matrix strip by strip); returns ``out``."""
+    if value.ndim == 2 and abs(value.strides[0]) < abs(value.strides[1]):
+        return _strips(value, out)
+    np.copyto(out, value)
+    return out
+
+
+def _strips(value: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A transposed matrix as a C-contiguous copy (into ``out`` if given),
+    strip by strip: ``STRIP_ROWS`` destination rows by ``STRIP_BYTES`` of
+    its columns, so that each inner copy writes a short run and reads the
+    source's rows in long runs that stay in the cache."""
+    n, m = value.shape
+    bi = max(1, int(_limits.STRIP_ROWS))
+    bj = max(1, int(_limits.STRIP_BYTES) // value.itemsize)
+    if out is None:
+        out = empty(value.shape, value.dtype)
+    for i in range(0, n, bi):
+        dst, src = out[i : i + bi], value[i : i + bi]
+        for j in range(0, m, bj):
+            dst[:, j : j + bj] = src[:, j : j + bj]
     return out

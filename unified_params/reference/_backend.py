@@ -67,6 +67,11 @@ class NumpyHandle(Handle):
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         leaf.storage.data[...] = value
 
+    def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
+        """The storage's own array (a file's bytes are read straight into it)."""
+        data = leaf.storage.data
+        return data if isinstance(data, np.ndarray) and data.flags.c_contiguous and data.flags.writeable else None
+
     def forward(self, node: Node, x: Any, *args: Any, **kwargs: Any) -> np.ndarray:
         return node.native(np.asarray(x), *args, **kwargs)
 
