@@ -93,6 +93,26 @@ def render() -> str:
         "`bias_ih` with `bias_hh` zero, the two summed the other way) and `bias_stacked` (Keras",
         "`GRU(reset_after=True)`, `(2, 3*units)`: row 0 input, row 1 recurrent).",
         "",
+        "## Groups regrouped by ports",
+        "",
+        "PyTorch keeps some layers' parameters in one tensor where other frameworks keep several;",
+        "`up.port` and `up.load(match='order')` pair them in order (`FUSED`, `GATE_GROUPS`):",
+        "",
+        *(f"- PyTorch `{role}` (`{n}` projections stacked along axis 0, query, key, value) <-> the next "
+          f"`{n}` entries of the same rank (Keras `MultiHeadAttention`, Flax `MultiHeadAttention`, "
+          f"`Linear` q/k/v)" for role, n in T.FUSED.items()),
+        "",
+        "| framework | cell | weights: child -> PyTorch tensor, gate blocks | biases: child -> "
+        "(bias_ih, bias_hh) block per block | note |",
+        "|---|---|---|---|---|",
+        *(f"| {g.framework} | `{g.cell}` | "
+          + ", ".join(f"`{c}` {t} {list(b)}" for c, (t, b) in g.weights.items()) + " | "
+          + ", ".join(f"`{c}` {list(b)}" for c, b in g.biases.items()) + f" | {g.note} |"
+          for g in T.GATE_GROUPS),
+        "",
+        "Groups are recognized by their children's keys facing a stacked `weight_ih`, `weight_hh` run",
+        "(PyTorch, Gluon, Keras cells); a direction without an exact mapping raises `PortError`.",
+        "",
         "## Rules",
         "",
         "| framework | layer | variable | role | layout | recurrent bias | note |",

@@ -354,7 +354,9 @@ KINDS: list[tuple[str, dict[str, tuple[str, ...] | None]]] = [
                            "flax": ("RMSNorm",)}),
     ("attention", {"torch": ("MultiheadAttention", "Linear q/k/v/out"), "mxnet": ("Dense q/k/v/out",),
                    "keras": ("EinsumDense",), "flax": ("DenseGeneral", "LinearGeneral")}),
-    ("LSTM", {"torch": ("LSTM",), "mxnet": ("rnn.LSTM",), "keras": ("LSTMCell",), "flax": ()}),
-    ("GRU", {"torch": ("GRU",), "mxnet": ("rnn.GRU",), "keras": ("GRUCell",), "flax": ()}),
-    ("simple RNN", {"torch": ("RNN",), "mxnet": ("rnn.RNN",), "keras": ("SimpleRNNCell",), "flax": ()}),
+    # Flax cells keep a Dense/Linear per gate (or per input): converted as such, regrouped by GATE_GROUPS
+    ("LSTM", {"torch": ("LSTM",), "mxnet": ("rnn.LSTM",), "keras": ("LSTMCell",), "flax": ("Dense", "Linear")}),
+    ("GRU", {"torch": ("GRU",), "mxnet": ("rnn.GRU",), "keras": ("GRUCell",), "flax": ("Dense", "Linear")}),
+    ("simple RNN", {"torch": ("RNN",), "mxnet": ("rnn.RNN",), "keras": ("SimpleRNNCell",),
+                    "flax": ("Dense", "Linear")}),
 ]
