@@ -94,7 +94,7 @@ def _linen(kind: str, layers: int = 1) -> Callable[[], Any]:
 
 
 def _nnx(kind: str) -> Callable[[], Any]:
-    cell = {"lstm": nnx.LSTMCell, "gru": nnx.GRUCell, "rnn": nnx.SimpleCell}[kind]
+    cell = {"lstm": nnx.LSTMCell, "gru": nnx.GRUCell, "rnn": nnx.SimpleCell, "optimized": nnx.OptimizedLSTMCell}[kind]
     return lambda: up.wrap(nnx.RNN(cell(IN, H, rngs=nnx.Rngs(0))))
 
 
@@ -139,9 +139,10 @@ def test_torch_linen_two_layers(tmp_path: Path) -> None:
     _both(_torch("lstm", layers=2), _linen("lstm", layers=2), tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+@pytest.mark.parametrize("kind", ["lstm", "rnn", "optimized"])
 def test_torch_nnx(kind: str, tmp_path: Path) -> None:
-    _both(_torch(kind), _nnx(kind), tmp_path)
+    """NNX OptimizedLSTMCell stacks its gates (dense_i, dense_h) with one bias."""
+    _both(_torch("lstm" if kind == "optimized" else kind), _nnx(kind), tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
