@@ -462,3 +462,16 @@ def test_checks_run_before_any_value_is_read(monkeypatch: pytest.MonkeyPatch) ->
     assert calls == []
     monkeypatch.undo()
     assert all(np.array_equal(before[k], v) for k, v in dst.state().items())
+
+
+def test_gluon_roles_pair_like_torch() -> None:
+    """Gluon's rnn.LSTM names (l0_i2h_weight, ..., l0_h2h_bias), stored in
+    PyTorch's layout and gate order, regroup as PyTorch's do (a Gluon file
+    loads by order into a Flax LSTM)."""
+    gluon = [Entry(f"lstm.l0_{n}", e.shape, role=f"l0_{n}")
+             for n, e in zip(("i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias"), _stacked(4))]
+    rng = np.random.default_rng(7)
+    vals = [rng.standard_normal(e.shape).astype(np.float32) for e in gluon]
+    out = dict(zip((e.name for e in LINEN_LSTM), _values(_pair(gluon, LINEN_LSTM), vals, len(LINEN_LSTM))))
+    np.testing.assert_array_equal(out["LSTMCell_0.ig.weight"], _block(vals[0], 2))
+    np.testing.assert_allclose(out["LSTMCell_0.ho.bias"], _block(vals[2], 3) + _block(vals[3], 3))
