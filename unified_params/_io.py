@@ -105,21 +105,24 @@ def _metadata(block: Block) -> tuple[dict[str, Param], dict[str, str]]:
     one listing of the model each (linear in the number of parameters).
     Non-persistent state (``Leaf.persistent``) is left out, as the
     framework's own checkpoints leave it out."""
-    allp = {n: p for n, p in block._all().items() if p._leaf.persistent}
-    trainable = {n for n, p in allp.items() if p._leaf.kind == "param"}
     first: dict[Any, str] = {}
     storages: dict[str, Param] = {}
     names: dict[str, dict[str, str]] = {}
-    for n, p in allp.items():
-        if p.storage not in first:
-            first[p.storage] = n
+    for n, p in block._all()._params.items():
+        leaf = p._leaf  # what the metadata says is the leaf's: no adapter call
+        if not leaf.persistent:
+            continue
+        head = first.get(leaf.storage)
+        if head is None:
+            head = first[leaf.storage] = n
             p._require_concrete("save")
             storages[n] = p
-        names[n] = {"role": p.role, "kind": "param" if n in trainable else "buffer", "storage": first[p.storage]}
-        if p.layout == NATIVE:
-            names[n]["layout"] = NATIVE
-        if p._leaf.rnn_bias:
-            names[n]["rnn_bias"] = p._leaf.rnn_bias
+        info = {"role": leaf.role, "kind": "param" if leaf.kind == "param" else "buffer", "storage": head}
+        if leaf.layout == NATIVE:
+            info["layout"] = NATIVE
+        if leaf.rnn_bias:
+            info["rnn_bias"] = leaf.rnn_bias
+        names[n] = info
     groups: dict[str, list[str]] = {}
     for n, info in names.items():
         groups.setdefault(info["storage"], []).append(n)
@@ -217,13 +220,18 @@ def _values(items: Sequence[Any]) -> Any:
 
 def _entries(storages: dict[str, Param]) -> list[tuple[str, str, tuple[int, ...]]]:
     entries = []
+    codes: dict[np.dtype, str | None] = {}  # a model has few dtypes: each looked up once
     for n, p in storages.items():
-        code = _format.code_of(p.dtype)
+        dt = p.dtype
+        try:
+            code = codes[dt]
+        except KeyError:
+            code = codes[dt] = _format.code_of(dt)
         if code is None:
             raise DTypeError(f"dtypes that safetensors files store ({', '.join(_format.DTYPES.values())})",
-                             f"{short(n, 80)} of dtype {p.dtype}, which a safetensors file cannot hold",
+                             f"{short(n, 80)} of dtype {dt}, which a safetensors file cannot hold",
                              "cast the model (or that parameter) to a supported dtype first")
-        entries.append((n, code, tuple(int(d or 0) for d in p.shape)))
+        entries.append((n, code, tuple([int(d or 0) for d in p.shape])))
     return entries
 
 
@@ -577,6 +585,8 @@ def load(
                 return _structure_into(block, tensors, origin, names, strict, progress, verify, where)
             if match == "order":
                 state = _pair_by_order(block, tensors, meta, where)
+                if desc is not None:
+                    _pieces.retarget(state, block)
                 report = load_into(block, state, strict=False, what="load", progress=progress, backup=True,
                                    verify=verify)
                 report.missing = []  # state only one framework keeps (num_batches_tracked) is not ported

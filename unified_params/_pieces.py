@@ -238,6 +238,16 @@ def assemble(tensors: Mapping[str, Any], desc: Mapping[str, Any], where: str,
     return out
 
 
+def retarget(state: Mapping[str, Any], block: Block) -> None:
+    """After a pairing (``match='order'``) has chosen each value's target:
+    assembled values read only the boxes their target holds."""
+    named = block._all()
+    for name, v in state.items():
+        p = named.get(name)
+        if isinstance(v, Assembled) and p is not None:
+            v._boxes = lambda p=p: [_box(s.index) for s in p.shards()]
+
+
 def consolidate(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
                 max_shard_size: int | str = "5GB", progress: bool | None = None) -> Path:
     """Turn a checkpoint that several processes wrote (``up.save`` of a sharded

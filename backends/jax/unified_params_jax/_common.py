@@ -43,7 +43,13 @@ def role_of(module: Any, name: str, ndim: int) -> tuple[str, str, str]:
 
 def host_array(x: Any, copy: bool) -> np.ndarray:
     """``x`` as NumPy; a view of the device buffer when it is host memory and
-    ``copy`` is false (read-only: JAX arrays are immutable)."""
+    ``copy`` is false (read-only: JAX arrays are immutable). An array
+    spread over several processes is gathered (a collective: every process
+    must read it), as ``p.value`` documents."""
+    if not getattr(x, "is_fully_addressable", True):
+        from jax.experimental import multihost_utils
+
+        return np.array(multihost_utils.process_allgather(x, tiled=True), copy=True)
     arr = np.asarray(x)
     if copy:
         arr = np.array(arr, copy=True)
@@ -81,6 +87,10 @@ def from_numpy(value: np.ndarray, like: Any, owned: bool = False) -> jax.Array:
     aliasing ``value``'s memory (the caller may reuse it) unless ``owned``:
     an array made for this write alone, which JAX may keep as it is."""
     sharding = getattr(like, "sharding", None)
+    if sharding is not None and not sharding.is_fully_addressable:
+        # spread over several processes: each builds its own pieces from its
+        # part of ``value`` (what a load read for it), no communication
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: np.array(value[index]))
     # device_put(..., may_alias=False) still aliases aligned host memory on
     # the CPU (jax 0.10): hand it a private copy, so that the caller's array
     # can change afterwards without changing the parameter.
@@ -161,3 +171,33 @@ def default_init(module: Any, name: str, kind: str) -> Callable[..., jax.Array] 
     if name == "scale":
         return _constant(1.0)
     return None
+
+
+class Group:
+    """JAX's processes (``jax.distributed``) as the core's ``Handle.group``:
+    objects are exchanged as pickled bytes through ``process_allgather``."""
+
+    def __init__(self) -> None:
+        self.rank, self.size = jax.process_index(), jax.process_count()
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        import pickle
+
+        from jax.experimental import multihost_utils as mu
+
+        raw = np.frombuffer(pickle.dumps(obj), np.uint8)
+        sizes = np.asarray(mu.process_allgather(np.array([raw.size], np.int64))).reshape(-1)
+        padded = np.zeros(int(sizes.max()), np.uint8)
+        padded[: raw.size] = raw
+        rows = np.asarray(mu.process_allgather(padded)).reshape(self.size, -1)
+        return [pickle.loads(rows[r, : int(sizes[r])].tobytes()) for r in range(self.size)]
+
+    def barrier(self) -> None:
+        from jax.experimental import multihost_utils as mu
+
+        mu.sync_global_devices("unified_params")
+
+
+def process_group() -> Group | None:
+    """The processes of ``jax.distributed``, when there are several."""
+    return Group() if jax.process_count() > 1 else None

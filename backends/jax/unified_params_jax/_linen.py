@@ -59,6 +59,7 @@ from ._common import (
     device_of,
     from_numpy,
     host_array,
+    process_group,
     random_key,
     role_of,
     shard_data,
@@ -604,6 +605,9 @@ class LinenHandle(Handle):
 
     def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
         return array_shards(self._array(leaf, "read"))
+
+    def group(self) -> Any:
+        return process_group()
 
     def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
         return shard_data(self._array(leaf, "read"), k)

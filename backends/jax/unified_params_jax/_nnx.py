@@ -41,6 +41,7 @@ from ._common import (
     device_of,
     from_numpy,
     host_array,
+    process_group,
     random_key,
     role_of,
     shard_data,
@@ -275,6 +276,9 @@ class NnxHandle(Handle):
 
     def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
         return array_shards(leaf.ref.var.get_value())
+
+    def group(self) -> Any:
+        return process_group()
 
     def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
         return shard_data(leaf.ref.var.get_value(), k)
