@@ -35,7 +35,7 @@ PORTS = ("torch->jax", "torch->tensorflow", "jax->torch")
 MODULES = {"numpy": "unified_params", "torch": "unified_params_torch", "tensorflow": "unified_params_tensorflow",
            "jax": "unified_params_jax", "mxnet": "unified_params_mxnet"}
 FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "tensorflow": "keras", "jax": "flax", "mxnet": "mxnet"}
-CASES = ("list", "bulk", "file", "init", "scale", "port", "real", "sharded")
+CASES = ("list", "bulk", "file", "init", "scale", "port", "real", "sharded", "dist")
 DOCS_TABLE = ROOT / "docs" / "benchmarks-table.md"
 
 #: Targets (issues 13 and 18): the ratio a row must not exceed. ``scale
@@ -161,6 +161,16 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             from benchmarks._sharded import rows as sharded_rows
 
             out += sharded_rows(r, base, TARGETS["load"])
+        elif case == "dist":  # issue 17: a sharded model across 2 processes, against DCP
+            for op in ("save", "load"):
+                if op not in r:
+                    continue
+                x = r[op]
+                v, sp = _r(x.get("ours_vs_native"))
+                out.append({**base, "what": f"{op} sharded, {r['processes']} processes (vs DCP)",
+                            "target": TARGETS[op], "vs_native": v, "vs_native_spread": sp,
+                            "peak_extra": x["peak_extra"], "native_peak_extra": x["native_peak_extra"],
+                            "ours_s": x["ours_s"], "rounds": x["rounds"]})
         elif case == "real":  # issue 14: up.wrap + listing of real models
             for name, x in r.get("models", {}).items():
                 v, sp = _r(x.get("ours_vs_native"))

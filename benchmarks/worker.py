@@ -306,6 +306,10 @@ def run_backend(backend: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_timed_case("list", backend, lambda: case_list(backend, spec)))
     if "scale" in cases:
         out.append(_timed_case("scale", backend, lambda: case_scale(backend, spec)))
+    if "dist" in cases and backend == "torch":
+        from benchmarks._distributed import case_dist
+
+        out.append(_timed_case("dist", backend, lambda: case_dist(backend, spec)))
     if "real" in cases:
         from benchmarks._real import case_real
 

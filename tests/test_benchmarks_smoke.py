@@ -146,3 +146,19 @@ def test_sharded_load_case(backend: str) -> None:
     (row,) = run.rows([res])
     assert row["what"].startswith(f"load sharded dir ({res['shards']} shards") and row["target"] == run.TARGETS["load"]
     assert "load sharded dir" in run.table([row])
+
+
+def test_distributed_case_rows() -> None:
+    """Issue 17's rows from a (made-up) 2-process result; the case itself
+    runs only on torch (its launch is exercised by tests/test_distributed_torch.py)."""
+    run, _ = _bench()
+    from benchmarks import _distributed
+
+    assert "skipped" in _distributed.case_dist("jax", {})
+    op = {"ours_vs_native": {"median": 1.2, "min": 1.0, "max": 1.5}, "ours_s": 0.5, "rounds": 3,
+          "peak_extra": 0.1, "native_peak_extra": 0.05}
+    rows = run.rows([{"case": "dist", "backend": "torch", "processes": 2, "save": op, "load": op,
+                      "load_before": [1.0]}])
+    assert [r["what"] for r in rows] == ["save sharded, 2 processes (vs DCP)", "load sharded, 2 processes (vs DCP)"]
+    assert rows[0]["vs_native"] == 1.2 and rows[0]["vs_native_spread"] == [1.0, 1.5]
+    assert rows[1]["target"] == run.TARGETS["load"]
