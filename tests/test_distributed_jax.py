@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,35 @@ def test_sharded_pieces_over_four_host_devices() -> None:
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(CODE)], capture_output=True, text=True,
                           timeout=240, env=env)
     assert proc.returncode == 0 and "OK" in proc.stdout, (proc.stdout + proc.stderr)[-4000:]
+
+
+ORBAX = r'''
+import sys, numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import orbax.checkpoint as ocp
+mesh = Mesh(np.array(jax.devices()), ("d",))
+k = jax.device_put(jnp.arange(32.0, dtype=jnp.float32).reshape(4, 8), NamedSharding(mesh, P(None, "d")))
+tree = {"params": {"Dense_0": {"kernel": k, "bias": jax.device_put(jnp.ones(8), NamedSharding(mesh, P("d")))}}}
+ocp.PyTreeCheckpointer().save(sys.argv[1], tree)
+print("OK")
+'''
+
+
+def test_orbax_checkpoint_sharded_over_four_devices_loads_in_one(tmp_path: Path) -> None:
+    """Contract 15.3: an Orbax checkpoint of arrays sharded over 4 devices
+    loads (by structure) where there is one device, into another framework."""
+    pytest.importorskip("orbax.checkpoint")
+    import numpy as np
+
+    import unified_params as up
+    from unified_params import reference as ref
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    ckpt = tmp_path / "orbax"
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(ORBAX), str(ckpt)], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert proc.returncode == 0 and "OK" in proc.stdout, (proc.stdout + proc.stderr)[-4000:]
+    m = up.wrap(ref.Sequential(ref.Dense(8, in_units=4)))
+    up.load(m, ckpt, match="structure")
+    np.testing.assert_array_equal(m.params["0.weight"].value, np.arange(32.0).reshape(4, 8).T)
+    np.testing.assert_array_equal(m.params["0.bias"].value, np.ones(8))

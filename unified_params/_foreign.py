@@ -532,8 +532,16 @@ def _read_orbax(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
     """An Orbax pytree checkpoint (a directory), restored as NumPy arrays
     by Orbax's own reader."""
     ocp = _needs("orbax.checkpoint", "an Orbax checkpoint", where)
-    tree = ocp.PyTreeCheckpointer().restore(str(path.absolute()))
-    return _flatten(tree)
+    import jax
+
+    checkpointer, target = ocp.PyTreeCheckpointer(), str(path.absolute())
+    # Every leaf as a host NumPy array: a checkpoint saved sharded over other
+    # devices (or processes) than this one has restores without its topology.
+    meta = checkpointer.metadata(target)
+    tree = getattr(meta, "item_metadata", None) or meta
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
+                        is_leaf=lambda x: hasattr(x, "shape"))
+    return _flatten(checkpointer.restore(target, restore_args=args))
 
 
 def _read_dcp(path: Path, where: str, stack: ExitStack) -> dict[str, Any]:
