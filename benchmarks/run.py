@@ -54,8 +54,8 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
                 "sizes": sizes or [10, 100], "scale_budget_s": 60.0}
     # 64 layers of 2048 x 2048 float32: 1 GiB (plus 512 KiB of biases), in
     # storages of 16 MiB (what streaming holds at a time scales with them)
-    return {"width": 2048, "depth": 64, "list_depth": 1000, "repeat": repeat, "budget": 0.02,
-            "sizes": sizes or [10, 100, 1000, 10000], "scale_budget_s": 400.0}
+    return {"width": args.width or 2048, "depth": args.depth or 64, "list_depth": 1000, "repeat": repeat,
+            "budget": 0.02, "sizes": sizes or [10, 100, 1000, 10000], "scale_budget_s": 400.0}
 
 
 def _python_for(backend: str, args: argparse.Namespace) -> str | None:
@@ -334,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", action="append", choices=BACKENDS, help="repeatable; default: every installed one")
     ap.add_argument("--case", action="append", choices=CASES, help="repeatable; default: all")
     ap.add_argument("--repeat", type=int, default=3, help="alternating rounds per measurement (at least 3)")
+    ap.add_argument("--width", type=int, default=0, help="width of the big model's layers (default 2048); "
+                    "with --width or --depth the run is a trial: it writes no latest.json")
+    ap.add_argument("--depth", type=int, default=0, help="layers of the big model (default 64: 1 GiB)")
     ap.add_argument("--sizes", default="", help="comma-separated parameter counts of the scale case "
                     "(default 10,100,1000,10000)")
     default_mx = next((p for p in ("/work/main/.tox/mxnet/bin/python", "/tmp/venv-mx/bin/python")
@@ -389,9 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average before {load0[0]:.2f}, after {doc['load']['after'][0]:.2f} "
           f"({os.cpu_count()} cores)", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "") + ".json"
+    trial = args.quick or bool(args.width or args.depth)
+    name = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "-trial" if trial else "") + ".json"
     (args.out / name).write_text(json.dumps(doc, indent=1))
-    if not args.quick and results:
+    if not trial and results:
         merged = merge_latest(args.latest, doc)
         args.latest.write_text(json.dumps(merged, indent=1))
         args.docs_table.parent.mkdir(parents=True, exist_ok=True)
