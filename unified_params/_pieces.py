@@ -24,6 +24,7 @@ Design constraints:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -245,7 +246,11 @@ def retarget(state: Mapping[str, Any], block: Block) -> None:
     for name, v in state.items():
         p = named.get(name)
         if isinstance(v, Assembled) and p is not None:
-            v._boxes = lambda p=p: [_box(s.index) for s in p.shards()]
+            v._boxes = functools.partial(_boxes_of, p)
+
+
+def _boxes_of(p: Param) -> list[Box]:
+    return [_box(s.index) for s in p.shards()]
 
 
 def consolidate(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
