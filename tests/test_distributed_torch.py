@@ -278,7 +278,8 @@ def _run(tmp_path: Path, nproc: int, body: str, **env_extra: str) -> None:
         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
     )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    ranks = "\n".join(line for line in out.splitlines() if line.startswith("[rank"))  # the workers' tracebacks
+    assert proc.returncode == 0, (ranks or out)[-6000:]
     for r in range(nproc):
         assert f"OK {r}" in out, out[-4000:]
 
