@@ -386,6 +386,43 @@ def test_zoo_values_cross_in_canonical_layout_both_ways() -> None:
     assert "unit" not in m.children() or not list(m["unit"].params)
 
 
+_MORE = {
+    "conv3d_transpose": (lambda: L.Conv3DTranspose(4, 2), (1, 3, 3, 3, 2),
+                         {"weight": ((2, 4, 2, 2, 2), "kernel_last"), "bias": ((4,), "canonical")}),
+    "gru_reset_before": (lambda: L.GRU(4, reset_after=False), (1, 5, 3),
+                         {"cell.weight_ih": ((3, 12), "native"), "cell.weight_hh": ((4, 12), "native"),
+                          "cell.bias": ((12,), "native")}),
+    "conv_lstm1d": (lambda: L.ConvLSTM1D(2, 3), (1, 2, 6, 3),
+                    {"cell.kernel": ((3, 3, 8), "native"), "cell.recurrent_kernel": ((3, 2, 8), "native"),
+                     "cell.bias": ((8,), "native")}),
+    "time_distributed": (lambda: L.TimeDistributed(L.Dense(3)), (1, 5, 4),
+                         {"layer.weight": ((3, 4), "kernel_last"), "layer.bias": ((3,), "canonical")}),
+    "stacked_cells": (lambda: L.RNN(L.StackedRNNCells([L.LSTMCell(3), L.SimpleRNNCell(2)])), (1, 5, 4),
+                      {"cell.cells.0.weight_ih": ((12, 4), "kernel_last"),
+                       "cell.cells.0.weight_hh": ((12, 3), "kernel_last"), "cell.cells.0.bias": ((12,), "canonical"),
+                       "cell.cells.1.weight_ih": ((2, 3), "kernel_last"),
+                       "cell.cells.1.weight_hh": ((2, 2), "kernel_last"), "cell.cells.1.bias": ((2,), "canonical")}),
+    "additive_attention": (lambda: L.AdditiveAttention(), [(1, 5, 6), (1, 5, 6)], {"scale": ((6,), "native")}),
+    "layernorm_rms_scaling": (lambda: L.LayerNormalization(rms_scaling=True), (1, 6),
+                              {"weight": ((6,), "canonical")}),
+    "batchnorm_no_affine": (lambda: L.BatchNormalization(center=False, scale=False), (2, 6), {}),
+}
+
+
+@pytest.mark.parametrize("key", list(_MORE))
+def test_more_layer_types_list_as_the_table_says(key: str) -> None:
+    make, shape, want = _MORE[key]
+    layer = make()
+    x = [np.zeros(s, np.float32) for s in shape] if isinstance(shape, list) else np.zeros(shape, np.float32)
+    layer(x)
+    m = up.wrap(layer)
+    assert {n: (p.shape, p.layout) for n, p in m.params.items()} == want
+    assert [p.native for p in m.params.values()] == list(layer.trainable_weights)
+    assert [p.native for p in m.buffers.values()] == list(layer.non_trainable_weights)
+    if key == "batchnorm_no_affine":
+        assert list(m.buffers) == ["running_mean", "running_var"]
+
+
 def test_dense_lora_kernels_are_linear_weights() -> None:
     d = L.Dense(5, lora_rank=2)
     d.build((None, 3))
