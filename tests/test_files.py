@@ -499,6 +499,20 @@ def _change_during_load(monkeypatch: pytest.MonkeyPatch, at: int, change: Any, a
         return out
 
     monkeypatch.setattr(_block.Deferred, "__array__", hooked)
+    # a file's tensor read straight into a storage's host memory (issue 18)
+    from unified_params import _format
+
+    into = _format.FileTensor.read_into
+
+    def hooked_into(self: Any, out: np.ndarray) -> None:
+        calls[0] += 1
+        if calls[0] == at and not after:
+            change()
+        into(self, out)
+        if calls[0] == at and after:
+            change()
+
+    monkeypatch.setattr(_format.FileTensor, "read_into", hooked_into)
 
 
 def _truncate(f: Path) -> Any:
@@ -634,13 +648,13 @@ def test_a_tied_file_reads_each_storage_once(tmp_path: Path, monkeypatch: pytest
     f = up.save(_ref_model(fill=3.0), tmp_path / "m.safetensors")
     stored = sorted(read_file(f)[0])
     reads: list[str] = []
-    original = _format.Reader.read
+    original = _format.Reader.read_into  # every read: into a new array or a storage's memory
 
-    def counted(self: Any, e: Any) -> np.ndarray:
+    def counted(self: Any, e: Any, out: np.ndarray) -> None:
         reads.append(e.name)
-        return original(self, e)
+        original(self, e, out)
 
-    monkeypatch.setattr(_format.Reader, "read", counted)
+    monkeypatch.setattr(_format.Reader, "read_into", counted)
     up.load(m, f)
     assert sorted(reads) == stored and len(reads) == len(m.params.distinct())
 

@@ -96,7 +96,12 @@ def initialize(block: Block, init: Any, *, seed: int | None, allow_unmatched: bo
     items: list[tuple[Param, Any]] = []
     for i, p, fn in plan:
         shape = p._concrete_shape()
-        items.append((p, Deferred(shape, p.dtype, functools.partial(_draw, fn, p, i, shape, seed))))
+        get = functools.partial(_draw, fn, p, i, shape, seed)
+        if isinstance(fn, _init.Initializer) and fn.elementwise and _init._draw_dtype(p.dtype) == p.dtype:
+            items.append((p, _InPlace(shape, p.dtype, get, functools.partial(_init.draw, fn, shape, p.dtype,
+                                                                             seed, i, p))))
+        else:
+            items.append((p, _Fresh(shape, p.dtype, get)))
     custom = any(not isinstance(fn, _init.Initializer) for _, _, fn in plan)
     # A built-in initializer fails, if at all, on the first storage it sees of
     # a shape it cannot fill: those are checked up front; a user's callable
@@ -106,6 +111,29 @@ def initialize(block: Block, init: Any, *, seed: int | None, allow_unmatched: bo
         if callable(check):
             check(p._concrete_shape(), p)
     write_atomic(items, what="initialize", backup=True if custom else None)
+
+
+class _Fresh(Deferred):
+    """A seeded draw: a new array each time, which the writer may hand over."""
+
+    __slots__ = ()
+    private = True
+
+
+class _InPlace(_Fresh):
+    """A built-in elementwise draw in the storage's dtype: drawn straight
+    into the storage's host memory where the adapter offers it (no array,
+    no copy), the same numbers as drawn into a new array (the recipe fills
+    chunks of the flattened storage wherever they live)."""
+
+    __slots__ = ("_into",)
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, get: Any, into: Any) -> None:
+        super().__init__(shape, dtype, get)
+        self._into = into
+
+    def read_into(self, out: np.ndarray) -> None:
+        self._into(out=out)
 
 
 def _draw(fn: Any, p: Param, i: int, shape: tuple[int, ...], seed: int | None) -> np.ndarray:

@@ -65,6 +65,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._errors import ArgumentError, DTypeError, ShapeMismatchError
+from ._layout import empty
 
 __all__ = [
     "Initializer",
@@ -579,7 +580,7 @@ def draw(
         fan = fans(shape)
         n_chunks = max(1, -(-n // CHUNK))
         root = np.random.SeedSequence(seed) if seed is not None else np.random.SeedSequence()
-        flat = np.empty(n, dtype=draw_dtype) if out is None else out.reshape(n)
+        flat = empty((n,), draw_dtype) if out is None else out.reshape(n)  # aligned: JAX adopts it
 
         def one(j: int) -> None:
             ss = np.random.SeedSequence(root.entropy, spawn_key=(index, j))

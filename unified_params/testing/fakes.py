@@ -161,6 +161,10 @@ class LayoutHandle(_Relayout):
             return super().read(leaf, copy)
         return native.copy() if copy else native
 
+    def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
+        """Only a storage kept canonically: a native one refreshes its model copy on write."""
+        return None if leaf.storage in self._native else super().host_buffer(leaf)
+
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         native = self._native.get(leaf.storage)
         if native is None:
@@ -199,6 +203,9 @@ class FaultyHandle(NumpyHandle):
         if copy:
             self.reads += 1
         return super().read(leaf, copy)
+
+    def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
+        return None  # every write goes through write(), where the fault is injected
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         self.writes += 1
