@@ -926,9 +926,10 @@ def test_torch_pickle_bfloat16_and_float8(tmp_path: Path) -> None:
 
 
 def test_flax_recurrent_cells_are_refused_and_change_nothing(tmp_path: Path) -> None:
-    """Flax's LSTMCell/GRUCell keep one Dense per gate, a layout the table
-    does not have (native): a strict load names what it could not pair and
-    writes nothing, rather than guessing gates."""
+    """Flax's LSTMCell/GRUCell keep one Dense per gate: ports regroup them
+    (the table's gate groups), the structure pairing of a file does not
+    yet, so a strict load names what it could not pair and writes nothing,
+    rather than guessing gates."""
     jax = pytest.importorskip("jax")
     nn = pytest.importorskip("flax.linen")
     serialization = pytest.importorskip("flax.serialization")
