@@ -41,7 +41,9 @@ if dist.get_rank() == 0:
     np.save(os.environ["Y"], y)
 up.save(m, os.environ["CKPT"])
 print(f"OK {dist.get_rank()}", flush=True)
+dist.barrier()
 dist.destroy_process_group()
+os._exit(0)  # gloo's teardown at interpreter exit has aborted a process after its work was done
 '''
 
 JAX = r'''
@@ -79,6 +81,8 @@ kernel = next(v["kernel"] for v in m.variables["params"].values() if v["kernel"]
 assert not kernel.is_fully_addressable and kernel.sharding.spec == P(None, "d")
 up.save(m, os.environ["CKPT2"])
 print(f"OK {pid}", flush=True)
+mu.sync_global_devices("done")
+os._exit(0)
 '''
 
 

@@ -265,7 +265,10 @@ dcp.save(net.state_dict(), checkpoint_id=os.environ["CKPT"])  # each process wri
 
 DONE = r'''
 print(f"OK {R}", flush=True)
+dist.barrier()
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # gloo's teardown at interpreter exit has aborted a process after its work was done
 '''
 
 
