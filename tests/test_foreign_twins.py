@@ -925,11 +925,11 @@ def test_torch_pickle_bfloat16_and_float8(tmp_path: Path) -> None:
     assert torch.equal(lin.weight.detach(), w8.float())
 
 
-def test_flax_recurrent_cells_are_refused_and_change_nothing(tmp_path: Path) -> None:
-    """Flax's LSTMCell/GRUCell keep one Dense per gate: ports regroup them
-    (the table's gate groups), the structure pairing of a file does not
-    yet, so a strict load names what it could not pair and writes nothing,
-    rather than guessing gates."""
+def test_flax_recurrent_cells_into_torch(tmp_path: Path) -> None:
+    """Flax's LSTMCell/GRUCell keep one Dense per gate: a structure load
+    regroups them into PyTorch's stacked gates by the layout table's gate
+    groups (gate order, biases), with outputs equal; a wrong size of hidden
+    state is refused and changes nothing."""
     jax = pytest.importorskip("jax")
     nn = pytest.importorskip("flax.linen")
     serialization = pytest.importorskip("flax.serialization")
@@ -940,12 +940,27 @@ def test_flax_recurrent_cells_are_refused_and_change_nothing(tmp_path: Path) -> 
             x = nn.RNN(nn.LSTMCell(4))(x)
             return nn.Dense(2)(nn.RNN(nn.GRUCell(5))(x))
 
-    variables = jax.jit(RNN().init)(jax.random.PRNGKey(0), X_SEQ)
+    module = RNN()
+    variables = jax.jit(module.init)(jax.random.PRNGKey(0), X_SEQ)
+    variables = jax.tree_util.tree_map(lambda a: a + 0.1, variables)  # non-zero biases, so their place matters
+    y = np.asarray(module.apply(variables, X_SEQ))
     f = tmp_path / "rnn.msgpack"
     f.write_bytes(serialization.to_bytes(variables))
+    dst = torch_twin("rnn")
+    report = up.load(up.wrap(dst), f, match="structure", check=(X_SEQ, y))
+    assert report.ok
+    np.testing.assert_allclose(torch_out(dst, X_SEQ), y, rtol=1e-4, atol=1e-5)
+
+    class Other(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            x = nn.RNN(nn.LSTMCell(6))(x)
+            return nn.Dense(2)(nn.RNN(nn.GRUCell(5))(x))
+
+    g = tmp_path / "other.msgpack"
+    g.write_bytes(serialization.to_bytes(jax.jit(Other().init)(jax.random.PRNGKey(0), X_SEQ)))
     m = up.wrap(torch_twin("rnn"))
     before = values(m)
-    with pytest.raises(up.StateError, match="model left unpaired") as info:
-        up.load(m, f, match="structure")
-    assert "lstm.weight_ih_l0" in str(info.value)
+    with pytest.raises(up.StateError, match="lstm.weight_ih_l0"):
+        up.load(m, g, match="structure")
     assert unchanged(m, before)

@@ -52,7 +52,7 @@ from ._errors import ArgumentError, FileFormatError, StateError
 from ._format import few, short
 from ._layout import CANONICAL, KERNEL_LAST, NATIVE, shape_to_canonical, to_canonical
 from ._layout import get as get_layout
-from ._layout_table import BIAS_SINGLE, BIAS_STACKED, lookup
+from ._layout_table import BIAS_SINGLE, BIAS_STACKED, GATE_GROUPS, GateGroup, lookup
 from ._values import Deferred
 
 #: file suffixes read here (safetensors files are read by ``_format``); ``.pt``/``.pth``/``.bin``:
@@ -318,6 +318,8 @@ def pair_structure(targets: list[_Target], tensors: Mapping[str, Any], origin: s
         used_targets.add(dst.name)
     if origin == "keras":
         files = _keras_cells(files)
+    elif origin == "flax":
+        files = _flax_cells(files)
 
     flayers: dict[tuple[str, ...], list[_Tensor]] = {}
     for t in files:
@@ -422,6 +424,82 @@ def _keras_cell(layer: tuple[str, ...], ts: list[_Tensor]) -> list[_Tensor] | No
         ih = _Tensor(b.name, Deferred((width,), dtype, row(0)), layer, "bias_ih", f"{lb}[0]")
         hh = _Tensor(b.name, Deferred((width,), dtype, row(1)), layer, "bias_hh", f"{lb}[1]")
     return [crossed(k, lk, "weight_ih"), crossed(r, lr, "weight_hh"), ih, hh]
+
+
+def _flax_cells(files: list[_Tensor]) -> list[_Tensor]:
+    """Each Flax recurrent cell that keeps one Dense per gate (the layout
+    table's ``GATE_GROUPS``, found by its children's keys) as PyTorch's four
+    stacked tensors, in PyTorch's gate order; a bias block no child holds is
+    zero (exact into PyTorch: Flax's single bias is PyTorch's two summed)."""
+    by_parent: dict[tuple[str, ...], dict[str, list[_Tensor]]] = {}
+    for t in files:
+        if t.layer:
+            by_parent.setdefault(t.layer[:-1], {}).setdefault(t.layer[-1], []).append(t)
+    cells: dict[tuple[str, ...], list[_Tensor]] = {}
+    for parent, kids in by_parent.items():
+        group = next((g for g in GATE_GROUPS if g.framework == "flax" and set(g.weights) == set(kids)), None)
+        joined = None if group is None else _flax_cell(parent, kids, group)
+        if joined is not None:
+            cells[parent] = joined
+    out: list[_Tensor] = []
+    emitted: set[tuple[str, ...]] = set()
+    for t in files:
+        parent = t.layer[:-1] if t.layer else None
+        if parent is not None and parent in cells:
+            if parent not in emitted:  # where the cell's first tensor was
+                out.extend(cells[parent])
+                emitted.add(parent)
+            continue
+        out.append(t)
+    return out
+
+
+def _flax_cell(parent: tuple[str, ...], kids: dict[str, list[_Tensor]], group: GateGroup) -> list[_Tensor] | None:
+    parts: dict[str, dict[str, _Tensor]] = {}
+    for key, ts in kids.items():
+        roles = {t.role: t for t in ts}
+        if set(roles) - {"kernel", "bias"} or "kernel" not in roles or len(roles["kernel"].shape) != 2:
+            return None
+        parts[key] = roles
+    units = {parts[k]["kernel"].shape[1] // len(blocks) for k, (_, blocks) in group.weights.items()}
+    width = {parts[k]["kernel"].shape[0] for k, (side, _) in group.weights.items() if side == "ih"}
+    if len(units) != 1 or len(width) != 1:
+        return None
+    h, n_in, gates = units.pop(), width.pop(), group.gates
+    dtype = next(iter(parts.values()))["kernel"].value.dtype
+
+    def weight(side: str) -> Callable[[], np.ndarray]:
+        def get() -> np.ndarray:
+            out = np.zeros((gates * h, n_in if side == "ih" else h), dtype)
+            for key, (s, blocks) in group.weights.items():
+                if s == side:
+                    k = to_canonical(np.asarray(parts[key]["kernel"].value), KERNEL_LAST)  # (blocks*H, in)
+                    for j, g in enumerate(blocks):
+                        out[g * h:(g + 1) * h] = k[j * h:(j + 1) * h]
+            return out
+        return get
+
+    def bias(which: int) -> Callable[[], np.ndarray]:
+        def get() -> np.ndarray:
+            out = np.zeros(gates * h, dtype)
+            for key, blocks in group.biases.items():
+                b = parts.get(key, {}).get("bias")
+                if b is None:
+                    continue
+                value = np.asarray(b.value)
+                for j, pair in enumerate(blocks):
+                    g = pair[which]
+                    if g is not None and (which == 0 or pair[0] is None):  # a block in both: bias_ih, hh zero
+                        out[g * h:(g + 1) * h] = value[j * h:(j + 1) * h]
+            return out
+        return get
+
+    name = "/".join(parent)
+    how = f"gates ({group.cell})"
+    return [_Tensor(f"{name} {role}", Deferred(shape, dtype, get), parent, role, how)
+            for role, shape, get in (("weight_ih", (gates * h, n_in), weight("ih")),
+                                     ("weight_hh", (gates * h, h), weight("hh")),
+                                     ("bias_ih", (gates * h,), bias(0)), ("bias_hh", (gates * h,), bias(1)))]
 
 
 def _same_name(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
