@@ -39,9 +39,9 @@ class adapter_call:  # noqa: N801 - used as a function: ``with adapter_call(...)
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, tp: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, tp: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None or not isinstance(exc, Exception) or isinstance(exc, UnifiedParamsError):
-            return False
+            return None  # propagates as it is
         raise self.error(f"the {self.backend} backend to {self.action}", f"{type(exc).__name__}: {exc}",
                          self.fix) from exc
 

@@ -444,11 +444,11 @@ def _flax_cells(files: list[_Tensor]) -> list[_Tensor]:
     out: list[_Tensor] = []
     emitted: set[tuple[str, ...]] = set()
     for t in files:
-        parent = t.layer[:-1] if t.layer else None
-        if parent is not None and parent in cells:
-            if parent not in emitted:  # where the cell's first tensor was
-                out.extend(cells[parent])
-                emitted.add(parent)
+        owner = t.layer[:-1] if t.layer else None
+        if owner is not None and owner in cells:
+            if owner not in emitted:  # where the cell's first tensor was
+                out.extend(cells[owner])
+                emitted.add(owner)
             continue
         out.append(t)
     return out

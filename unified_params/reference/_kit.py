@@ -77,7 +77,7 @@ class _Table(dict):  # type: ignore[type-arg]
         _version[0] += 1
         return super().setdefault(key, default)
 
-    def __ior__(self, other: Any) -> Any:
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]  # dict's own signature, counted
         _version[0] += 1
         return super().__ior__(other)
 
