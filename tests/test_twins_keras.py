@@ -33,6 +33,7 @@ keras = pytest.importorskip("keras")
 
 import unified_params as up  # noqa: E402
 from unified_params import PortError  # noqa: E402
+from unified_params.testing.twins import assert_carried  # noqa: E402
 
 nn = torch.nn
 L = keras.layers
@@ -141,10 +142,6 @@ def _keras_input(twin: Twin, x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, 1, -1) if twin.spatial else x
 
 
-def _y(m: up.Block, x: np.ndarray) -> np.ndarray:
-    return np.asarray(up.asnumpy(m(x)), dtype=np.float64)
-
-
 def _seed(m: up.Block, seed: int) -> None:
     """Parameters drawn, running statistics set away from their defaults."""
     m.initialize(INIT, seed=seed)
@@ -156,17 +153,9 @@ def _seed(m: up.Block, seed: int) -> None:
 
 def _one_way(make_src: Callable[[], up.Block], make_dst: Callable[[], up.Block], xs: np.ndarray, xd: np.ndarray,
              tmp_path: Path, seed: int) -> None:
-    src, dst = make_src(), make_dst()
+    src = make_src()
     _seed(src, seed)
-    y = _y(src, xs)
-    assert not np.allclose(_y(dst, xd), y, **TOL)  # the port has something to do
-    up.port(src, dst, check=(xs, xd))
-    np.testing.assert_allclose(_y(dst, xd), y, **TOL)
-    path = tmp_path / f"{src.backend}-{seed}.safetensors"
-    up.save(src, path)
-    fresh = make_dst()
-    up.load(fresh, path, match="order", check=(xd, y))
-    np.testing.assert_allclose(_y(fresh, xd), y, **TOL)
+    assert_carried(src, make_dst, xs, xd, tmp_path, TOL)
 
 
 def _makers(twin: Twin) -> tuple[Callable[[], up.Block], Callable[[], up.Block]]:

@@ -33,6 +33,7 @@ nnx = pytest.importorskip("flax.nnx")
 
 import unified_params as up  # noqa: E402
 from unified_params import PortError  # noqa: E402
+from unified_params.testing.twins import assert_carried  # noqa: E402
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 N, T, IN, H = 2, 5, 3, 4
@@ -98,25 +99,10 @@ def _nnx(kind: str) -> Callable[[], Any]:
     return lambda: up.wrap(nnx.RNN(cell(IN, H, rngs=nnx.Rngs(0))))
 
 
-def _y(m: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(up.asnumpy(m(x)), dtype=np.float64)
-
-
 def _one_way(make_src: Callable[[], Any], make_dst: Callable[[], Any], tmp_path: Path, seed: int) -> None:
-    x = _x(seed)
-    src, dst = make_src(), make_dst()
+    src = make_src()
     src.initialize(INIT, seed=seed)
-    y = _y(src, x)
-    before = _y(dst, x)
-    assert not np.allclose(before, y, **TOL)  # the port has something to do
-    up.port(src, dst, check=x)
-    np.testing.assert_allclose(_y(dst, x), y, **TOL)
-    # through a file, into a fresh model, checked against the source's outputs
-    path = tmp_path / f"{src.backend}-{seed}.safetensors"
-    up.save(src, path)
-    fresh = make_dst()
-    up.load(fresh, path, match="order", check=(x, y))
-    np.testing.assert_allclose(_y(fresh, x), y, **TOL)
+    assert_carried(src, make_dst, _x(seed), _x(seed), tmp_path, TOL)
 
 
 def _both(make_a: Callable[[], Any], make_b: Callable[[], Any], tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ nnx = pytest.importorskip("flax.nnx")
 
 import unified_params as up  # noqa: E402
 from unified_params import PortError  # noqa: E402
+from unified_params.testing.twins import assert_carried  # noqa: E402
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 N, T, E, HEADS, FF = 2, 5, 8, 2, 16
@@ -86,23 +87,10 @@ def _nnx() -> Any:
     return up.wrap(NnxBlock(nnx.Rngs(0)))
 
 
-def _y(m: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(up.asnumpy(m(x)), dtype=np.float64)
-
-
 def _one_way(make_src: Callable[[], Any], make_dst: Callable[[], Any], tmp_path: Path, seed: int) -> None:
-    x = _x(seed)
-    src, dst = make_src(), make_dst()
+    src = make_src()
     src.initialize(INIT, seed=seed)
-    y = _y(src, x)
-    assert not np.allclose(_y(dst, x), y, **TOL)  # the port has something to do
-    up.port(src, dst, check=x)
-    np.testing.assert_allclose(_y(dst, x), y, **TOL)
-    path = tmp_path / f"{src.backend}-{seed}.safetensors"
-    up.save(src, path)
-    fresh = make_dst()
-    up.load(fresh, path, match="order", check=(x, y))
-    np.testing.assert_allclose(_y(fresh, x), y, **TOL)
+    assert_carried(src, make_dst, _x(seed), _x(seed), tmp_path, TOL)
 
 
 def _both(make_a: Callable[[], Any], make_b: Callable[[], Any], tmp_path: Path) -> None:
