@@ -7,7 +7,6 @@ runs where modules ``a`` and ``b`` import. No script may print ``False``
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -17,16 +16,14 @@ from typing import Any
 
 import pytest
 
+from unified_params.testing import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 
 def _docs_test() -> Any:
-    spec = importlib.util.spec_from_file_location("docs_test", ROOT / "tests" / "test_docs.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "tests" / "test_docs.py", "docs_test")
 
 
 def header(script: Path, key: str) -> str | None:

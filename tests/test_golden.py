@@ -14,27 +14,15 @@ here in NumPy: the same seed gives the same numbers across processes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
+from unified_params.testing import load_script
 
-def _kit() -> Any:
-    name = "unified_params_tests_golden_kit"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "golden" / "kit.py")
-        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return sys.modules[name]
-
-
-kit = _kit()
+kit = load_script(Path(__file__).parent / "golden" / "kit.py", "unified_params_tests_golden_kit")
 INSTALLED = kit.installed()
 #: Writers whose files are committed; the test fails if one goes missing.
 WRITERS = ("numpy", "torch", "tensorflow", "jax", "jax-nnx", "mxnet")

@@ -25,10 +25,8 @@ exercises the layout conversions the zoo does not reach.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +34,9 @@ import numpy as np
 import pytest
 
 import unified_params as up
+from unified_params.testing import load_script
 
-
-def _kit() -> Any:
-    name = "unified_params_tests_golden_kit"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "golden" / "kit.py")
-        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return sys.modules[name]
-
-
-kit = _kit()
+kit = load_script(Path(__file__).parent / "golden" / "kit.py", "unified_params_tests_golden_kit")
 INSTALLED = kit.installed()
 if len(INSTALLED) < 2:
     pytest.skip(f"interop needs two installed backends; installed: {INSTALLED}", allow_module_level=True)

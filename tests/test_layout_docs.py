@@ -4,21 +4,17 @@ is the one source; a row added there must show in the docs)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 from unified_params import _layout_table as T
+from unified_params.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_layouts", ROOT / "docs" / "gen_layouts.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "docs" / "gen_layouts.py", "gen_layouts")
 
 
 def test_layout_docs_are_current() -> None:

@@ -3,23 +3,19 @@ docstrings, and it covers every public name and every initializer."""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from pathlib import Path
 from types import ModuleType
 
 import unified_params as up
 import unified_params.init as up_init
+from unified_params.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_reference", ROOT / "docs" / "gen_reference.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "docs" / "gen_reference.py", "gen_reference")
 
 
 def test_reference_is_current() -> None:

@@ -12,11 +12,34 @@ strict xfails (a pass is reported, so stale declarations are noticed).
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import traceback
+from pathlib import Path
+from types import ModuleType
 
 from .checks import CHECKS, iter_checks, requires
 
-__all__ = ["CHECKS", "iter_checks", "requires", "run", "selected_backends"]
+__all__ = ["CHECKS", "iter_checks", "requires", "run", "selected_backends", "load_script"]
+
+
+def load_script(path: str | Path, name: str) -> ModuleType:
+    """A script that is not on ``sys.path`` (a docs generator, a test kit) as
+    module ``name``, loaded once per process, so that test files share it
+    without putting its folder on ``sys.path`` (which would let our
+    ``backends/torch`` shadow PyTorch)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(path))
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path} as a module")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def selected_backends(requested: list[str] | None = None) -> list[str]:
