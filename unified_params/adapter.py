@@ -221,6 +221,39 @@ class Handle(ABC):
         """Put back what ``snapshot`` returned."""
         raise NotImplementedError
 
+    # Optional batched calls (issue 13): the core reads and writes every
+    # storage of a ``save``, ``load``, ``port`` or ``state`` through these,
+    # so a framework that pays per call (a graph op, a device transfer) can
+    # do many storages in one. The defaults loop over the one-leaf methods
+    # and are always correct; an override must behave exactly as that loop.
+    def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
+        """``[read(leaf, copy) for leaf in leaves]``, in order."""
+        return [self.read(leaf, copy) for leaf in leaves]
+
+    def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
+        """``write(leaf, value)`` for each pair in order (``write_owned``
+        with ``owned``: every value was made for this write alone). The core
+        has checked every value and the leaves are distinct storages; if it
+        fails midway, the core restores every storage of the batch from its
+        own backups, so a partial batch needs no undo here."""
+        if owned:
+            for leaf, value in pairs:
+                self.write_owned(leaf, value)
+        else:
+            for leaf, value in pairs:
+                self.write(leaf, value)
+
+    def snapshot_many(self, leaves: Sequence[Leaf]) -> list[Any]:
+        """``[snapshot(leaf) for leaf in leaves]``: ``None`` entries are
+        backed up by the core with ``read_many`` copies."""
+        return [self.snapshot(leaf) for leaf in leaves]
+
+    def restore_many(self, pairs: Sequence[tuple[Leaf, Any]]) -> None:
+        """``restore(leaf, snap)`` for each pair of ``snapshot_many``'s
+        non-``None`` results."""
+        for leaf, snap in pairs:
+            self.restore(leaf, snap)
+
     # Sharded storages (contract 15.1): the defaults say "not sharded".
     def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
         """The pieces of the storage this process holds, each as ``(index,
