@@ -75,6 +75,29 @@ first = next(n for n, p in m.params.items() if p.shape == (8, 4))
 w = m.params[first]
 assert w.shape == (8, 4) and len(w.shards()) == 1 and w.shards()[0].index[0] == slice(4 * pid, 4 * pid + 4)
 up.load(m, os.environ["CKPT"], match="order")
+# state(copy=False) of the 2-process model: this process's pieces, no collective; they load back the same way
+from unified_params._shards import ShardedValue
+real_gather = mu.process_allgather
+def no_gather(*a, **k):
+    raise AssertionError("a collective in state(copy=False) or load_state")
+mu.process_allgather = no_gather
+try:
+    st = m.state(copy=False)
+    m.load_state(st)
+finally:
+    mu.process_allgather = real_gather
+sv = st[first]
+assert isinstance(sv, ShardedValue) and sv.shape == (8, 4), sv
+(piece,) = sv.shards  # one device a process
+assert piece.index == (slice(4 * pid, 4 * pid + 4), slice(0, 4)), piece.index
+k8 = next(v["kernel"] for v in m.variables["params"].values() if v["kernel"].shape == (4, 8))
+np.testing.assert_array_equal(piece.data, np.asarray(k8.addressable_shards[0].data).T)
+try:
+    np.asarray(sv)
+except up.StateError:
+    pass
+else:
+    raise AssertionError("np.asarray of one process's pieces gave a whole array")
 got = mu.process_allgather(model.apply(m.variables, x), tiled=True)
 np.testing.assert_allclose(np.asarray(got), np.load(os.environ["Y"]), rtol=1e-5, atol=1e-6)
 kernel = next(v["kernel"] for v in m.variables["params"].values() if v["kernel"].shape == (4, 8))

@@ -60,6 +60,42 @@ lin.kernel.set_value(jax.device_put(lin.kernel.get_value(), NamedSharding(mesh, 
 n = up.wrap(lin)
 got = [s.index for s in n.params["weight"].shards()]
 assert got == [(slice(0, 4), slice(2 * k, 2 * k + 2)) for k in range(4)], got
+
+# state(copy=False): the pieces as zero-copy views of the device buffers, never the whole array
+import unified_params_jax._linen as linen_handle
+from unified_params._shards import ShardedValue
+big = nn.Dense(1024)
+bv = big.init(jax.random.key(0), jnp.ones((1, 256)))["params"]  # kernel (256, 1024): 1 MiB
+bv = {"params": {"kernel": jax.device_put(bv["kernel"], NamedSharding(mesh, P(None, "d"))),
+                 "bias": jax.device_put(bv["bias"], NamedSharding(mesh, P("d")))}}
+bm = up.wrap(big, bv)
+bm.state(copy=False)  # warm the listing
+real_host = linen_handle.host_array
+def whole_of_one_device(x, copy):  # the handle's read of a whole value: a gather for a sharded array
+    assert len(x.sharding.device_set) == 1, "state(copy=False) read a sharded array whole"
+    return real_host(x, copy)
+linen_handle.host_array = whole_of_one_device
+try:
+    st = bm.state(copy=False)
+finally:
+    linen_handle.host_array = real_host
+sv = st["weight"]
+assert isinstance(sv, ShardedValue) and sv.shape == (1024, 256) and sv.dtype == np.float32
+assert [s.index for s in sv.shards] == [(slice(256 * k, 256 * k + 256), slice(0, 256)) for k in range(4)]
+kernel = bm.variables["params"]["kernel"]
+host = np.asarray(jax.device_get(kernel)).T
+for s, sh in zip(sv.shards, kernel.addressable_shards):
+    assert not s.data.flags.writeable and s.device == f"cpu:{sh.device.id}"
+    assert np.shares_memory(s.data, np.asarray(sh.data))  # the device buffer itself
+    np.testing.assert_array_equal(s.data, host[s.index])
+np.testing.assert_array_equal(np.asarray(sv), host)  # every piece is local: assembled without a gather
+# loads back into another sharding of this process (its pieces cover it): values equal, sharding kept
+other = {"params": {"kernel": jax.device_put(jnp.zeros((256, 1024)), NamedSharding(mesh, P("d", None))),
+                    "bias": jax.device_put(jnp.zeros(1024), NamedSharding(mesh, P()))}}
+om = up.wrap(big, other)
+om.load_state(st)
+np.testing.assert_array_equal(om.params["weight"].value, host)
+assert om.variables["params"]["kernel"].sharding.is_equivalent_to(NamedSharding(mesh, P("d", None)), 2)
 print("OK")
 '''
 

@@ -92,6 +92,53 @@ with torch.no_grad():
     plain[0].weight.copy_(torch.from_numpy(v))
 np.testing.assert_allclose(up.asnumpy(m(X)), plain(torch.from_numpy(X)).detach().numpy(), rtol=1e-6, atol=1e-6)
 
+# state(copy=False): this process's pieces, no collective (full_tensor, redistribute would be one),
+# no array of a parameter's global size
+import tracemalloc
+from unified_params._shards import ShardedValue
+real_full, real_redist = DTensor.full_tensor, DTensor.redistribute
+def no_gather(self, *a, **k):
+    raise AssertionError("a collective in state(copy=False) or load_state")
+DTensor.full_tensor = DTensor.redistribute = no_gather
+big = nn.Linear(256, 256 * N, bias=False)  # 256 KiB a process
+fully_shard(big, mesh=mesh)
+b = up.wrap(big)
+b.state(copy=False)  # warm the listing
+tracemalloc.start()
+try:
+    st = m.state(copy=False)
+    big_state = b.state(copy=False)
+    _, peak = tracemalloc.get_traced_memory()
+finally:
+    tracemalloc.stop()
+    DTensor.full_tensor, DTensor.redistribute = real_full, real_redist
+assert peak < 256 * 1024 * 1.5, peak  # at most its own piece: no array of the global size
+assert big_state["weight"].shards[0].data.shape == (256, 256)
+assert sorted(st) == sorted(names) and all(isinstance(x, ShardedValue) for x in st.values()), st
+sv = st["0.weight"]
+assert sv.shape == (H, 4) and sv.dtype == np.float32 and [s.index for s in sv.shards] == [piece.index]
+np.testing.assert_array_equal(sv.shards[0].data, net[0].weight.to_local().detach().numpy())
+np.testing.assert_array_equal(st["2.bias"].shards[0].data, net[2].bias.to_local().detach().numpy())
+try:
+    np.asarray(sv)
+except up.StateError as exc:
+    assert "p.value" in str(exc), str(exc)
+else:
+    raise AssertionError("np.asarray of a process's pieces gave a whole array")
+# ... and loads into another model of this sharding: each process writes its own pieces, no collective
+from torch.distributed.fsdp import fully_shard as _fs
+twin = mlp()
+_fs(twin, mesh=mesh)
+t = up.wrap(twin)
+t.initialize(up.init.Constant(0.0))
+DTensor.full_tensor = DTensor.redistribute = no_gather
+try:
+    t.load_state(st)
+finally:
+    DTensor.full_tensor, DTensor.redistribute = real_full, real_redist
+for (k, a), b in zip(net.named_parameters(), twin.parameters()):
+    assert torch.equal(a.to_local(), b.to_local()), k
+
 # seeded init equals the NumPy reference, on every process
 m.initialize(up.init.Normal(0.0, 1.0), seed=7)
 r = up.wrap(ref.Sequential(ref.Dense(H, in_units=4), ref.ReLU(), ref.Dense(3, in_units=H)))

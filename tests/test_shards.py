@@ -11,6 +11,7 @@ import pytest
 
 import unified_params as up
 from unified_params import reference as ref
+from unified_params._shards import ShardedValue
 from unified_params.testing import fakes
 
 
@@ -79,3 +80,84 @@ def test_pieces_of_a_layout_that_merges_axes_are_refused(monkeypatch: pytest.Mon
     with pytest.raises(up.ShapeMismatchError, match="p.value"):
         p.shards()
     np.testing.assert_array_equal(p.value, before)
+
+
+def test_state_without_copy_gives_the_local_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Contract 15.1: ``m.state(copy=False)`` of a sharded model never reads
+    the whole value (``Handle.read`` of a sharded storage gathers): its entry
+    is a ShardedValue of the pieces, read once each, with their canonical
+    boxes; unsharded storages stay read-only arrays (contract 7.1)."""
+    m = fakes.kernel_last(_mlp())
+    whole = {k: v.copy() for k, v in m.state().items()}
+    _shard_native_axis(m, axis=1, n=3, monkeypatch=monkeypatch)
+    h = m._handle
+    listed = h.shards
+    monkeypatch.setattr(h, "shards", lambda leaf: listed(leaf) if len(h.shape(leaf)) == 2 else None)  # biases: plain
+    real_read = h.read
+    reads: list[str] = []
+    pieces_read: list[str] = []
+    monkeypatch.setattr(h, "read", lambda leaf, copy=True: reads.append(leaf.storage) or real_read(leaf, copy))
+    monkeypatch.setattr(h, "read_shard",  # the piece alone, not through the (gathering) read
+                        lambda leaf, k: pieces_read.append(leaf.storage) or real_read(leaf)[listed(leaf)[k][0]])
+    state = m.state(copy=False)
+    sharded = [k for k, v in state.items() if isinstance(v, ShardedValue)]
+    assert sharded == ["0.weight", "1.weight"], sharded
+    assert not set(reads) & {m.params[k]._leaf.storage for k in sharded}, reads  # nothing gathered
+    assert len(pieces_read) == 6  # each piece read once, when the state was taken
+    v = state["0.weight"]
+    assert v.shape == (6, 4) and v.dtype == whole["0.weight"].dtype and v.ndim == 2
+    assert [s.index for s in v.shards] == [(slice(0, 2), slice(0, 4)), (slice(2, 4), slice(0, 4)),
+                                           (slice(4, 6), slice(0, 4))]
+    for s in v.shards:
+        assert s.shape == s.data.shape == (2, 4) and not s.data.flags.writeable
+        np.testing.assert_array_equal(s.data, whole["0.weight"][s.index])
+    assert len(pieces_read) == 6  # .data is what was read then
+    for k in ("0.bias", "1.bias"):
+        assert isinstance(state[k], np.ndarray) and not state[k].flags.writeable
+    # every piece is here (one process, several devices): np.asarray assembles without gathering
+    np.testing.assert_array_equal(np.asarray(v), whole["0.weight"])
+    assert "ShardedValue(shape=(6, 4)" in repr(v)
+
+
+def test_a_state_of_pieces_loads_back_without_gathering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load_state(m.state(copy=False))`` of a process that holds only some
+    pieces writes them (each write gets the pieces it holds, placed by box);
+    pieces that do not cover what the target holds are a StateError before
+    any write; ``np.asarray`` of such a value says how to gather."""
+    m = up.wrap(_mlp())
+    h = m._handle
+    rows = {2: slice(0, 3)}  # this "process" holds rows 0:3 of each 2-D storage
+
+    def box(leaf: Any) -> tuple[slice, ...]:
+        shape = tuple(int(d) for d in h.shape(leaf))
+        return (rows[2], slice(0, shape[1])) if len(shape) == 2 else tuple(slice(0, d) for d in shape)
+
+    monkeypatch.setattr(h, "shards", lambda leaf: [(box(leaf), "cpu:0")] if len(h.shape(leaf)) == 2 else None)
+    monkeypatch.setattr(h, "read_shard", lambda leaf, k: np.asarray(h.read(leaf))[box(leaf)])
+    state = m.state(copy=False)
+    v = state["0.weight"]
+    with pytest.raises(up.StateError, match="p.value or m.state"):
+        np.asarray(v)
+    held = {k: np.array(s.data) for k, s in ((k, x.shards[0]) for k, x in state.items()
+                                             if isinstance(x, ShardedValue))}
+    written: dict[Any, np.ndarray] = {}
+    real_write = h.write
+
+    def write(leaf: Any, value: np.ndarray) -> None:
+        written[leaf.storage] = np.array(value)
+        real_write(leaf, value)
+
+    monkeypatch.setattr(h, "write", write)
+    m.load_state(state)
+    for k, piece in held.items():
+        got = written[m.params[k]._leaf.storage]
+        np.testing.assert_array_equal(got[box(m.params[k]._leaf)], piece)
+    # another target sharding: rows 3:6 are not held here
+    before = {k: np.array(p.value) for k, p in m.params.items()}
+    written.clear()
+    rows[2] = slice(3, 6)
+    with pytest.raises(up.StateError, match="up.save"):
+        m.load_state(state)
+    assert not written
+    for k, p in m.params.items():
+        np.testing.assert_array_equal(p.value, before[k])

@@ -288,8 +288,9 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None,
     """
     block = _as_block(m, "save")
     grp = _pieces.group_of(block)
-    if grp is not None and any(block._handle.shards(p._leaf) is not None for p in _metadata(block)[0].values()):
-        return _pieces.save_pieces(block, path, grp, progress)  # every process its pieces (contract 15.2)
+    listed = _pieces.local_pieces(block) if grp is not None else None  # one walk: storages and pieces
+    if listed is not None:
+        return _pieces.save_pieces(block, path, grp, progress, listed)  # every process its pieces (contract 15.2)
     if max_shard_size is not None:
         return _save_sharded(block, path, shard_bytes(max_shard_size), progress)
     target = _format.as_path(path, "save to")

@@ -40,6 +40,7 @@ from ._values import Deferred
 if TYPE_CHECKING:
     from ._block import Block
     from ._param import Param
+    from ._shards import Shard, ShardedValue
 
 #: the index's metadata key that marks (and describes) a pieces checkpoint
 KEY = "unified_params.pieces"
@@ -87,29 +88,48 @@ def file_name(rank: int, size: int) -> str:
     return f"model-r{rank:05d}-of-{size:05d}.safetensors"
 
 
-def save_pieces(block: Block, path: str | os.PathLike[str], grp: Any, progress: bool | None) -> Path:
-    """``up.save`` called by every process of ``grp`` (see the module doc)."""
+def local_pieces(block: Block) -> tuple[dict[str, Param], dict[str, str], dict[str, list[Shard]]] | None:
+    """One walk of the model for a save by several processes: its storages,
+    the file metadata and each storage's local pieces (a storage that is not
+    sharded: one piece, all of it); ``None`` when no storage is sharded."""
+    from . import _io
+    from ._shards import sharded_pieces, shards_of
+
+    storages, meta = _io._metadata(block)
+    held: dict[str, list[Shard]] = {}
+    sharded = False
+    for n, p in storages.items():
+        pieces = sharded_pieces(p)
+        sharded = sharded or pieces is not None
+        held[n] = pieces if pieces is not None else shards_of(p)
+    return (storages, meta, held) if sharded else None
+
+
+def save_pieces(block: Block, path: str | os.PathLike[str], grp: Any, progress: bool | None,
+                listed: tuple[dict[str, Param], dict[str, str], dict[str, list[Shard]]]) -> Path:
+    """``up.save`` called by every process of ``grp`` (see the module doc);
+    ``listed``: what :func:`local_pieces` found, so the model is walked and
+    its pieces listed once."""
     from . import _io
 
+    storages, meta, held = listed
     target = _format.as_path(path, "save to")
     if grp.rank == 0:
         try:
             target.mkdir(parents=False, exist_ok=True)
         except OSError as exc:
             raise _io._folder_error(target, exc) from None
-    grp.barrier()
-    storages, meta = _io._metadata(block)
     entries = {n: (code, shape) for n, code, shape in _io._entries(storages)}
-    mine = {n: [_box(s.index) for s in p.shards()] for n, p in storages.items()}
-    held = grp.all_gather(mine)
-    pieces, writes = plan(held, {n: shape for n, (_, shape) in entries.items()})
+    mine = {n: [_box(s.index) for s in pieces] for n, pieces in held.items()}
+    everyone = grp.all_gather(mine)  # also the barrier after rank 0 made the folder
+    pieces, writes = plan(everyone, {n: shape for n, (_, shape) in entries.items()})
     own = writes.get(grp.rank, [])
     files = {r: file_name(r, grp.size) for r in sorted(writes)}
     if own:
-        shards = {n: {_box(s.index): s for s in storages[n].shards()} for n in {w[0] for w in own}}
+        by_box = {n: {_box(s.index): s for s in held[n]} for n in {w[0] for w in own}}
         head, _ = _format.header_bytes(
             [(key, entries[n][0], tuple(b - a for a, b in box)) for n, key, box in own], {"format": "pt"})
-        arrays = (shards[n][box].value for n, key, box in own)
+        arrays = (by_box[n][box].data for n, key, box in own)  # read-only pieces: no copy of ours
         try:
             tmp = _io._write_temp(target, head, arrays, None)
             os.replace(tmp, target / files[grp.rank])
@@ -163,7 +183,10 @@ def _overlap(a: Box, b: Box) -> Box | None:
 
 
 def _read_rows(ft: Any, lo: int, hi: int) -> np.ndarray:
-    """Rows ``lo:hi`` (axis 0) of a file tensor: one byte range of the file."""
+    """Rows ``lo:hi`` (axis 0) of a file tensor: one byte range of the file
+    (of an array held in memory: a view)."""
+    if isinstance(ft, np.ndarray):
+        return ft[lo:hi] if ft.ndim else ft
     shape = ft.shape
     if not shape or (lo, hi) == (0, shape[0]):
         return np.asarray(ft)
@@ -251,6 +274,27 @@ def retarget(state: Mapping[str, Any], block: Block) -> None:
 
 def _boxes_of(p: Param) -> list[Box]:
     return [_box(s.index) for s in p.shards()]
+
+
+def from_held(v: ShardedValue, p: Param, what: str) -> Assembled:
+    """A :class:`~unified_params._shards.ShardedValue` (``m.state(copy=False)``
+    of a sharded model) as the value of ``p``: the boxes ``p`` holds here,
+    filled from the pieces this process holds, no communication; a
+    ``StateError`` before any write where they do not cover them."""
+    from ._errors import StateError
+
+    parts: list[tuple[Box, Any]] = v.parts()
+    if None in p.shape or tuple(p.shape) != v.shape:  # reported as mismatched by the caller
+        return Assembled(v.shape, v.dtype, parts, list)
+    boxes = _boxes_of(p)
+    if not v.covers(boxes):
+        raise StateError(
+            f"the pieces of {p.name!r} that this process holds in the target ({boxes})",
+            f"a {what} value holding {[b for b, _ in parts]} here (m.state(copy=False) of another sharding)",
+            "load through a file (up.save, then up.load: each process reads its own pieces), or pass the "
+            "gathered m.state()",
+        )
+    return Assembled(v.shape, v.dtype, parts, lambda: boxes)
 
 
 def consolidate(src: str | os.PathLike[str], out: str | os.PathLike[str], *,

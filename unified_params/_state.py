@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import NotInitializedError, StateError
+from ._pieces import from_held
+from ._shards import ShardedValue
 from ._transaction import write_atomic
 from ._values import Deferred, as_array, check_deferred, check_value
 
@@ -120,6 +122,8 @@ def load_into(
         arr: Deferred | np.ndarray
         if isinstance(value, Deferred):
             arr = value
+        elif isinstance(value, ShardedValue):  # m.state(copy=False) of a sharded model: its pieces, no gather
+            arr = from_held(value, p, what)
         else:
             a = as_array(value, shape, name, what)
             # a read-only view, such as m.state(copy=False) gives, may be of a

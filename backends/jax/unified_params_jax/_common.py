@@ -69,8 +69,10 @@ def array_shards(x: Any) -> list[tuple[tuple[slice, ...], str]] | None:
 
 
 def shard_data(x: Any, k: int) -> np.ndarray:
-    """Piece ``k`` of :func:`array_shards` as a fresh NumPy array."""
-    return np.array(x.addressable_shards[k].data, copy=True)
+    """Piece ``k`` of :func:`array_shards` as NumPy: a read-only view of the
+    device buffer on the CPU (the core copies it where it needs a copy;
+    ``m.state(copy=False)`` and ``up.save`` read it as it is)."""
+    return np.asarray(x.addressable_shards[k].data)
 
 
 def to_numpy(x: Any) -> np.ndarray:
