@@ -30,6 +30,7 @@ from ._values import Deferred, check_value
 
 if TYPE_CHECKING:
     from ._param import Param
+    from ._undo import Undo
 
 __all__ = ["write_canonical", "write_deferred", "snapshot"]
 
@@ -79,18 +80,33 @@ def write_deferred(p: Param, v: Deferred, what: str) -> None:
     write_canonical(p, checked, owned=getattr(v, "private", False) or checked is not value)
 
 
-def snapshot(p: Param) -> Callable[[], None]:
+def _keep(raw: np.ndarray, private: bool, store: Undo | None) -> Callable[[], np.ndarray]:
+    """``store.keep``, or without a store a copy in memory (``raw`` itself
+    when ``private``: made for this undo)."""
+    if store is not None:
+        return store.keep(raw, private)
+    old = raw if private else np.array(raw, copy=True)
+    return lambda: old
+
+
+def snapshot(p: Param, store: Undo | None = None) -> Callable[[], None]:
     """An undo of the next writes to ``p``: the adapter's own snapshot
     (no copy where the framework's values are immutable or copy-on-write),
-    else a copy of the native value, written back as it was read."""
+    else a copy of the native value, written back as it was read; with
+    ``store``, copies go where it keeps them (a temporary file when it
+    ``spills``: the old bytes written from a view of the storage, no copy
+    in memory; see ``_undo``)."""
     h, leaf = p._handle, p._leaf
+    spill = store is not None and store.spills
     with adapter_call(h.backend.name, f"read {p.name!r}"):
         snap = h.snapshot(leaf)
-        if snap is None:
-            old = h.read(leaf, copy=True)
+        if snap is None or isinstance(snap, np.ndarray):  # a NumPy snapshot: a view of the bytes a write replaces
+            raw = h.read(leaf, copy=not spill) if snap is None else snap
+            back = _keep(raw, snap is None and not spill, store)
+            put = h.write if snap is None else h.restore
 
             def undo() -> None:
-                h.write(leaf, old)
+                put(leaf, back())
         else:
 
             def undo() -> None:

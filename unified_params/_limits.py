@@ -20,6 +20,13 @@ MAX_HEADER_BYTES = 100_000_000
 #: smaller ones (and after the last write of a load).
 CHECK_BYTES = 1 << 20
 
+#: An atomic write (a load, a port, an init) of more than this many bytes
+#: keeps the old values of its undo in an unlinked temporary file in
+#: ``UNDO_DIR`` (``None``: ``tempfile.gettempdir()``, i.e. ``TMPDIR``)
+#: instead of memory (``_undo``), so that a load holds one model, not two.
+UNDO_SPILL_BYTES = 64 << 20
+UNDO_DIR: str | None = None
+
 #: Side of the tiles of a large transposed copy (``_layout.contiguous``), in
 #: elements, and the size above which copies are tiled.
 TILE = 128

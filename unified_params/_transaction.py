@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _limits
 from ._fastpath import snapshot, write_deferred
+from ._undo import Undo
 from ._values import Deferred
 
 if TYPE_CHECKING:
@@ -103,12 +104,12 @@ def write_atomic(
     sizes = [_nbytes(p) for p, _ in items]
     small = sum(sizes) <= _limits.LARGE_BYTES if backup is None else backup
     bar = progress_bar(progress, sum(sizes), what)
-    backups: list[Callable[[], None]] = []
+    backups = Undo(sum(sizes))  # old values: in memory, or above UNDO_SPILL_BYTES in a temporary file
     try:
         with _HeldInterrupts():
             for (p, v), size in zip(items, sizes):
                 if small or (backup is None and p.device != "cpu"):
-                    backups.append(snapshot(p))  # no copy where the framework's values are immutable
+                    backups.append(snapshot(p, backups))  # no copy where the framework's values are immutable
                 if isinstance(v, Deferred):
                     write_deferred(p, v, what)  # a file's tensor: straight into the storage where it can
                 else:
@@ -118,13 +119,10 @@ def write_atomic(
             if verify is not None:
                 verify()
     except BaseException:
-        for undo in backups:
-            try:
-                undo()
-            except Exception:  # noqa: S112 - best effort; the original error matters
-                continue
+        backups.restore()
         raise
     finally:
+        backups.close()
         if bar is not None:
             bar.close()
 

@@ -379,14 +379,22 @@ class TorchHandle(Handle):
         return _dt.group()
 
     def snapshot(self, leaf: Leaf) -> Any:
-        """An undo of a DTensor keeps its local piece (no gather); other
-        tensors take the core's default (a copy of ``read``)."""
+        """An undo of a DTensor keeps its local piece (no gather): a host
+        view of it, which the core copies (to memory, or for a large load to
+        a temporary file) before the write; other tensors take the core's
+        default (a copy of ``read``, or its bytes in that file)."""
         t = leaf.ref.data("read")
-        return _dt.local(t).clone() if _dt.is_dtensor(t) else None
+        if not _dt.is_dtensor(t):
+            return None
+        piece = _dt.local(t)
+        return _host_array(piece) if piece.device.type == "cpu" else piece.clone()
 
     def restore(self, leaf: Leaf, snap: Any) -> None:
+        if isinstance(snap, np.ndarray):  # the core's copy of the local piece's host view
+            snap = _from_numpy(snap, source=True)
         with torch.no_grad():
-            _dt.local(leaf.ref.data("write")).copy_(snap)
+            local = _dt.local(leaf.ref.data("write"))
+            local.copy_(snap.to(device=local.device))
 
     def grad(self, leaf: Leaf) -> np.ndarray | None:
         g = leaf.ref.tensor.grad

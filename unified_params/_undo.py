@@ -1,0 +1,152 @@
+"""The undo of one atomic write (contracts 2.3, 7.2, 10): what a load or a
+port keeps of the values it overwrites, so that a failure midway restores
+every storage, without holding a second model in memory.
+
+Design (issue 18; measured at 1 GiB on PyTorch, docs/benchmarks.md):
+
+* **Verify before the first write.** A load checks the file's framing,
+  header, byte ranges against the file's size, every name, shape and dtype
+  before it writes anything, and reads the data through the one descriptor
+  it opened (``_format.Reader``). What can still fail after the first write
+  is short: another program changing the file *in place* (``open(path,
+  'wb')``, as safetensors' ``save_file`` and ``torch.save`` do: same inode,
+  truncated, rewritten), an adapter's write (a device transfer), a
+  ``check=`` that the outputs refuse, and Ctrl-C (held to the end, then
+  undone). No portable means stops an in-place writer (Linux read leases
+  need the file's owner and kill the process with SIGIO unless it handles
+  it; reflink snapshots exist on btrfs and XFS only), so verifying first
+  shrinks the failure points but cannot remove the undo of a file load.
+* **The undo goes to a temporary file above ``_limits.UNDO_SPILL_BYTES``.**
+  Below it (small writes) the old values are copied in memory as before.
+  Above it, each storage's old bytes are written, just before the storage
+  is overwritten, from the storage's own host memory (``Handle.read(copy=
+  False)``: a view where the framework has one) to an unlinked temporary
+  file in ``_limits.UNDO_DIR`` (default: ``tempfile.gettempdir()``, i.e.
+  ``TMPDIR``); nothing of it stays resident but the page cache, which the
+  kernel writes back and drops under memory pressure, and a killed process
+  leaves no file behind. An undo reads each storage back, one at a time.
+  Measured: the in-memory copy of a 1 GiB PyTorch model cost 1.1-1.7 s (the
+  fresh pages of new tensors) of a 1.4 s load; the file costs one copy into
+  the page cache (0.3-0.4 s) and one tensor of resident memory. A disk
+  that refuses the file (full, read-only) moves the rest of the undo to
+  memory: the load still succeeds, as before this file existed.
+* **Framework snapshots stay in memory.** Where the adapter's
+  ``snapshot`` is the framework's own immutable or copy-on-write value
+  (JAX arrays, TensorFlow tensors), keeping it costs no copy; its memory is
+  the old value, which the framework's own load also holds until it
+  replaces it. A snapshot that is a NumPy array is a *view* of bytes the
+  write replaces (a PyTorch ``DTensor``'s local piece: never gathered), and
+  is copied like a ``read``.
+* **Ties and buffers.** The core writes each storage once (a tie group is
+  one storage), so each storage's undo is kept and restored once; buffers
+  are storages like parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import _limits
+
+__all__ = ["Undo"]
+
+#: at most this many bytes per read or write system call (Linux caps one at
+#: 2 GiB less a page)
+_CHUNK = 1 << 30
+
+
+class Undo(list):  # type: ignore[type-arg]
+    """The undos of one transaction, in order (each a callable that puts
+    one storage back), and the temporary file their old values go to when
+    the transaction writes more than ``_limits.UNDO_SPILL_BYTES``
+    (``spills``). ``close()`` drops the file; it is unlinked from the start."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.spills = total > _limits.UNDO_SPILL_BYTES
+        self._fh: Any = None
+        self._end = 0
+        #: bytes of old values written to the file, and kept in memory (tests, benchmarks)
+        self.spilled = 0
+        self.held = 0
+
+    def keep(self, arr: np.ndarray, private: bool) -> Callable[[], np.ndarray]:
+        """Keep the bytes of ``arr`` (``private``: a copy made for this undo,
+        kept as it is when nothing is spilled); returns a function that gives
+        them back as an array of ``arr``'s shape and dtype."""
+        if self.spills:
+            try:
+                return self._spill(arr)
+            except OSError:  # no room for the file: the rest of the undo in memory, as before
+                self.spills = False
+        old = arr if private else np.array(arr, copy=True)
+        self.held += old.nbytes
+        return lambda: old
+
+    def _file(self) -> Any:
+        if self._fh is None:
+            folder = _limits.UNDO_DIR or tempfile.gettempdir()
+            self._fh = tempfile.TemporaryFile(dir=folder, prefix=".up-undo-", buffering=0)
+        return self._fh
+
+    def _spill(self, arr: np.ndarray) -> Callable[[], np.ndarray]:
+        a = arr if arr.flags.c_contiguous else np.array(arr, order="C")  # (ascontiguousarray makes 0-d 1-d)
+        shape, dtype, n = a.shape, a.dtype, a.nbytes
+        at = self._end
+        if n:
+            fd = self._file().fileno()
+            mv = memoryview(a.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+            done = 0
+            while done < n:
+                k = os.pwrite(fd, mv[done:done + _CHUNK], at + done)
+                if k <= 0:
+                    raise OSError("the undo file took no bytes")
+                done += k
+        self._end = at + n
+        self.spilled += n
+        fh = self._fh
+
+        def back() -> np.ndarray:
+            out = np.empty(shape, dtype)
+            if n:
+                _read_at(fh, memoryview(out.reshape(-1).view(np.uint8)), at)  # type: ignore[arg-type]
+            return out
+
+        return back
+
+    def restore(self) -> None:
+        """Run every undo, in order; each one's failure is skipped (the
+        error that caused the undo is the one raised)."""
+        for undo in self:
+            try:
+                undo()
+            except Exception:  # noqa: S112 - best effort; the original error matters
+                continue
+
+    def close(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()
+
+
+def _read_at(fh: Any, buf: memoryview, at: int) -> None:
+    """Fill ``buf`` from byte ``at`` of the undo file."""
+    fd = fh.fileno()
+    done, n = 0, len(buf)
+    preadv = getattr(os, "preadv", None)
+    while done < n:
+        part = buf[done:done + _CHUNK]
+        if preadv is not None:
+            k = preadv(fd, [part], at + done)
+        else:  # pragma: no cover - platforms without preadv
+            data = os.pread(fd, len(part), at + done)
+            k = len(data)
+            part[:k] = data
+        if k <= 0:
+            raise OSError(f"the undo file ended at byte {at + done}")
+        done += k
