@@ -513,6 +513,20 @@ def _change_during_load(monkeypatch: pytest.MonkeyPatch, at: int, change: Any, a
             change()
 
     monkeypatch.setattr(_format.FileTensor, "read_into", hooked_into)
+    many = _format.Reader.read_many  # small tensors: one read per span (issue 13)
+
+    def hooked_many(self: Any, entries: Any) -> Any:
+        first = calls[0] + 1
+        calls[0] += len(entries)
+        hit = first <= at <= calls[0]
+        if hit and not after:
+            change()
+        out = many(self, entries)
+        if hit and after:
+            change()
+        return out
+
+    monkeypatch.setattr(_format.Reader, "read_many", hooked_many)
 
 
 def _truncate(f: Path) -> Any:
@@ -655,6 +669,13 @@ def test_a_tied_file_reads_each_storage_once(tmp_path: Path, monkeypatch: pytest
         original(self, e, out)
 
     monkeypatch.setattr(_format.Reader, "read_into", counted)
+    many = _format.Reader.read_many
+
+    def counted_many(self: Any, entries: Any) -> Any:
+        reads.extend(e.name for e in entries)
+        return many(self, entries)
+
+    monkeypatch.setattr(_format.Reader, "read_many", counted_many)
     up.load(m, f)
     assert sorted(reads) == stored and len(reads) == len(m.params.distinct())
 

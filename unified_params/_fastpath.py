@@ -19,20 +19,20 @@ tiled paths with small arrays.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._boundary import adapter_call
-from ._layout import CANONICAL, NATIVE, to_native
-from ._values import Deferred, check_value
+from ._layout import CANONICAL, NATIVE, to_canonical, to_native
+from ._values import Deferred, ParamValue, check_value
 
 if TYPE_CHECKING:
     from ._param import Param
     from ._undo import Undo
 
-__all__ = ["write_canonical", "write_deferred", "snapshot"]
+__all__ = ["write_canonical", "write_deferred", "write_batch", "snapshot", "snapshot_batch"]
 
 _PLAIN = (CANONICAL, NATIVE)
 
@@ -113,3 +113,138 @@ def snapshot(p: Param, store: Undo | None = None) -> Callable[[], None]:
                 h.restore(leaf, snap)
     return undo
 
+
+
+# -- batches of small storages (issue 13): one adapter call for many ----------------------
+
+def names_of(ps: Sequence[Param]) -> str:
+    """``'a'`` or ``'a' and 9 more``: what a batched adapter call acts on."""
+    return repr(ps[0].name) if len(ps) == 1 else f"{ps[0].name!r} and {len(ps) - 1} more"
+
+
+def _resolve(values: Sequence[np.ndarray | Deferred]) -> list[tuple[np.ndarray, bool]]:
+    """Each value as ``(array, private)``: a file's tensors read with one
+    read per span (``Reader.read_many``), a port's sources with one
+    ``read_many`` per source model, other values one at a time."""
+    from ._format import FileTensor
+
+    out: list[Any] = [None] * len(values)
+    files: dict[int, list[int]] = {}
+    sources: dict[int, list[int]] = {}
+    for i, v in enumerate(values):
+        if isinstance(v, np.ndarray):
+            out[i] = (v, False)  # checked by the caller
+        elif type(v) is FileTensor:
+            files.setdefault(id(v._reader), []).append(i)
+        elif type(v) is ParamValue:
+            sources.setdefault(id(v.param._handle), []).append(i)
+        else:
+            out[i] = (np.asarray(v), bool(getattr(v, "private", False)))
+    for idx in files.values():
+        reader = values[idx[0]]._reader  # type: ignore[union-attr]
+        arrays = reader.read_many([values[i]._entry for i in idx])  # type: ignore[union-attr]
+        for i, a in zip(idx, arrays):
+            out[i] = (a, True)
+    for idx in sources.values():
+        ps = [values[i].param for i in idx]  # type: ignore[union-attr]
+        h = ps[0]._handle
+        with adapter_call(h.backend.name, f"read {names_of(ps)}"):
+            raws = h.read_many([p._leaf for p in ps], copy=False)
+        for i, p, raw in zip(idx, ps, raws):
+            layout = p._leaf.layout
+            out[i] = (raw if layout in _PLAIN else to_canonical(raw, layout), False)
+    return out
+
+
+def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Sequence[tuple[int, ...]],
+                dtypes: Sequence[np.dtype], what: str) -> None:
+    """``write_deferred``/``write_canonical`` of every item (distinct
+    storages of one handle, canonical ``shapes`` and ``dtypes`` already
+    asked for): values read together (``_resolve``), each checked as
+    ``write_deferred`` checks it, converted, then one ``write_many`` (two:
+    the values private to this write, and the others). A batch of one takes
+    the one-storage route (a file's tensor straight into host memory)."""
+    if len(items) == 1:
+        p, v = items[0]
+        if isinstance(v, Deferred):
+            write_deferred(p, v, what)
+        else:
+            p._write_canonical(v)
+        return
+    h = items[0][0]._handle
+    shared: list[tuple[Any, np.ndarray]] = []
+    owned: list[tuple[Any, np.ndarray]] = []
+    for (p, v), (arr, private), shape, dtype in zip(items, _resolve([v for _, v in items]), shapes, dtypes):
+        if isinstance(v, Deferred) and not (arr.dtype == dtype and arr.shape == shape):
+            checked = check_value(p, arr, what)
+            private = private or checked is not arr
+            arr = checked
+        leaf = p._leaf
+        layout = leaf.layout
+        if layout in _PLAIN:
+            native = arr
+        else:
+            native = to_native(arr, layout, p._concrete_shape_native())
+            private = private or not np.may_share_memory(native, arr)
+        (owned if private else shared).append((leaf, native))
+    with adapter_call(h.backend.name, f"write {names_of([p for p, _ in items])}", fix=_fix()):
+        if shared:
+            h.write_many(shared)
+        if owned:
+            h.write_many(owned, owned=True)
+
+
+def _best_effort(many: Callable[[Any], None], one: Callable[[Any, Any], None], pairs: list[tuple[Any, Any]]) -> None:
+    """An undo of a batch: ``many(pairs)``, else each pair alone (the
+    original error matters, not the undo's)."""
+    try:
+        many(pairs)
+    except Exception:
+        for a, b in pairs:
+            try:
+                one(a, b)
+            except Exception:  # noqa: S112 - best effort
+                continue
+
+
+def _held(old: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: old
+
+
+def snapshot_batch(ps: Sequence[Param], store: Any = None) -> Callable[[], None]:
+    """``snapshot`` of the distinct storages ``ps`` of one handle with one
+    ``snapshot_many`` and one ``read_many`` (copies of those the adapter
+    keeps no snapshot of); the undo restores them with one ``write_many``
+    and one ``restore_many``. ``store`` (an ``Undo``: ``spills``,
+    ``keep(array, private)``) keeps the old values where it keeps them;
+    without one they are copies in memory."""
+    if len(ps) == 1 and store is None:
+        return snapshot(ps[0])
+    h = ps[0]._handle
+    leaves = [p._leaf for p in ps]
+    spill = store is not None and store.spills
+    with adapter_call(h.backend.name, f"read {names_of(ps)}"):
+        snaps = h.snapshot_many(leaves)
+        plain = [leaf for leaf, snap in zip(leaves, snaps) if snap is None]
+        olds = h.read_many(plain, copy=not spill) if plain else []
+    kept = [(leaf, snap) for leaf, snap in zip(leaves, snaps) if snap is not None] if len(plain) < len(leaves) else []
+    arrays = [(leaf, snap) for leaf, snap in kept if isinstance(snap, np.ndarray)]  # views of what a write replaces
+    if arrays:
+        kept = [(leaf, snap) for leaf, snap in kept if not isinstance(snap, np.ndarray)]
+    backs: list[Callable[[], np.ndarray]] | None = None
+    if store is not None:
+        backs = [store.keep(raw, not spill) for raw in olds]
+        views = [(leaf, store.keep(snap, False)) for leaf, snap in arrays]
+    else:
+        views = [(leaf, _held(np.array(snap, copy=True))) for leaf, snap in arrays]
+
+    def undo() -> None:
+        if plain:
+            pairs = list(zip(plain, olds)) if backs is None else [(leaf, back()) for leaf, back in zip(plain, backs)]
+            _best_effort(h.write_many, h.write, pairs)
+        if views:
+            _best_effort(h.restore_many, h.restore, [(leaf, back()) for leaf, back in views])
+        if kept:
+            _best_effort(h.restore_many, h.restore, kept)
+
+    return undo

@@ -45,6 +45,7 @@ from ._errors import ArgumentError, DTypeError, FileFormatError, PortError, Stat
 from ._format import few, short
 from ._layout import NATIVE, contiguous
 from ._pairing import Entry, combine, pair
+from ._values import ParamValue
 from ._verify import output_matches, outputs_agree
 
 __all__ = ["save", "load", "port", "read_file", "PortReport", "FORMAT_VERSION"]
@@ -760,6 +761,28 @@ def _entry(p: Param) -> Entry:
     return Entry(p.name, p.shape, p.layout, p.role, p._leaf.rnn_bias)
 
 
+def _entries_of(ps: Sequence[Param]) -> list[Entry]:
+    """``_entry`` of each, lean (one adapter call each: the shape)."""
+    out = []
+    for p in ps:
+        leaf = p._leaf
+        out.append(Entry(p.name, p.shape, leaf.layout, leaf.role, leaf.rnn_bias))
+    return out
+
+
+def _port_checked(what: str, n: int, srcs: Sequence[Param], dp: Param, value: Deferred) -> Any:
+    """``check_deferred`` of a port's value, a dtype that does not cast as
+    the ``PortError`` naming both sides."""
+    try:
+        return _check_deferred(dp, value, "port")
+    except DTypeError as exc:
+        raise PortError(
+            f"{what} #{n} of compatible dtypes",
+            f"{srcs[0].name!r} {srcs[0].dtype} -> {dp.name!r} {dp.dtype}",
+            str(exc),
+        ) from None
+
+
 def _pair_by_order(block: Block, tensors: dict[str, Any], meta: dict[str, str], where: str) -> dict[str, Any]:
     """``{model name: file tensor}`` paired as ``port`` pairs two models."""
     ours = _format.our_metadata(meta, where)
@@ -827,44 +850,50 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
     s, d = _as_block(src, "port"), _as_block(dst, "port")
     report = PortReport(src_backend=s.backend, dst_backend=d.backend)
     items: list[tuple[Param, Any]] = []
+    shapes: list[tuple[int, ...]] = []
+    dtypes: list[np.dtype] = []
+    pairs = report.pairs
     portable = []
-    for what, sl, dl in zip(("parameters", "running statistics"), _portable(s), _portable(d)):
-        se, de = [_entry(p) for p in sl], [_entry(p) for p in dl]  # each shape asked for once
-        for q, e in zip((*sl, *dl), (*se, *de)):
-            if None in e.shape:
-                raise PortError(
-                    "two concrete models",
-                    f"{q.name!r} is deferred",
-                    "call materialize(x) on it first",
-                )
-        portable.append((what, sl, dl, se, de))
-    for what, sl, dl, se, de in portable:
-        links = pair(what, se, de, f"the {s.backend} source",
-                     f"the {d.backend} destination", "port between models of the same architecture")
-        for n, link in enumerate(links):
-            srcs = [sl[k] for k in link.src]
-            for pos, k in enumerate(link.dst):
-                dp = dl[k]
-                try:
-                    if link.how == "copy":
-                        sp = srcs[0]
-                        value = Deferred(se[link.src[0]].shape, sp.dtype,  # type: ignore[arg-type]
-                                         lambda sp=sp: sp.read(copy=False))  # type: ignore[misc]
-                    else:
-                        value = Deferred(de[k].shape, srcs[0].dtype,  # type: ignore[arg-type]
-                                         lambda srcs=srcs, how=link.how, pos=pos: combine(  # type: ignore[misc]
-                                             how, [q.read(copy=False) for q in srcs])[pos])
-                    items.append((dp, _check_deferred(dp, value, "port")))
-                except DTypeError as exc:
+    with _format.no_gc():  # many small objects, no cycles
+        for what, sl, dl in zip(("parameters", "running statistics"), _portable(s), _portable(d)):
+            se, de = _entries_of(sl), _entries_of(dl)  # each shape asked for once
+            for q, e in zip((*sl, *dl), (*se, *de)):
+                if None in e.shape:
                     raise PortError(
-                        f"{what} #{n} of compatible dtypes",
-                        f"{srcs[0].name!r} {srcs[0].dtype} -> {dp.name!r} {dp.dtype}",
-                        str(exc),
-                    ) from None
-                report.pairs.append(("+".join(q.name for q in srcs), dp.name, de[k].shape))  # type: ignore[arg-type]
+                        "two concrete models",
+                        f"{q.name!r} is deferred",
+                        "call materialize(x) on it first",
+                    )
+            portable.append((what, sl, dl, se, de))
+        for what, sl, dl, se, de in portable:
+            links = pair(what, se, de, f"the {s.backend} source",
+                         f"the {d.backend} destination", "port between models of the same architecture")
+            for n, link in enumerate(links):
+                if link.how == "copy":  # the common case, lean: one dtype asked for per side
+                    i, k = link.src[0], link.dst[0]
+                    sp, dp = sl[i], dl[k]
+                    sdt, ddt = sp.dtype, dp.dtype
+                    value: Any = ParamValue(se[i].shape, sdt, sp)  # type: ignore[arg-type]
+                    if sdt != ddt:
+                        value = _port_checked(what, n, [sp], dp, value)
+                    items.append((dp, value))
+                    shapes.append(de[k].shape)  # type: ignore[arg-type]
+                    dtypes.append(ddt)
+                    pairs.append((sp.name, dp.name, de[k].shape))  # type: ignore[arg-type]
+                    continue
+                srcs = [sl[k] for k in link.src]
+                for pos, k in enumerate(link.dst):
+                    dp = dl[k]
+                    value = Deferred(de[k].shape, srcs[0].dtype,  # type: ignore[arg-type]
+                                     lambda srcs=srcs, how=link.how, pos=pos: combine(  # type: ignore[misc]
+                                         how, [q.read(copy=False) for q in srcs])[pos])
+                    items.append((dp, _port_checked(what, n, srcs, dp, value)))
+                    shapes.append(de[k].shape)  # type: ignore[arg-type]
+                    dtypes.append(dp.dtype)
+                    pairs.append(("+".join(q.name for q in srcs), dp.name, de[k].shape))  # type: ignore[arg-type]
     if check is None:
-        write_atomic(items, what="port", progress=progress)
+        write_atomic(items, what="port", progress=progress, shapes=shapes, dtypes=dtypes)
     else:
         write_atomic(items, what="port", progress=progress, backup=True,
-                     verify=lambda: outputs_agree(s, d, check))
+                     verify=lambda: outputs_agree(s, d, check), shapes=shapes, dtypes=dtypes)
     return report

@@ -20,6 +20,12 @@ MAX_HEADER_BYTES = 100_000_000
 #: smaller ones (and after the last write of a load).
 CHECK_BYTES = 1 << 20
 
+#: Small storages are read and written in batches of up to this many bytes
+#: (one ``Handle.read_many``/``write_many`` call each, issue 13); a larger
+#: storage is a batch of its own, so a load or port still holds one large
+#: value at a time.
+BATCH_BYTES = 1 << 20
+
 #: An atomic write (a load, a port, an init) of more than this many bytes
 #: keeps the old values of its undo in an unlinked temporary file in
 #: ``UNDO_DIR`` (``None``: ``tempfile.gettempdir()``, i.e. ``TMPDIR``)

@@ -30,8 +30,7 @@ import functools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,8 +49,10 @@ _W_HH = re.compile(r"(weight_hh(_l\d+)?(_reverse)?|(.*_)?h2h_weight)")
 _GATE_KEYS = frozenset(k for g in GATE_GROUPS for k in (*g.weights, *g.biases))
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One distinct storage of a side (a tuple: made once per storage per
+    port, so it must cost next to nothing)."""
+
     name: str
     shape: tuple[int | None, ...]
     layout: str = "canonical"
@@ -59,8 +60,7 @@ class Entry:
     rnn_bias: str = ""
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(NamedTuple):
     """``src`` indices feed ``dst`` indices; ``how``: ``copy`` (1:1),
     ``split`` (one bias -> bias_ih, zero bias_hh), ``sum`` (bias_ih +
     bias_hh -> one), ``unstack`` ((2, n) -> two), ``stack`` (two -> (2, n))."""
@@ -68,6 +68,25 @@ class Link:
     src: tuple[int, ...]
     dst: tuple[int, ...]
     how: str = "copy"
+
+
+#: role -> whether an entry of that role may pair other than one to one in
+#: the loop of :func:`pair` (fused, recurrent weights); roles are few strings
+_SPECIAL: dict[str, bool] = {}
+
+
+def _plain(side: Sequence[Entry]) -> list[bool]:
+    """Per entry: pairs one to one by shape alone (no recurrent bias, no
+    fused or recurrent role), the common case, checked without regexes."""
+    special = _SPECIAL
+    out = []
+    for e in side:
+        role = e.role
+        sp = special.get(role)
+        if sp is None:
+            sp = special[role] = role in FUSED or bool(_W_IH.fullmatch(role))
+        out.append(not (sp or e.rnn_bias))
+    return out
 
 
 def _two_biases(side: Sequence[Entry], k: int) -> bool:
@@ -99,9 +118,15 @@ def pair(what: str, src: Sequence[Entry], dst: Sequence[Entry],
     if len(src) != len(dst) and not any(_regroups(e) for e in (*src, *dst)):
         raise count_error(min(len(src), len(dst)), min(len(src), len(dst)))
     links: list[Link] = []
+    plain_s, plain_d = _plain(src), _plain(dst)
     i = j = 0
     while i < len(src) and j < len(dst):
         s, d = src[i], dst[j]
+        if plain_s[i] and plain_d[j] and (s.layout == NATIVE) == (d.layout == NATIVE) \
+                and (s.shape == d.shape or tuple(s.shape) == tuple(d.shape)):
+            links.append(Link((i,), (j,)))  # the common case: the checks below would pass
+            i, j = i + 1, j + 1
+            continue
         if s.role in FUSED or d.role in FUSED:
             found = _fused(what, src, dst, i, j, src_label, dst_label, len(links))
             if found is not None:

@@ -344,6 +344,7 @@ class ParamDict(Mapping[str, Param]):
         self._data = params
         self._listing = listing
         self._lookup = lookup
+        self._distinct: tuple[dict[str, Param], ParamDict] | None = None
 
     @property
     def _params(self) -> dict[str, Param]:
@@ -417,14 +418,24 @@ class ParamDict(Mapping[str, Param]):
         return ParamDict({n: p for n, p in self._params.items() if rx.fullmatch(n)})
 
     def distinct(self) -> ParamDict:
-        """One name per storage: the first."""
+        """One name per storage: the first. Kept with the listing it was
+        made of (reused while the model is unchanged, issue 13)."""
+        if self._data is None and self._listing is not None:
+            return self._listing().distinct()
+        params = self._params
+        cached = self._distinct
+        if cached is not None and cached[0] is params:
+            return cached[1]
         seen: set[Any] = set()
         out: dict[str, Param] = {}
-        for n, p in self._params.items():
-            if p.storage not in seen:
-                seen.add(p.storage)
+        for n, p in params.items():
+            storage = p._leaf.storage
+            if storage not in seen:
+                seen.add(storage)
                 out[n] = p
-        return ParamDict(out)
+        made = ParamDict(out)
+        self._distinct = (params, made)
+        return made
 
     def numpy(self) -> dict[str, np.ndarray]:
         """``{name: value}`` copies."""

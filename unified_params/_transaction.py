@@ -9,13 +9,15 @@ kept where a write can still fail once every value is checked (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _limits
-from ._fastpath import snapshot, write_deferred
+from ._fastpath import snapshot_batch, write_batch
+from ._format import no_gc
 from ._undo import Undo
 from ._values import Deferred
 
@@ -82,6 +84,8 @@ def write_atomic(
     progress: bool | None = False,
     backup: bool | None = None,
     verify: Callable[[], None] | None = None,
+    shapes: Sequence[tuple[int, ...]] | None = None,
+    dtypes: Sequence[np.dtype] | None = None,
 ) -> None:
     """Write canonical values (checked with ``_check_value`` or
     ``_check_deferred``) to distinct storages; if a write fails, restore
@@ -98,24 +102,68 @@ def write_atomic(
     still fail midway, such as a file another program may change);
     ``backup=False`` keeps none. ``verify`` runs after the last write, inside
     the transaction: an exception from it restores every storage.
+    ``shapes``/``dtypes``: the storages' canonical shapes and dtypes where
+    the caller has just asked for them (each an adapter call).
     """
-    for p, _ in items:
-        p._require_concrete("write")
-    sizes = [_nbytes(p) for p, _ in items]
+    with no_gc():  # many small objects, no cycles: the collector would only walk the model
+        _write_atomic(items, what, progress, backup, verify, shapes, dtypes)
+
+
+def _batches(items: Sequence[tuple[Param, Any]], sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of consecutive items of one handle holding at
+    most ``BATCH_BYTES`` (a larger storage: a run of its own)."""
+    limit = _limits.BATCH_BYTES
+    out: list[tuple[int, int]] = []
+    start, total, handle = 0, 0, None
+    for i, ((p, _), size) in enumerate(zip(items, sizes)):
+        if i > start and (p._handle is not handle or total + size > limit):
+            out.append((start, i))
+            start, total = i, 0
+        handle = p._handle
+        total += size
+    if items:
+        out.append((start, len(items)))
+    return out
+
+
+def _write_atomic(
+    items: Sequence[tuple[Param, np.ndarray | Deferred]],
+    what: str,
+    progress: bool | None,
+    backup: bool | None,
+    verify: Callable[[], None] | None,
+    known_shapes: Sequence[tuple[int, ...]] | None,
+    known_dtypes: Sequence[np.dtype] | None,
+) -> None:
+    if known_shapes is not None and known_dtypes is not None:
+        shapes, dtypes = list(known_shapes), list(known_dtypes)
+        for (q, _), shape in zip(items, shapes):
+            if None in shape:
+                q._require_concrete("write")
+    else:
+        shapes, dtypes = [], []
+        for p, _ in items:  # each an adapter call: asked once per storage
+            found = p.shape
+            if None in found:
+                p._require_concrete("write")
+            shapes.append(found)  # type: ignore[arg-type]
+            dtypes.append(p.dtype)
+    sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in zip(shapes, dtypes)]
     small = sum(sizes) <= _limits.LARGE_BYTES if backup is None else backup
     bar = progress_bar(progress, sum(sizes), what)
     backups = Undo(sum(sizes))  # old values: in memory, or above UNDO_SPILL_BYTES in a temporary file
     try:
         with _HeldInterrupts():
-            for (p, v), size in zip(items, sizes):
-                if small or (backup is None and p.device != "cpu"):
-                    backups.append(snapshot(p, backups))  # no copy where the framework's values are immutable
-                if isinstance(v, Deferred):
-                    write_deferred(p, v, what)  # a file's tensor: straight into the storage where it can
-                else:
-                    p._write_canonical(v)
+            for a, b in _batches(items, sizes):  # one read_many/write_many per batch of small storages
+                batch = items[a:b]
+                keep = [p for p, _ in batch
+                        if small or (backup is None and p.device != "cpu")]
+                if keep:
+                    backups.append(snapshot_batch(keep, backups))  # no copy where the framework's values are immutable
+                # a file's large tensor: straight into the storage where it can
+                write_batch(batch, shapes[a:b], dtypes[a:b], what)
                 if bar is not None:
-                    bar.update(size)
+                    bar.update(sum(sizes[a:b]))
             if verify is not None:
                 verify()
     except BaseException:

@@ -18,7 +18,7 @@ from ._errors import DTypeError, ShapeMismatchError, UnifiedParamsError
 if TYPE_CHECKING:
     from ._param import Param
 
-__all__ = ["as_array", "check_value", "check_deferred", "can_cast", "Deferred", "dtype_name"]
+__all__ = ["as_array", "check_value", "check_deferred", "can_cast", "Deferred", "ParamValue", "dtype_name"]
 
 
 def dtype_name(dt: np.dtype) -> str:
@@ -136,6 +136,18 @@ class Deferred:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         v = np.asarray(self._get())
         return v if dtype is None else v.astype(dtype, copy=False)
+
+
+class ParamValue(Deferred):
+    """A port's source: the canonical value of ``param``, read (a view where
+    the framework allows) when it is written; the writer reads many of one
+    model with one ``Handle.read_many``."""
+
+    __slots__ = ("param",)
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, param: Param):
+        super().__init__(shape, dtype, lambda: param.read(copy=False))
+        self.param = param
 
 
 def check_deferred(p: Param, value: Deferred, where: str) -> Deferred | np.ndarray:
