@@ -175,3 +175,26 @@ def test_plan_writes_each_distinct_piece_once() -> None:
     assert pieces["w"] == [("w#0", ((0, 2), (0, 4)), 0), ("w#1", ((2, 4), (0, 4)), 1)]
     assert pieces["b"] == [("b", ((0, 4),), 0)]
     assert 2 not in writes and writes[1] == [("w", "w#1", ((2, 4), (0, 4)))]
+
+
+def test_a_load_into_columns_of_row_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target sharded on the other axis (columns 2:4 of every weight) gets
+    its box from both row pieces: rows read, the columns it holds copied
+    (pieces of whole rows are read straight into place; these are not)."""
+    ckpt = tmp_path / "ckpt"
+    src = _save_from_threads(ckpt, monkeypatch)
+    dst = _model(seed=13)
+    h = dst._handle
+
+    def box(leaf: Any) -> tuple[slice, ...]:
+        shape = tuple(int(d) for d in h.shape(leaf))
+        return (slice(0, shape[0]), slice(2, 4)) if len(shape) == 2 else tuple(slice(0, d) for d in shape)
+
+    monkeypatch.setattr(h, "shards", lambda leaf: [(box(leaf), "cpu:1")])
+    monkeypatch.setattr(h, "read_shard", lambda leaf, k: h.read(leaf)[box(leaf)])
+    up.load(dst, ckpt)
+    for k in ("0.weight", "2.weight"):
+        got, want = dst.params[k].value, src.params[k].value
+        np.testing.assert_array_equal(got[:, 2:4], want[:, 2:4], err_msg=k)
+        np.testing.assert_array_equal(got[:, :2], 0, err_msg=k)  # the fake handle writes the rest too
+    np.testing.assert_array_equal(dst.params["0.bias"].value, src.params["0.bias"].value)

@@ -198,6 +198,17 @@ def _read_rows(ft: Any, lo: int, hi: int) -> np.ndarray:
     return out
 
 
+def _into_rows(ft: Any, lo: int, hi: int, dst: np.ndarray) -> bool:
+    """Read rows ``lo:hi`` of a file tensor straight into ``dst`` (C-contiguous,
+    their shape and dtype); False where ``ft`` is not a file's tensor."""
+    r, e = getattr(ft, "_reader", None), getattr(ft, "_entry", None)
+    if r is None or e is None or dst.dtype != ft.dtype or not ft.shape:
+        return False
+    row = int(np.prod(ft.shape[1:], dtype=np.int64)) * ft.dtype.itemsize
+    r.read_into(_format.Entry(e.name, e.dtype, dst.shape, e.begin + lo * row, e.begin + hi * row), dst)
+    return True
+
+
 class Assembled(Deferred):
     """One storage's value from its pieces: the boxes this process holds
     (``boxes()``, called when the value is written) filled from the file
@@ -221,10 +232,13 @@ class Assembled(Deferred):
                 if not o:
                     out[...] = np.asarray(ft)
                     continue
-                rows = _read_rows(ft, o[0][0] - box[0][0], o[0][1] - box[0][0])
-                local = (slice(0, o[0][1] - o[0][0]),) + tuple(slice(lo - b0, hi - b0)
-                                                               for (lo, hi), (b0, _) in zip(o[1:], box[1:]))
-                out[tuple(slice(lo, hi) for lo, hi in o)] = rows[local]
+                dst = out[tuple(slice(lo, hi) for lo, hi in o)]
+                lo, hi = o[0][0] - box[0][0], o[0][1] - box[0][0]
+                if o[1:] == box[1:] and dst.flags.c_contiguous and _into_rows(ft, lo, hi, dst):
+                    continue  # whole rows of the piece: read straight into place, no copy of ours
+                rows = _read_rows(ft, lo, hi)
+                local = (slice(0, hi - lo),) + tuple(slice(a - b0, b - b0) for (a, b), (b0, _) in zip(o[1:], box[1:]))
+                dst[...] = rows[local]
         return out
 
 

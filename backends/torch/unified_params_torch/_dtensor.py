@@ -16,6 +16,7 @@ Nothing here imports ``torch.distributed`` unless a DTensor exists already.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -60,11 +61,18 @@ def _placements(t: Any) -> tuple[Any, ...]:
 
 
 def local_index(t: Any) -> tuple[slice, ...]:
-    """Where this process's piece sits in the global array."""
+    """Where this process's piece sits in the global array (torch's own
+    arithmetic, about 0.5 ms a call: kept per global shape, mesh and
+    placements, which fix it within a process)."""
+    return _index(tuple(t.shape), t.device_mesh, _placements(t))
+
+
+@functools.lru_cache(maxsize=4096)
+def _index(shape: tuple[int, ...], mesh: Any, placements: tuple[Any, ...]) -> tuple[slice, ...]:
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, _placements(t))
-    return tuple(slice(int(o), int(o) + int(n)) for o, n in zip(offset, shape))
+    local, offset = compute_local_shape_and_global_offset(shape, mesh, placements)
+    return tuple(slice(int(o), int(o) + int(n)) for o, n in zip(offset, local))
 
 
 def shards(t: Any) -> list[tuple[tuple[slice, ...], str]]:
@@ -88,7 +96,7 @@ def write_local(t: Any, value: np.ndarray, to_tensor: Any) -> None:
     """Write the local piece of the global ``value`` into ``t``'s local
     storage in place (FSDP2 keeps it inside its flat buffer)."""
     index = local_index(t)
-    piece = to_tensor(np.ascontiguousarray(value[index]))
+    piece = to_tensor(value[index], source=True)  # wrapped as it is (rows or a strided box): copy_ is the one copy
     dst = t.to_local()
     with torch.no_grad():
         dst.copy_(piece.to(device=dst.device))
