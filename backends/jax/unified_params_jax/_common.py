@@ -13,7 +13,7 @@ Design constraints of this module:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -26,6 +26,7 @@ __all__ = [
     "default_init",
     "device_of",
     "from_numpy",
+    "from_numpy_many",
     "host_array",
     "random_key",
     "role_of",
@@ -46,7 +47,7 @@ def host_array(x: Any, copy: bool) -> np.ndarray:
     ``copy`` is false (read-only: JAX arrays are immutable). An array
     spread over several processes is gathered (a collective: every process
     must read it), as ``p.value`` documents."""
-    if not getattr(x, "is_fully_addressable", True):
+    if jax.process_count() > 1 and not getattr(x, "is_fully_addressable", True):  # one process: all is
         from jax.experimental import multihost_utils
 
         return np.array(multihost_utils.process_allgather(x, tiled=True), copy=True)
@@ -87,18 +88,127 @@ def to_numpy(x: Any) -> np.ndarray:
 def from_numpy(value: np.ndarray, like: Any, owned: bool = False) -> jax.Array:
     """A new array holding ``value`` where ``like`` lives (its sharding), never
     aliasing ``value``'s memory (the caller may reuse it) unless ``owned``:
-    an array made for this write alone, which JAX may keep as it is."""
-    sharding = getattr(like, "sharding", None)
-    if sharding is not None and not sharding.is_fully_addressable:
-        # spread over several processes: each builds its own pieces from its
-        # part of ``value`` (what a load read for it), no communication
-        return jax.make_array_from_callback(value.shape, sharding, lambda index: np.array(value[index]))
-    # device_put(..., may_alias=False) still aliases aligned host memory on
-    # the CPU (jax 0.10): hand it a private copy, so that the caller's array
-    # can change afterwards without changing the parameter.
-    if not owned:
-        value = _aligned_copy(value)
-    return jax.device_put(value, sharding)
+    an array made for this write alone, which JAX may keep as it is. A
+    read-only view of a whole JAX array's host buffer (``np.asarray`` of
+    it: a port or ``load_state`` from another JAX model) is that array,
+    kept as it is (both are immutable): no copy."""
+    return from_numpy_many([value], [like], owned)[0]
+
+
+def from_numpy_many(values: Sequence[np.ndarray], likes: Sequence[Any], owned: bool = False) -> list[jax.Array]:
+    """:func:`from_numpy` of each pair, every new array made before any is
+    returned (a failure leaves nothing half done), arrays on one device put
+    with one cheap transfer call each (``jax.device_put`` costs about 50 us
+    of Python per array: most of a load of many small parameters)."""
+    out: list[Any] = [None] * len(values)
+    rest: list[int] = []
+    for i, (value, like) in enumerate(zip(values, likes)):
+        sharding = getattr(like, "sharding", None)
+        same = _jax_array_of(value)
+        if same is not None:
+            out[i] = same if sharding is None or same.sharding == sharding else jax.device_put(same, sharding)
+        elif sharding is not None and not sharding.is_fully_addressable:
+            # spread over several processes: each builds its own pieces from its
+            # part of ``value`` (what a load read for it), no communication
+            out[i] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: np.array(v[index]))
+        else:
+            # device_put(..., may_alias=False) still aliases aligned host memory on
+            # the CPU (jax 0.10): hand it a private copy, so that the caller's array
+            # can change afterwards without changing the parameter.
+            host = value if owned else _aligned_copy(value)
+            fast = _put_one_device(host, like, sharding)
+            if fast is None:
+                out[i] = host
+                rest.append(i)
+            else:
+                out[i] = fast
+    if rest:
+        shardings = [getattr(likes[i], "sharding", None) for i in rest]
+        if None in shardings:
+            put = [jax.device_put(out[i], s) for i, s in zip(rest, shardings)]
+        else:
+            put = jax.device_put([out[i] for i in rest], shardings)
+        for i, arr in zip(rest, put):
+            out[i] = arr
+    return out
+
+
+def _jax_array_of(value: Any) -> jax.Array | None:
+    """The JAX array whose whole host buffer ``value`` is: a read-only,
+    C-contiguous view that ``np.asarray`` of an array on one device gave,
+    possibly seen through views that cancel out (a kernel-last layout
+    converted and back). ``None`` for anything else."""
+    if type(value) is not np.ndarray or value.flags.writeable or not value.flags.c_contiguous:
+        return None
+    base = value.base
+    for _ in range(8):  # numpy views of views; bounded
+        if isinstance(base, memoryview):
+            base = base.obj
+        if isinstance(base, jax.Array) or base is None or not isinstance(base, np.ndarray):
+            break
+        base = base.base
+    if not isinstance(base, jax.Array) or getattr(base, "weak_type", False):
+        return None
+    try:
+        if (base.is_deleted() or tuple(base.shape) != value.shape or base.dtype != value.dtype
+                or len(base.sharding.device_set) != 1
+                or base.unsafe_buffer_pointer() != value.__array_interface__["data"][0]):
+            return None
+    except Exception:  # not a plain single-device array (a tracer, an extended dtype)
+        return None
+    return base
+
+
+def _fast_put_setup() -> Any:
+    """The call that ``jax.device_put`` of one NumPy array onto one device
+    ends in (``xla_client.batched_device_put``), checked once against
+    ``jax.device_put`` itself; ``None`` where this jax lacks it or it gives
+    something else (then every put goes through ``jax.device_put``)."""
+    try:
+        from jax._src import core
+        from jax._src.lib import xla_client
+
+        fn = xla_client.batched_device_put
+        probe = _aligned_copy(np.arange(4, dtype=np.float32).reshape(2, 2))
+        ref = jax.device_put(probe.copy(), jax.devices("cpu")[0])
+        sharding = ref.sharding
+        got = fn(core.ShapedArray(probe.shape, probe.dtype), sharding, [probe], [next(iter(sharding.device_set))],
+                 True)
+        if (not isinstance(got, jax.Array) or got.sharding != sharding or got.dtype != ref.dtype
+                or got.shape != ref.shape or not np.array_equal(np.asarray(got), np.asarray(ref))
+                or got.committed != ref.committed):
+            return None
+        return core.ShapedArray, fn
+    except Exception:
+        return None
+
+
+_FAST: list[Any] = []  # [(ShapedArray, batched_device_put) or None], filled at first use
+_AVALS: dict[tuple[tuple[int, ...], np.dtype], Any] = {}
+
+
+def _put_one_device(host: np.ndarray, like: Any, sharding: Any) -> jax.Array | None:
+    """``jax.device_put(host, sharding)`` for a NumPy array of ``like``'s dtype
+    onto ``like``'s one device, without ``device_put``'s Python overhead
+    (the same call it ends in); ``None`` where that does not apply."""
+    if not _FAST:
+        _FAST.append(_fast_put_setup())
+    fast = _FAST[0]
+    if fast is None or sharding is None or type(host) is not np.ndarray or host.dtype != like.dtype:
+        return None
+    devices = sharding.device_set
+    if len(devices) != 1:
+        return None
+    key = (host.shape, host.dtype)
+    aval = _AVALS.get(key)
+    if aval is None:
+        if len(_AVALS) > 4096:
+            _AVALS.clear()
+        aval = _AVALS[key] = fast[0](host.shape, host.dtype)
+    try:
+        return fast[1](aval, sharding, [host], [next(iter(devices))], True)  # type: ignore[no-any-return]
+    except Exception:  # let jax.device_put say what is wrong, or do it
+        return None
 
 
 def _aligned_copy(value: np.ndarray) -> np.ndarray:

@@ -58,6 +58,7 @@ from ._common import (
     default_init,
     device_of,
     from_numpy,
+    from_numpy_many,
     host_array,
     process_group,
     random_key,
@@ -626,6 +627,27 @@ class LinenHandle(Handle):
 
     def restore(self, leaf: Leaf, snap: Any) -> None:
         self._put({self._resolve(leaf.ref.path): snap})
+
+    # Batches (issue 13): one pass over the batch, one update of the variables.
+    def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
+        array = self._array
+        return [host_array(array(leaf, "read"), copy) for leaf in leaves]
+
+    def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
+        """Every new array made first (a failure changes nothing), then one
+        update of the variables for the whole batch."""
+        olds = [self._array(leaf, "write") for leaf, _ in pairs]
+        news = from_numpy_many([value for _, value in pairs], olds, owned)
+        resolve = self._resolve
+        self._put({resolve(leaf.ref.path): new for (leaf, _), new in zip(pairs, news)})
+
+    def snapshot_many(self, leaves: Sequence[Leaf]) -> list[Any]:
+        array = self._array
+        return [array(leaf, "read") for leaf in leaves]
+
+    def restore_many(self, pairs: Sequence[tuple[Leaf, Any]]) -> None:
+        resolve = self._resolve
+        self._put({resolve(leaf.ref.path): snap for leaf, snap in pairs})
 
     def _own_set(self, tree: dict[str, Any], path: Sequence[str], value: Any) -> dict[str, Any]:
         """``_set`` that changes in place the dicts only this handle has seen

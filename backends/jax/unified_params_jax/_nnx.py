@@ -40,6 +40,7 @@ from ._common import (
     default_init,
     device_of,
     from_numpy,
+    from_numpy_many,
     host_array,
     process_group,
     random_key,
@@ -195,6 +196,50 @@ def _own_leaves(obj: Any, native_path: tuple[str, ...]) -> list[Leaf]:
     ]
 
 
+#: What kind of graph entry a type is, for :func:`_fingerprint`: 1 a
+#: variable, 2 a module or container (walked into), 0 anything else.
+_KINDS: dict[type, int] = {}
+
+
+def _kind(value: Any) -> int:
+    t = type(value)
+    found = _KINDS.get(t)
+    if found is None:
+        found = 1 if isinstance(value, nnx.Variable) else 2 if isinstance(value, nnx.Module) or _is_container(value) \
+            else 0
+        if not issubclass(t, jax.core.Tracer) and len(_KINDS) < 10_000:  # a tracer's kind is its value's
+            _KINDS[t] = found
+    return found
+
+
+def _fingerprint(root: Any) -> list[Any]:
+    """What :meth:`NnxHandle.stamp` compares (see there), as a flat list."""
+    out: list[Any] = []
+    add = out.extend
+    stack = [root]
+    seen: set[int] = set()
+    while stack:
+        obj = stack.pop()
+        out.append(id(obj))
+        if id(obj) in seen:  # a module used twice: its own content is listed once
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, nnx.Module):
+            items: Any = [(k, v) for k, v in vars(obj).items() if k[:1] != "_"]
+        else:
+            items = _items(obj)
+        for key, value in items:
+            kind = _kind(value)
+            if kind == 1:
+                shape = getattr(value.get_raw_value(), "shape", None)
+                add((key, id(value), type(value), -1 if shape is None else len(shape)))
+            else:
+                add((key, id(value), type(value)))
+                if kind == 2:
+                    stack.append(value)
+    return out
+
+
 def _lookup(root: Any, path: Sequence[Any]) -> nnx.Variable | None:
     """The variable at an ``nnx.State`` path below ``root``."""
     obj = root
@@ -221,6 +266,20 @@ class NnxHandle(Handle):
         return self._module
 
     # -- structure ----------------------------------------------------------
+
+    def stamp(self) -> tuple[Any, ...]:
+        """A fingerprint of the module graph, several times cheaper than
+        :meth:`tree` (no leaf is built, no layout looked up): for every
+        module and container reached, its identity and each attribute or
+        item as (key, identity, type), variables with the rank of their
+        value. NNX modules are changed in place by plain assignment, which
+        no counter sees: a layer replaced, a variable assigned (a tie), a
+        list appended to all change an identity or a key here. The cached
+        listing keeps every module and container it names alive, so their
+        identities cannot be reused while it is cached; a variable
+        replaced by another at the same address is the same leaf to the
+        tree (its storage is ``id``, its slot is looked up by name)."""
+        return tuple(_fingerprint(self._module))
 
     def tree(self) -> Node:
         return self._node("", self._module, ())
@@ -297,6 +356,25 @@ class NnxHandle(Handle):
 
     def restore(self, leaf: Leaf, snap: Any) -> None:
         leaf.ref.var.set_value(snap)
+
+    # Batches (issue 13): every variable looked up and every new array made
+    # before the first ``set_value``, so a failure changes nothing.
+    def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
+        return [host_array(leaf.ref.var.get_value(), copy) for leaf in leaves]
+
+    def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
+        variables = [leaf.ref.var for leaf, _ in pairs]
+        news = from_numpy_many([value for _, value in pairs], [v.get_value() for v in variables], owned)
+        for var, new in zip(variables, news):
+            var.set_value(new)
+
+    def snapshot_many(self, leaves: Sequence[Leaf]) -> list[Any]:
+        return [leaf.ref.var.get_value() for leaf in leaves]
+
+    def restore_many(self, pairs: Sequence[tuple[Leaf, Any]]) -> None:
+        variables = [leaf.ref.var for leaf, _ in pairs]
+        for var, (_, snap) in zip(variables, pairs):
+            var.set_value(snap)
 
     # -- running ------------------------------------------------------------
 
