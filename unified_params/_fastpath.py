@@ -175,7 +175,7 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
     shared: list[tuple[Any, np.ndarray]] = []
     owned: list[tuple[Any, np.ndarray]] = []
     for (p, v), (arr, private), shape, dtype in zip(items, _resolve([v for _, v in items]), shapes, dtypes):
-        if isinstance(v, Deferred) and not (arr.dtype == dtype and arr.shape == shape):
+        if isinstance(v, Deferred) and not ((arr.dtype is dtype or arr.dtype == dtype) and arr.shape == shape):
             checked = check_value(p, arr, what)
             private = private or checked is not arr
             arr = checked

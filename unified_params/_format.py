@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -175,9 +175,9 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
 # -- the header ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One tensor of a file: its code, shape and byte range in the data."""
+class Entry(NamedTuple):
+    """One tensor of a file: its code, shape and byte range in the data (a
+    tuple: one is made per tensor of every header read)."""
 
     name: str
     dtype: str
@@ -234,8 +234,8 @@ def _valid_str(s: Any) -> bool:
     return True
 
 
-def _entry(name: str, info: Any, where: str, data_len: int) -> Entry:
-    if not _valid_str(name):
+def _entry(name: str, info: Any, where: str, data_len: int, escapes: bool = True) -> Entry:
+    if escapes and not _valid_str(name):  # (without \\u escapes every name decoded is valid UTF-8)
         raise _header_error(where, f"the tensor name {short(name, 80)}, not valid UTF-8")
     if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()):
         raise FileFormatError(
@@ -327,7 +327,8 @@ def _parse_json(p: Path, raw: bytes, head: bytes, data_len: int, stamp: tuple[in
     try:
         if not raw.startswith(b"{"):
             raise ValueError("not a JSON object: it does not start with '{'")
-        header = loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        header = loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FileFormatError("a JSON object as the safetensors header: the header is not JSON",
                               f"an unreadable header in {where} ({short(str(exc))}){_what_it_looks_like(head)}",
@@ -337,7 +338,8 @@ def _parse_json(p: Path, raw: bytes, head: bytes, data_len: int, stamp: tuple[in
         meta = {}
     if not isinstance(meta, dict) or not all(_valid_str(k) and _valid_str(v) for k, v in meta.items()):
         raise FileFormatError("'__metadata__' as a map of strings to strings", f"{short(meta)} in {where}", _FIX)
-    entries = {k: _entry(k, v, where, data_len) for k, v in header.items()}
+    escapes = "\\u" in text
+    entries = {k: _entry(k, v, where, data_len, escapes) for k, v in header.items()}
     at = 0  # as safetensors requires: the entries, sorted by offsets, tile the data exactly
     for e in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
         if e.begin != at:
@@ -596,9 +598,13 @@ def our_metadata(meta: Mapping[str, str], where: str) -> tuple[dict[str, dict[st
     if meta.get("format") != FORMAT:
         return None
     fix = "the file's unified_params metadata is corrupted; save it again with up.save"
+    raw_names, raw_ties = meta.get("names", "{}"), meta.get("ties", "[]")
+    last = _LAST_OURS[0]
+    if last is not None and last[0] is raw_names and last[1] is raw_ties:
+        return last[2]  # the same strings again (a load asks more than once): the same answer
     try:
-        names = loads(meta.get("names", "{}"))
-        ties = loads(meta.get("ties", "[]"))
+        names = loads(raw_names)
+        ties = loads(raw_ties)
     except ValueError as exc:
         raise FileFormatError("unified_params metadata 'names' and 'ties' as JSON",
                               f"an unreadable entry in {where} ({short(str(exc))})", fix) from None
@@ -610,7 +616,12 @@ def our_metadata(meta: Mapping[str, str], where: str) -> tuple[dict[str, dict[st
                                            for g in ties)):
         raise FileFormatError("'ties' metadata as a JSON list of lists of names",
                               f"{short(meta.get('ties'))} in {where}", fix)
+    _LAST_OURS[0] = (raw_names, raw_ties, (names, ties))
     return names, ties
+
+
+#: the last ``our_metadata`` answer, with the very string objects it read
+_LAST_OURS: list[Any] = [None]
 
 
 # -- the writer ---------------------------------------------------------------------
@@ -639,9 +650,11 @@ def write(fh: BinaryIO, head: bytes, arrays: Iterable[np.ndarray], bar: Any = No
     endian), one at a time."""
     fh.write(head)
     scratch: list[np.ndarray] = []
+    big_host = not _little()
     for v in arrays:
         v = np.asarray(v)
-        if v.dtype.byteorder == ">" or (v.dtype.byteorder == "=" and not _little()):
+        order = v.dtype.byteorder
+        if order == ">" or (order == "=" and big_host):
             v = v.astype(v.dtype.newbyteorder("<"))
         if v.size:
             for part in _c_order_parts(v, scratch):

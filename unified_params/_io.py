@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import secrets
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _foreign, _format, _pieces
+from . import _foreign, _format, _limits, _pieces
 from ._block import (
     Block,
     Deferred,
@@ -41,9 +42,11 @@ from ._block import (
     progress_bar,
     write_atomic,
 )
+from ._boundary import adapter_call
 from ._errors import ArgumentError, DTypeError, FileFormatError, PortError, StateError, UnifiedParamsError
+from ._fastpath import names_of
 from ._format import few, short
-from ._layout import NATIVE, contiguous
+from ._layout import CANONICAL, NATIVE, contiguous, to_canonical
 from ._pairing import Entry, combine, pair
 from ._values import ParamValue
 from ._verify import output_matches, outputs_agree
@@ -207,10 +210,32 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _arrays(storages: Sequence[Param]) -> Any:
+def _arrays(storages: Sequence[Param], sizes: Sequence[int] | None = None) -> Any:
     """Each storage's canonical value, one at a time (kernel-last storages: a
-    view, which the writer converts in blocks)."""
-    return (np.asarray(p.read(copy=False)) for p in storages)
+    view, which the writer converts in blocks); with ``sizes`` (bytes),
+    small storages of one handle are read in batches of up to
+    ``BATCH_BYTES``, one ``Handle.read_many`` each (issue 13)."""
+    if sizes is None:
+        yield from (np.asarray(p.read(copy=False)) for p in storages)
+        return
+    limit, n, i = _limits.BATCH_BYTES, len(storages), 0
+    while i < n:
+        h = storages[i]._handle
+        j, total = i + 1, sizes[i]
+        while j < n and storages[j]._handle is h and total + sizes[j] <= limit:
+            total += sizes[j]
+            j += 1
+        if j == i + 1:  # a batch of one: the one-storage read
+            yield np.asarray(storages[i].read(copy=False))
+            i = j
+            continue
+        batch = storages[i:j]
+        with adapter_call(h.backend.name, f"read {names_of(batch)}"):
+            raws = h.read_many([p._leaf for p in batch], copy=False)
+        for p, raw in zip(batch, raws):
+            layout = p._leaf.layout
+            yield np.asarray(raw if layout in (CANONICAL, NATIVE) else to_canonical(raw, layout))
+        i = j
 
 
 def _values(items: Sequence[Any]) -> Any:
@@ -316,12 +341,16 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None,
     except OSError as exc:  # a path too long, a loop of links
         raise FileFormatError("a path this process may save to", f"{where}: {short(str(exc), 300)}",
                               "check the path") from None
-    storages, meta = _metadata(block)
-    head, total = _format.header_bytes(_entries(storages), meta)
+    with _format.no_gc():  # many small objects, no cycles
+        storages, meta = _metadata(block)
+        entries = _entries(storages)
+        head, total = _format.header_bytes(entries, meta)
+    sizes = [math.prod(shape) * _format.ITEMSIZE[code] for _, code, shape in entries]
     _remove_stale(folder, real.name)
     bar = progress_bar(progress, total, "save")
     try:
-        tmp = _write_temp(folder, head, _arrays(list(storages.values())), bar, old)
+        with _format.no_gc():
+            tmp = _write_temp(folder, head, _arrays(list(storages.values()), sizes), bar, old)
         try:
             os.replace(tmp, real)
         except BaseException:
@@ -460,8 +489,8 @@ def expand_ties(tensors: dict[str, Any], meta: dict[str, str], where: str = "the
     values)."""
     state = dict(tensors)
     ours = _format.our_metadata(meta, where)
-    if ours is not None:
-        links = {n: info.get("storage", n) for n, info in ours[0].items()}
+    if ours is not None:  # a name stored under itself needs no link (of 10,000 names, most)
+        links = {n: src for n, info in ours[0].items() if (src := info.get("storage", n)) != n}
     else:
         links = aliases(tensors, meta)
     if not links:
@@ -761,13 +790,25 @@ def _entry(p: Param) -> Entry:
     return Entry(p.name, p.shape, p.layout, p.role, p._leaf.rnn_bias)
 
 
-def _entries_of(ps: Sequence[Param]) -> list[Entry]:
-    """``_entry`` of each, lean (one adapter call each: the shape)."""
-    out = []
+def _entries_of(ps: Sequence[Param]) -> tuple[list[Entry], list[np.dtype]]:
+    """``_entry`` and the dtype of each, lean (two adapter calls each)."""
+    out: list[Entry] = []
+    dtypes: list[np.dtype] = []
+    if not ps:
+        return out, dtypes
+    h = ps[0]._handle  # the storages of one block
+    shape_of, dtype_of = h.shape, h.dtype
+    new = tuple.__new__
     for p in ps:
         leaf = p._leaf
-        out.append(Entry(p.name, p.shape, leaf.layout, leaf.role, leaf.rnn_bias))
-    return out
+        layout = leaf.layout
+        shape = shape_of(leaf)
+        if layout != CANONICAL or type(shape) is not tuple:
+            shape = p.shape  # converted (and kept) by the Param
+        dt = dtype_of(leaf)
+        out.append(new(Entry, (p.name, shape, layout, leaf.role, leaf.rnn_bias)))
+        dtypes.append(dt if isinstance(dt, np.dtype) else np.dtype(dt))
+    return out, dtypes
 
 
 def _port_checked(what: str, n: int, srcs: Sequence[Param], dp: Param, value: Deferred) -> Any:
@@ -856,7 +897,7 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
     portable = []
     with _format.no_gc():  # many small objects, no cycles
         for what, sl, dl in zip(("parameters", "running statistics"), _portable(s), _portable(d)):
-            se, de = _entries_of(sl), _entries_of(dl)  # each shape asked for once
+            (se, sdts), (de, ddts) = _entries_of(sl), _entries_of(dl)  # each shape and dtype asked for once
             for q, e in zip((*sl, *dl), (*se, *de)):
                 if None in e.shape:
                     raise PortError(
@@ -864,15 +905,15 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
                         f"{q.name!r} is deferred",
                         "call materialize(x) on it first",
                     )
-            portable.append((what, sl, dl, se, de))
-        for what, sl, dl, se, de in portable:
+            portable.append((what, sl, dl, se, de, sdts, ddts))
+        for what, sl, dl, se, de, sdts, ddts in portable:
             links = pair(what, se, de, f"the {s.backend} source",
                          f"the {d.backend} destination", "port between models of the same architecture")
             for n, link in enumerate(links):
                 if link.how == "copy":  # the common case, lean: one dtype asked for per side
                     i, k = link.src[0], link.dst[0]
                     sp, dp = sl[i], dl[k]
-                    sdt, ddt = sp.dtype, dp.dtype
+                    sdt, ddt = sdts[i], ddts[k]
                     value: Any = ParamValue(se[i].shape, sdt, sp)  # type: ignore[arg-type]
                     if sdt != ddt:
                         value = _port_checked(what, n, [sp], dp, value)
@@ -889,7 +930,7 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
                                          how, [q.read(copy=False) for q in srcs])[pos])
                     items.append((dp, _port_checked(what, n, srcs, dp, value)))
                     shapes.append(de[k].shape)  # type: ignore[arg-type]
-                    dtypes.append(dp.dtype)
+                    dtypes.append(ddts[k])
                     pairs.append(("+".join(q.name for q in srcs), dp.name, de[k].shape))  # type: ignore[arg-type]
     if check is None:
         write_atomic(items, what="port", progress=progress, shapes=shapes, dtypes=dtypes)

@@ -119,12 +119,13 @@ def pair(what: str, src: Sequence[Entry], dst: Sequence[Entry],
         raise count_error(min(len(src), len(dst)), min(len(src), len(dst)))
     links: list[Link] = []
     plain_s, plain_d = _plain(src), _plain(dst)
+    make = tuple.__new__
     i = j = 0
     while i < len(src) and j < len(dst):
         s, d = src[i], dst[j]
         if plain_s[i] and plain_d[j] and (s.layout == NATIVE) == (d.layout == NATIVE) \
                 and (s.shape == d.shape or tuple(s.shape) == tuple(d.shape)):
-            links.append(Link((i,), (j,)))  # the common case: the checks below would pass
+            links.append(make(Link, ((i,), (j,), "copy")))  # the common case: the checks below would pass
             i, j = i + 1, j + 1
             continue
         if s.role in FUSED or d.role in FUSED:

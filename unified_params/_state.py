@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import NotInitializedError, StateError
+from ._format import no_gc
 from ._pieces import from_held
 from ._shards import ShardedValue
 from ._transaction import write_atomic
@@ -77,6 +78,14 @@ def load_into(
 ) -> LoadReport:
     """Shared by ``load_state``, ``up.load`` and ``up.port``; ``backup`` and
     ``verify`` go to ``write_atomic``."""
+    with no_gc():  # many small objects, no cycles: the collector would only walk the model
+        return _load_into(block, state, strict, what, progress, backup, verify)
+
+
+def _load_into(
+    block: Block, state: Mapping[str, Any], strict: bool, what: str, progress: bool | None,
+    backup: bool | None, verify: Callable[[], None] | None,
+) -> LoadReport:
     if not isinstance(state, Mapping):
         raise StateError(
             "a mapping {name: array} (what m.state() returns)",
@@ -115,6 +124,7 @@ def load_into(
                 )
         chosen[allp[first]._leaf.storage] = (first, state[first])
     items: list[tuple[Param, Any]] = []
+    shapes: list[Any] = []
     loaded = report.loaded
     for storage, (name, value) in chosen.items():
         p = allp[name]
@@ -139,6 +149,7 @@ def load_into(
             report.mismatched.append((name, shape, arr.shape))
             continue
         items.append((p, arr))
+        shapes.append(shape)
         group = groups[storage]
         if len(group) == 1:
             loaded.append(name)
@@ -156,8 +167,15 @@ def load_into(
             "(m.params)",
             report=report,
         )
-    checked = [(p, check_deferred(p, v, what) if isinstance(v, Deferred) else check_value(p, v, what))
-               for p, v in items]
-    write_atomic(checked, what=what, progress=progress, backup=backup, verify=verify)
+    checked: list[tuple[Param, Any]] = []
+    dtypes: list[np.dtype] = []
+    for p, v in items:
+        dtype = p.dtype  # an adapter call: asked once
+        if isinstance(v, Deferred):  # a file's tensor of the storage's dtype and shape passes as it is
+            checked.append((p, v if v.dtype == dtype else check_deferred(p, v, what)))
+        else:
+            checked.append((p, check_value(p, v, what)))
+        dtypes.append(dtype)
+    write_atomic(checked, what=what, progress=progress, backup=backup, verify=verify, shapes=shapes, dtypes=dtypes)
     return report
 

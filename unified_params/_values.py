@@ -145,9 +145,12 @@ class ParamValue(Deferred):
 
     __slots__ = ("param",)
 
-    def __init__(self, shape: tuple[int, ...], dtype: Any, param: Param):
-        super().__init__(shape, dtype, lambda: param.read(copy=False))
-        self.param = param
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, param: Param):
+        # one per storage of a port: no closure, no dtype conversion (``dtype`` is the storage's)
+        self.shape, self.dtype, self._get, self.param = shape, dtype, self._read, param
+
+    def _read(self) -> np.ndarray:
+        return self.param.read(copy=False)
 
 
 def check_deferred(p: Param, value: Deferred, where: str) -> Deferred | np.ndarray:

@@ -67,6 +67,27 @@ class NumpyHandle(Handle):
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         leaf.storage.data[...] = value
 
+    # Batched calls (issue 13): plain loops without a method call per storage,
+    # unless a subclass (a test fake) changed what one read or write does.
+    def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
+        if type(self).read is not NumpyHandle.read:
+            return super().read_many(leaves, copy)
+        if copy:
+            return [leaf.storage.data.copy() for leaf in leaves]
+        return [leaf.storage.data for leaf in leaves]
+
+    def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
+        if type(self).write is not NumpyHandle.write or type(self).write_owned is not Handle.write_owned:
+            super().write_many(pairs, owned)
+            return
+        for leaf, value in pairs:
+            leaf.storage.data[...] = value
+
+    def snapshot_many(self, leaves: Sequence[Leaf]) -> list[Any]:
+        if type(self).snapshot is not Handle.snapshot:
+            return super().snapshot_many(leaves)
+        return [None] * len(leaves)
+
     def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
         """The storage's own array (a file's bytes are read straight into it)."""
         data = leaf.storage.data
