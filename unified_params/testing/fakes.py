@@ -12,6 +12,10 @@ adapter's expectations of it) without any framework installed.
   with NumPy alone.
 * :class:`FaultyHandle` fails the ``n``-th write (and counts reads and
   writes), so the rollback of every transaction can be checked.
+* :class:`BatchedHandle` implements the batched calls (``read_many``,
+  ``write_many``, ``snapshot_many``) itself, counts them and every
+  one-storage call, and can fail the ``n``-th storage of a ``write_many``
+  midway through the batch (half of that storage written).
 
 Both wrap reference models: ``Block(KernelLastHandle(model))``.
 """
@@ -29,8 +33,8 @@ from ..adapter import KERNEL_LAST, Leaf, Node
 from ..reference._backend import NumpyBackend, NumpyHandle
 from ..reference._kit import Module
 
-__all__ = ["KernelLastHandle", "LayoutHandle", "FaultyHandle", "InjectedFault", "kernel_last", "with_layouts",
-           "faulty"]
+__all__ = ["KernelLastHandle", "LayoutHandle", "FaultyHandle", "BatchedHandle", "InjectedFault", "kernel_last",
+           "with_layouts", "faulty", "batched"]
 
 
 def _to_native_perm(ndim: int) -> tuple[int, ...]:
@@ -216,6 +220,52 @@ class FaultyHandle(NumpyHandle):
         super().write(leaf, value)
 
 
+class BatchedHandle(NumpyHandle):
+    """Batched calls of its own, counted in ``calls`` (``read_many``,
+    ``write_many``, ``snapshot_many``, and the one-storage ``read``,
+    ``write``, ``host_buffer``); with ``fail_at``, the ``fail_at``-th storage
+    written by ``write_many`` (1-based, counted over the handle's life) is
+    half written and :class:`InjectedFault` raised, the batch's earlier
+    storages already written."""
+
+    def __init__(self, model: Module, fail_at: int | None = None):
+        super().__init__(_FakeBackend(), model)
+        self.fail_at = fail_at
+        self.written = 0
+        self.calls: dict[str, int] = {k: 0 for k in ("read_many", "write_many", "snapshot_many", "read", "write",
+                                                     "host_buffer")}
+
+    def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
+        self.calls["read"] += 1
+        return super().read(leaf, copy)
+
+    def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        self.calls["write"] += 1
+        super().write(leaf, value)
+
+    def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
+        self.calls["host_buffer"] += 1
+        return None
+
+    def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
+        self.calls["read_many"] += 1
+        return [leaf.storage.data.copy() if copy else leaf.storage.data for leaf in leaves]
+
+    def snapshot_many(self, leaves: Sequence[Leaf]) -> list[Any]:
+        self.calls["snapshot_many"] += 1
+        return [None] * len(leaves)
+
+    def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
+        self.calls["write_many"] += 1
+        for leaf, value in pairs:
+            self.written += 1
+            flat = leaf.storage.data.reshape(-1)
+            if self.fail_at is not None and self.written == self.fail_at:
+                flat[: flat.size // 2 + 1] = np.asarray(value).reshape(-1)[: flat.size // 2 + 1]
+                raise InjectedFault(f"storage #{self.written} of a batch failed midway")
+            leaf.storage.data[...] = value
+
+
 def kernel_last(model: Module) -> Block:
     """A reference model wrapped through :class:`KernelLastHandle`."""
     return Block(KernelLastHandle(model))
@@ -232,3 +282,8 @@ def faulty(model: Module, fail_at: int | None = None) -> Block:
 
 
 
+
+
+def batched(model: Module, fail_at: int | None = None) -> Block:
+    """A reference model wrapped through :class:`BatchedHandle`."""
+    return Block(BatchedHandle(model, fail_at))
