@@ -242,6 +242,9 @@ def _unmerged_shape(lay: Layout, shape: Sequence[int]) -> tuple[int, ...]:
 #: Alignment in bytes of the arrays the core makes for a write: XLA (JAX on
 #: the CPU) keeps a 64-byte aligned host array as it is, and copies any other.
 ALIGN = 64
+#: Copies of at least this many bytes that ``contiguous`` makes are
+#: ``ALIGN``-aligned (smaller ones: NumPy's allocation, cheaper per call).
+ALIGNED_FROM = 1 << 16
 
 
 def empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
@@ -265,8 +268,14 @@ def contiguous(value: np.ndarray, copy: bool = False, tile_from: int | None = No
     which to tile (default ``_limits.TILED_BYTES``).
     """
     threshold = _limits.TILED_BYTES if tile_from is None else tile_from
+    if value.flags.c_contiguous and not copy:
+        return value
     if value.flags.c_contiguous or value.ndim < 2 or value.nbytes < threshold:
-        return np.array(value, order="C", copy=True) if copy else np.ascontiguousarray(value)
+        if value.nbytes < ALIGNED_FROM:
+            return np.array(value, order="C", copy=True)
+        out = empty(value.shape, value.dtype)  # aligned: a framework can adopt it (TF, XLA)
+        np.copyto(out, value)
+        return out
     if value.ndim == 2 and abs(value.strides[0]) < abs(value.strides[1]):
         return _strips(value)
     rest = int(np.prod(value.shape[2:]))

@@ -60,6 +60,11 @@ def _functional_type() -> type:
 
 _FUNCTIONAL = _functional_type()
 
+#: Keras runs on TensorFlow: reads and writes take ``_fast``'s one-op routes.
+_TF = keras.backend.backend() == "tensorflow"
+if _TF:
+    from unified_params_tensorflow import _fast
+
 
 def to_numpy(x: Any) -> np.ndarray:
     """A backend tensor (or a Keras Variable) as a NumPy array that owns its
@@ -95,37 +100,18 @@ def _np_dtype_of(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-class _Capsule:
-    """Hands a DLPack capsule to ``np.from_dlpack`` (TF tensors have no
-    ``__dlpack__`` of their own)."""
-
-    def __init__(self, capsule: Any) -> None:
-        self.capsule = capsule
-
-    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
-        return self.capsule
-
-    def __dlpack_device__(self) -> tuple[int, int]:
-        return (1, 0)  # kDLCPU
+def _stored_dtype(v: Any) -> np.dtype:
+    """The dtype Keras standardized when ``v`` was made (``v.dtype`` would
+    answer an autocast scope's compute dtype, slowly)."""
+    stored = getattr(v, "_dtype", None)
+    return _np_dtype_of(stored) if isinstance(stored, str) else _np_dtype(v.dtype)
 
 
-def _host_view(x: Any) -> np.ndarray | None:
-    """A read-only zero-copy NumPy view of a TensorFlow tensor in host memory
-    (DLPack), or ``None`` (another backend, a device tensor, a dtype DLPack
-    or NumPy cannot carry: the caller copies)."""
-    if keras.backend.backend() != "tensorflow" or _device(x) != "cpu":
-        return None
-    try:
-        import tensorflow as tf
-
-        arr = np.from_dlpack(_Capsule(tf.experimental.dlpack.to_dlpack(x)))
-    except Exception:  # noqa: BLE001 - any refusal means: copy instead
-        return None
-    if arr.dtype != _np_dtype(x.dtype) or tuple(arr.shape) != tuple(x.shape):
-        return None
-    if arr.flags.writeable:
-        arr.flags.writeable = False
-    return arr
+def _read_value(v: Any) -> Any:
+    """The current value tensor of a Keras Variable whose storage is not a
+    plain ``tf.Variable`` (``None`` where it has no ``read_value``)."""
+    value = v.value
+    return value.read_value() if callable(getattr(value, "read_value", None)) else None
 
 
 def _device(value: Any) -> str:
@@ -600,40 +586,93 @@ class KerasHandle(Handle):
         ref: VarRef = leaf.ref
         if ref.pending:
             return _np_dtype(ref.layer.variable_dtype)
-        v = ref.variable()
-        # The storage's own dtype, standardized when the variable was made
-        # (``dtype`` would answer an autocast scope's compute dtype, slowly).
-        stored = getattr(v, "_dtype", None)
-        return _np_dtype_of(stored) if isinstance(stored, str) else _np_dtype(v.dtype)
+        return _stored_dtype(ref.variable())
 
     def device(self, leaf: Leaf) -> str:
         ref: VarRef = leaf.ref
         return "cpu" if ref.pending else _device(ref.variable().value)
 
+    # Values (issues 13, 18): on TensorFlow one op per variable and no copy
+    # the framework does not need (``_fast``); Keras' own Variable API
+    # elsewhere (other Keras backends, distributed variables, a Keras
+    # StatelessScope). The batched calls are the same loop, made once.
+
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
-        # copy=False: a read-only DLPack view of the value's host buffer (TF
-        # copies on the next write while the view holds it, so the view
-        # keeps the value it was read with); a copy where there is none.
-        v = leaf.ref.variable()
-        if not copy:
-            view = _host_view(v.value)
-            if view is not None:
-                return view
-        return to_numpy(v)
+        """copy=False: a read-only DLPack view of the variable's buffer (a
+        later write gives the variable a new buffer, so the view keeps the
+        value it was read with); a copy where there is none."""
+        return self.read_many((leaf,), copy)[0]
+
+    def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
+        if not _TF or _fast.stateless():
+            return [to_numpy(leaf.ref.variable()) for leaf in leaves]
+        storage, read, host = _fast.storage, _fast.read_tensor, _fast.to_host
+        out = []
+        for leaf in leaves:
+            v = leaf.ref.variable()
+            tv = storage(v)
+            out.append(to_numpy(v) if tv is None else host(read(tv), _stored_dtype(v), copy))
+        return out
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
-        leaf.ref.variable().assign(value)
+        self.write_many(((leaf, value),))
+
+    def write_owned(self, leaf: Leaf, value: np.ndarray) -> None:
+        """The array's memory becomes the variable's where TensorFlow can
+        use it as it is (``_fast.assign_owned``): no copy."""
+        self.write_many(((leaf, value),), owned=True)
+
+    def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
+        """One ``AssignVariableOp`` per variable, in order; a failure midway
+        leaves the earlier variables written, which the core's undo puts back."""
+        if not _TF or _fast.stateless():
+            for leaf, value in pairs:
+                leaf.ref.variable().assign(value)
+            return
+        storage = _fast.storage
+        put = _fast.assign_owned if owned else _fast.assign
+        for leaf, value in pairs:
+            v = leaf.ref.variable()
+            tv = storage(v)
+            if tv is None or value.dtype != _stored_dtype(v):
+                v.assign(value)  # Keras casts and checks
+            else:
+                put(tv, value)
 
     def snapshot(self, leaf: Leaf) -> Any:
         """The variable's current value tensor: TF copies on write while it is
         held, so an undo needs no copy (on the TensorFlow backend)."""
-        if keras.backend.backend() != "tensorflow":
-            return None
-        value = leaf.ref.variable().value  # the tf.Variable itself: read its current tensor
-        return value.read_value() if callable(getattr(value, "read_value", None)) else None
+        return self.snapshot_many((leaf,))[0]
+
+    def snapshot_many(self, leaves: Sequence[Leaf]) -> list[Any]:
+        if not _TF:
+            return [None] * len(leaves)
+        if _fast.stateless():
+            return [_read_value(leaf.ref.variable()) for leaf in leaves]
+        storage, read = _fast.storage, _fast.read_tensor
+        out = []
+        for leaf in leaves:
+            v = leaf.ref.variable()
+            tv = storage(v)
+            out.append(_read_value(v) if tv is None else read(tv))
+        return out
 
     def restore(self, leaf: Leaf, snap: Any) -> None:
-        leaf.ref.variable().assign(snap)
+        self.restore_many(((leaf, snap),))
+
+    def restore_many(self, pairs: Sequence[tuple[Leaf, Any]]) -> None:
+        if not _TF or _fast.stateless():
+            for leaf, snap in pairs:
+                leaf.ref.variable().assign(snap)
+            return
+        storage = _fast.storage
+        for leaf, snap in pairs:
+            v = leaf.ref.variable()
+            tv = storage(v)
+            if tv is None:
+                v.assign(snap)
+            else:
+                _fast.restore(tv, snap)
 
     # -- running -----------------------------------------------------------
 

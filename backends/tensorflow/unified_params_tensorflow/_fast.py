@@ -1,0 +1,140 @@
+"""Reads and writes of Keras variables on TensorFlow with one TensorFlow op
+each and no copy the framework does not need (issues 13 and 18).
+
+Design constraints of this module:
+
+* Measured on the 2-core machine (docs/benchmarks.md): Keras'
+  ``Variable.assign`` costs about 8 eager ops' worth of Python per call
+  (conversion, shape check, ``tf.cast``, ``ResourceVariable.assign``'s
+  read-back) and ``Variable.numpy()`` two ops (``read_value`` is a read and an
+  ``identity``) plus a copy. Here a read is one ``ReadVariableOp`` and a
+  write one ``AssignVariableOp``, called through TensorFlow's generated op
+  wrappers, so 10,000 small variables cost 10,000 ops, not 40,000-80,000.
+* TensorFlow's resource variables are copy-on-write: ``AssignVariableOp``
+  makes the variable hold the tensor it is given (no copy), and an in-place
+  update (``assign_add``, an optimizer step) copies a buffer that anyone else
+  still holds. So a read is the variable's own buffer seen through DLPack (no
+  copy, it keeps the value it was read with), a snapshot for an undo is the
+  read tensor itself, and a restore assigns it back (no copy either way).
+* A write of the caller's array copies it once, into a 64-byte aligned
+  buffer that the variable adopts; a write of an array the core made for
+  this write alone (``write_owned``: a layout conversion, a file's tensor)
+  is adopted as it is when it is C-contiguous, writable and 64-byte aligned
+  (TensorFlow's op wrappers adopt such a NumPy input, and copy any other:
+  Eigen's kernels assume the alignment, and a DLPack import of a misaligned
+  array aborts the process in the first matmul), so no byte is copied again.
+* Only a plain ``tf.Variable`` (``ResourceVariable``) behind the Keras
+  Variable, outside a Keras ``StatelessScope``, takes these routes
+  (:func:`storage`); anything else (a distributed variable, a variable not
+  initialized yet, another Keras backend) goes through Keras' own API, the
+  route that is always right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from keras.src.backend.common.stateless_scope import in_stateless_scope
+from tensorflow.python.ops import gen_resource_variable_ops as _gen
+from tensorflow.python.ops.resource_variable_ops import ResourceVariable
+
+from unified_params.adapter import empty_aligned
+
+__all__ = ["storage", "read_tensor", "host_view", "to_host", "assign", "assign_owned", "stateless"]
+
+_read_op = _gen.read_variable_op
+_assign_op = _gen.assign_variable_op
+_to_dlpack = tf.experimental.dlpack.to_dlpack
+
+
+def stateless() -> bool:
+    """True inside a Keras ``StatelessScope``, where Keras records writes
+    instead of making them: then only Keras' own ``assign`` is right."""
+    return bool(in_stateless_scope())
+
+
+def storage(v: Any) -> Any:
+    """The ``tf.Variable`` holding Keras Variable ``v`` where one op reads or
+    writes it: a plain ``ResourceVariable`` (not a distributed or mirrored
+    one, not uninitialized); ``None`` where Keras' own API must be used.
+    Callers check :func:`stateless` once per call."""
+    tv = getattr(v, "_value", None)
+    return tv if type(tv) is ResourceVariable else None
+
+
+def read_tensor(tv: Any) -> Any:
+    """The variable's current value: its own buffer (no copy), which later
+    writes replace rather than change."""
+    return _read_op(tv.handle, tv.dtype)
+
+
+class _Capsule:
+    """Hands a DLPack capsule to ``np.from_dlpack`` (TF tensors have no
+    ``__dlpack__`` of their own)."""
+
+    __slots__ = ("capsule",)
+
+    def __init__(self, capsule: Any) -> None:
+        self.capsule = capsule
+
+    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
+        return self.capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+
+def host_view(t: Any, dtype: np.dtype) -> np.ndarray | None:
+    """A read-only zero-copy NumPy view of tensor ``t`` in host memory, or
+    ``None`` (a device tensor, a dtype DLPack or NumPy cannot carry: the
+    caller copies)."""
+    if "CPU" not in t.device:
+        return None
+    try:
+        arr = np.from_dlpack(_Capsule(_to_dlpack(t)))
+    except Exception:  # noqa: BLE001 - any refusal means: copy instead
+        return None
+    if arr.dtype != dtype or arr.shape != tuple(t.shape):
+        return None
+    if arr.flags.writeable:
+        arr.flags.writeable = False
+    return arr
+
+
+def to_host(t: Any, dtype: np.dtype, copy: bool) -> np.ndarray:
+    """``t`` as NumPy: a private copy, or with ``copy=False`` a read-only
+    view of its buffer where there is one."""
+    if not copy:
+        view = host_view(t, dtype)
+        if view is not None:
+            return view
+    return np.asarray(t.numpy())  # a new buffer (TensorFlow copies)
+
+
+def assign(tv: Any, value: np.ndarray) -> None:
+    """Write the caller's ``value`` (the storage's dtype and shape, checked
+    by the core): one copy into a new aligned buffer, which the variable then
+    holds. (TensorFlow's op wrappers adopt an aligned NumPy input as it is,
+    without a copy: the caller's array must never become the variable.)"""
+    buf = empty_aligned(value.shape, value.dtype)
+    np.copyto(buf, value)
+    _assign_op(tv.handle, buf)
+
+
+def assign_owned(tv: Any, value: np.ndarray) -> None:
+    """Write an array made for this write alone: TensorFlow adopts its memory
+    as the variable's (no copy) where its kernels can use it as it is
+    (C-contiguous, 64-byte aligned) and copies it otherwise. A read-only
+    array is copied first: TensorFlow would adopt it too, and an in-place
+    update (an optimizer step) would then write into it."""
+    if not (value.flags.writeable and value.flags.c_contiguous):
+        assign(tv, value)
+        return
+    _assign_op(tv.handle, value)
+
+
+def restore(tv: Any, snap: Any) -> None:
+    """Put back a tensor :func:`read_tensor` returned (no copy)."""
+    _assign_op(tv.handle, snap)
