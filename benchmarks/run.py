@@ -161,16 +161,10 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             from benchmarks._sharded import rows as sharded_rows
 
             out += sharded_rows(r, base, TARGETS["load"])
-        elif case == "dist":  # issue 17: a sharded model across 2 processes, against DCP
-            for op in ("save", "load"):
-                if op not in r:
-                    continue
-                x = r[op]
-                v, sp = _r(x.get("ours_vs_native"))
-                out.append({**base, "what": f"{op} sharded, {r['processes']} processes (vs DCP)",
-                            "target": TARGETS[op], "vs_native": v, "vs_native_spread": sp,
-                            "peak_extra": x["peak_extra"], "native_peak_extra": x["native_peak_extra"],
-                            "ours_s": x["ours_s"], "rounds": x["rounds"]})
+        elif case == "dist":  # issue 17: a sharded model across 2 processes, against DCP and Orbax
+            from benchmarks._distributed import rows as dist_rows
+
+            out += dist_rows(r, base, TARGETS)
         elif case == "real":  # issue 14: up.wrap + listing of real models
             for name, x in r.get("models", {}).items():
                 v, sp = _r(x.get("ours_vs_native"))

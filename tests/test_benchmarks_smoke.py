@@ -158,7 +158,9 @@ def test_distributed_case_rows() -> None:
     op = {"ours_vs_native": {"median": 1.2, "min": 1.0, "max": 1.5}, "ours_s": 0.5, "rounds": 3,
           "peak_extra": 0.1, "native_peak_extra": 0.05}
     rows = run.rows([{"case": "dist", "backend": "torch", "processes": 2, "save": op, "load": op,
-                      "load_before": [1.0]}])
-    assert [r["what"] for r in rows] == ["save sharded, 2 processes (vs DCP)", "load sharded, 2 processes (vs DCP)"]
+                      "load_before": [1.0], "orbax": {"processes": 2, "save": op, "load": op}}])
+    assert [r["what"] for r in rows] == ["save sharded, 2 processes (vs DCP)", "load sharded, 2 processes (vs DCP)",
+                                         "save sharded, 2 processes (vs Orbax, JAX over 2 processes)",
+                                         "load sharded, 2 processes (vs Orbax, JAX over 2 processes)"]
     assert rows[0]["vs_native"] == 1.2 and rows[0]["vs_native_spread"] == [1.0, 1.5]
     assert rows[1]["target"] == run.TARGETS["load"]

@@ -209,6 +209,31 @@ def _into_rows(ft: Any, lo: int, hi: int, dst: np.ndarray) -> bool:
     return True
 
 
+def _volume(box: Box) -> int:
+    return int(np.prod([hi - lo for lo, hi in box], dtype=np.int64))
+
+
+def _blank(shape: tuple[int, ...], dtype: Any, wanted: list[Box]) -> np.ndarray:
+    """The array a storage is assembled in: what the ``wanted`` boxes do not
+    cover is zero (a sharded adapter never reads it; zero keeps every check
+    of the value quiet), and only that is cleared: for boxes of whole rows
+    (FSDP2, a JAX array sharded on its first axis) the other rows."""
+    out = np.empty(shape, dtype)
+    whole = _whole(shape)
+    if sum(_volume(b) for b in wanted) >= _volume(whole):  # distinct boxes of one sharding tile, never overlap
+        return out
+    if not shape or any(b[1:] != whole[1:] for b in wanted):
+        out[...] = 0
+        return out
+    at = 0
+    for lo, hi in sorted(b[0] for b in wanted):
+        if lo > at:
+            out[at:lo] = 0
+        at = max(at, hi)
+    out[at:] = 0
+    return out
+
+
 class Assembled(Deferred):
     """One storage's value from its pieces: the boxes this process holds
     (``boxes()``, called when the value is written) filled from the file
@@ -223,8 +248,9 @@ class Assembled(Deferred):
         self._parts, self._boxes = parts, boxes
 
     def _assemble(self) -> np.ndarray:
-        out = np.zeros(self.shape, self.dtype)
-        for want in self._boxes():
+        wanted = list(dict.fromkeys(self._boxes()))
+        out = _blank(self.shape, self.dtype, wanted)
+        for want in wanted:
             for box, ft in self._parts:
                 o = _overlap(box, want)
                 if o is None:

@@ -77,8 +77,7 @@ def _index(shape: tuple[int, ...], mesh: Any, placements: tuple[Any, ...]) -> tu
 
 def shards(t: Any) -> list[tuple[tuple[slice, ...], str]]:
     """The local pieces of ``t``: this process's one, on its device."""
-    local = t.to_local()
-    return [(local_index(t), str(local.device))]
+    return [(local_index(t), str(_local_tensor(t).device))]
 
 
 def gathered(t: Any) -> torch.Tensor:
@@ -89,7 +88,15 @@ def gathered(t: Any) -> torch.Tensor:
 
 def local(t: Any) -> torch.Tensor:
     """This process's piece."""
-    return t.detach().to_local()
+    return _local_tensor(t).detach()
+
+
+def _local_tensor(t: Any) -> torch.Tensor:
+    """The local tensor itself: ``to_local()`` is an autograd function (a
+    view through DTensor's dispatch, ~0.4 ms on a busy CPU), which reads and
+    in-place writes outside autograd do not need."""
+    found = getattr(t, "_local_tensor", None)
+    return found if isinstance(found, torch.Tensor) else t.to_local()
 
 
 def write_local(t: Any, value: np.ndarray, to_tensor: Any) -> None:
@@ -97,7 +104,7 @@ def write_local(t: Any, value: np.ndarray, to_tensor: Any) -> None:
     storage in place (FSDP2 keeps it inside its flat buffer)."""
     index = local_index(t)
     piece = to_tensor(value[index], source=True)  # wrapped as it is (rows or a strided box): copy_ is the one copy
-    dst = t.to_local()
+    dst = _local_tensor(t)
     with torch.no_grad():
         dst.copy_(piece.to(device=dst.device))
 
