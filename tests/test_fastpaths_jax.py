@@ -224,6 +224,38 @@ def test_a_failing_load_through_the_core_restores_every_storage(monkeypatch: pyt
         np.testing.assert_array_equal(_bits(v), _bits(before[n]), err_msg=n)
 
 
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_save_load_and_port_reach_flax_in_batches(kind: str, tmp_path: object,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    src, dst = MODELS[kind](0), MODELS[kind](1)
+    src.load_state(_random_state(src, 11))
+    one = ("read", "write", "write_owned")
+    calls = {(side, name): _calls(m._handle, name) for side, m in (("src", src), ("dst", dst))
+             for name in (*one, "read_many", "write_many")}
+    puts = _calls(dst._handle, "_put") if kind == "linen" else [0]
+    device_puts = [0]
+    real = jax.device_put
+
+    def counted(*a: object, **k: object) -> object:
+        device_puts[0] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(jax, "device_put", counted)
+    f = str(tmp_path) + "/m.safetensors"  # type: ignore[operator]
+    up.save(src, f)
+    up.load(dst, f)
+    up.port(src, dst)
+    n = 2 * LAYERS  # 48 small storages: a batch each time
+    assert all(calls[side, name][0] == 0 for side in ("src", "dst") for name in one), "a one-storage call"
+    assert 1 <= calls["src", "read_many"][0] <= 3 and 1 <= calls["dst", "write_many"][0] <= 4
+    if kind == "linen":  # one update of the variables per batch, not per storage
+        assert puts[0] == calls["dst", "write_many"][0]
+    assert device_puts[0] == 0  # every array through the cheap transfer (a port: the very arrays)
+    for (name, a), b in zip(src.state().items(), dst.state().values()):
+        np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=name)
+    assert len(src.state()) == n
+
+
 # -- the NNX stamp ---------------------------------------------------------------
 
 
