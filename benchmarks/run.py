@@ -145,7 +145,8 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({**base, "what": f"{op} (safetensors)", "target": TARGETS[op], "vs_native": v,
                             "vs_native_spread": sp, "peak_extra": x["peak_extra"],
                             "native_peak_extra": x["native_peak_extra"], "ours_s": x["ours_s"],
-                            "rounds": x["rounds"]})
+                            "rounds": x["rounds"],
+                            **{k: x[k] for k in ("undo_file", "undo_held") if k in x}})  # where the undo went
         elif case == "init":
             v, sp = _r(r.get("ours_vs_native"))
             out.append({**base, "what": "seeded init Normal", "target": TARGETS["init"], "vs_native": v,

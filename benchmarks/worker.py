@@ -196,6 +196,30 @@ def case_bulk(backend: str, spec: dict[str, Any], built: tuple[Any, up.Block]) -
     return res
 
 
+def _undo_of(fn: Callable[[], Any], nbytes: int) -> dict[str, Any]:
+    """Where one more run's undo kept the old values (``unified_params._undo``),
+    as multiples of the model's bytes: ``undo_file`` in its temporary file
+    (page cache, not resident), ``undo_held`` in memory (resident: part of
+    the peak), with the threshold that chose."""
+    from unified_params import _limits, _transaction
+
+    made: list[Any] = []
+    plain = _transaction.Undo
+
+    class Recorded(plain):  # type: ignore[misc, valid-type]
+        def __init__(self, total: int) -> None:
+            super().__init__(total)
+            made.append(self)
+
+    _transaction.Undo = Recorded  # type: ignore[misc]
+    try:
+        fn()
+    finally:
+        _transaction.Undo = plain  # type: ignore[misc]
+    return {"undo_file": sum(u.spilled for u in made) / nbytes, "undo_held": sum(u.held for u in made) / nbytes,
+            "undo_spill_bytes": _limits.UNDO_SPILL_BYTES}
+
+
 def case_file(backend: str, spec: dict[str, Any], built: tuple[Any, up.Block]) -> dict[str, Any]:
     nat = NATIVES[backend]()
     net, m = built
@@ -205,6 +229,7 @@ def case_file(backend: str, spec: dict[str, Any], built: tuple[Any, up.Block]) -
     try:
         save = _timed_pair(lambda: up.save(m, f_ours), lambda: nat.save(net, f_native), spec["repeat"], nbytes)
         load = _timed_pair(lambda: up.load(m, f_ours), lambda: nat.load(net, f_native), spec["repeat"], nbytes)
+        load.update(_undo_of(lambda: up.load(m, f_ours), nbytes))
     finally:
         for f in (f_ours, f_native):
             if os.path.exists(f):

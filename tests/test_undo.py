@@ -15,11 +15,17 @@ import pytest
 
 import unified_params as up
 from unified_params import _format, _limits, _transaction, _undo
-from unified_params._io import read_file
 from unified_params import reference as ref
+from unified_params._io import read_file
 from unified_params.testing.fakes import InjectedFault, faulty
 
-SPILL = {"memory": 1 << 40, "file": 0}
+#: where the undo goes: (UNDO_SPILL_BYTES, UNDO_THREAD)
+SPILL = {"memory": (1 << 40, False), "file": (0, False), "thread": (0, True)}
+
+
+def _mode(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    monkeypatch.setattr(_limits, "UNDO_SPILL_BYTES", SPILL[where][0])
+    monkeypatch.setattr(_limits, "UNDO_THREAD", SPILL[where][1])
 
 
 def _net() -> ref.Sequential:
@@ -76,7 +82,7 @@ N_STORAGES = 8  # 2 x (weight, bias) + BatchNorm's gamma, beta, running mean, ru
 @pytest.mark.parametrize("fail_at", range(1, N_STORAGES + 1))
 def test_a_load_that_fails_at_the_kth_write_restores_every_value(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undos: list[_undo.Undo], where: str, fail_at: int) -> None:
-    monkeypatch.setattr(_limits, "UNDO_SPILL_BYTES", SPILL[where])
+    _mode(monkeypatch, where)
     monkeypatch.setattr(_limits, "UNDO_DIR", str(tmp_path))
     f = _file(tmp_path)
     m = _faulty_model()
@@ -86,12 +92,13 @@ def test_a_load_that_fails_at_the_kth_write_restores_every_value(
     undos.clear()
     with pytest.raises(up.UnifiedParamsError, match="fake backend") as info:
         up.load(m, f)
-    assert isinstance(info.value.__cause__ or info.value.__context__, InjectedFault) or "failed midway" in str(info.value)
+    cause = info.value.__cause__ or info.value.__context__
+    assert isinstance(cause, InjectedFault) or "failed midway" in str(info.value)
     m._handle.fail_at = None
     _same(_values(m), before)
     (u,) = undos
     kept = sum(int(np.asarray(v).nbytes) for v in list(before.values())[:fail_at])
-    if where == "file":  # every old value went to the file, none stayed in memory
+    if where != "memory":  # every old value went to the file, none stayed in memory
         assert u.held == 0 and u.spilled >= kept
     else:
         assert u.spilled == 0 and u.held >= kept
@@ -102,7 +109,7 @@ def test_a_load_that_fails_at_the_kth_write_restores_every_value(
 @pytest.mark.parametrize("where", list(SPILL))
 def test_a_load_that_succeeds_keeps_every_value_it_read(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undos: list[_undo.Undo], where: str) -> None:
-    monkeypatch.setattr(_limits, "UNDO_SPILL_BYTES", SPILL[where])
+    _mode(monkeypatch, where)
     f = _file(tmp_path)
     m = _faulty_model()
     undos.clear()
@@ -110,7 +117,7 @@ def test_a_load_that_succeeds_keeps_every_value_it_read(
     _same(_values(m), dict(read_file(f)[0]))
     (u,) = undos
     total = sum(v.nbytes for v in _values(m).values())
-    assert (u.spilled, u.held) == ((total, 0) if where == "file" else (0, total))
+    assert (u.spilled, u.held) == ((total, 0) if where != "memory" else (0, total))
 
 
 @pytest.mark.parametrize("where", list(SPILL))
@@ -119,7 +126,7 @@ def test_load_state_port_and_init_roll_back_with_the_undo_in_a_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, fail_at: int) -> None:
     """The same undo behind every atomic write (``load_state`` of a small
     model, ``port``, an initializer)."""
-    monkeypatch.setattr(_limits, "UNDO_SPILL_BYTES", SPILL[where])
+    _mode(monkeypatch, where)
     src = up.wrap(_net())
     src.initialize(up.init.Normal(0, 1), seed=3)
     for action in (lambda m: m.load_state({k: v + 1 for k, v in _values(m).items()}),
@@ -229,7 +236,7 @@ def test_a_file_changed_in_place_midway_restores_every_value(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, how: str, at: int) -> None:
     """The failure no check before the first write can see: another program
     rewriting the file in place (same inode) during the load."""
-    monkeypatch.setattr(_limits, "UNDO_SPILL_BYTES", SPILL[where])
+    _mode(monkeypatch, where)
     monkeypatch.setattr(_limits, "CHECK_BYTES", 1)  # checked around every tensor
     f = _file(tmp_path)
     other = tmp_path / "other.safetensors"
@@ -260,7 +267,7 @@ def test_ctrl_c_during_a_load_is_held_and_undoes_it(tmp_path: Path, monkeypatch:
                                                     where: str) -> None:
     """SIGINT midway: every write still runs (no write is cut in half),
     then the load is undone and KeyboardInterrupt raised."""
-    monkeypatch.setattr(_limits, "UNDO_SPILL_BYTES", SPILL[where])
+    _mode(monkeypatch, where)
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is handled by someone else here (the hold is off then, by design)")
     f = _file(tmp_path)
@@ -290,6 +297,7 @@ def test_the_undo_file_round_trips_every_dtype_and_shape(tmp_path: Path, monkeyp
     arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros((0, 5), np.int64), np.array(3.5),
               np.arange(24, dtype=np.float16).reshape(2, 3, 4).transpose(2, 0, 1), np.array([True, False])]
     backs = [u.keep(a, private=False) for a in arrays]
+    u.wait(u.mark())  # the copies are written by a background thread: done before the originals change
     for a in arrays:
         if a.size:
             a.reshape(-1)[...] = 0  # the originals change: the undo does not
@@ -312,7 +320,7 @@ def test_the_undo_file_round_trips_every_dtype_and_shape(tmp_path: Path, monkeyp
 def test_torch_load_into_host_memory_restores_every_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           undos: list[_undo.Undo], where: str, fail_at: int) -> None:
     torch = pytest.importorskip("torch")
-    monkeypatch.setattr(_limits, "UNDO_SPILL_BYTES", SPILL[where])
+    _mode(monkeypatch, where)
     monkeypatch.setattr(_limits, "BATCH_BYTES", 0, raising=False)  # each tensor straight into its parameter
     torch.manual_seed(0)
     src = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 2))
@@ -341,4 +349,30 @@ def test_torch_load_into_host_memory_restores_every_value(tmp_path: Path, monkey
     _same(_values(m), before)
     assert [t.data_ptr() for t in net.state_dict().values()] == ptrs  # restored in place
     (u,) = undos
-    assert (u.held == 0) if where == "file" else (u.spilled == 0)
+    assert (u.held == 0) if where != "memory" else (u.spilled == 0)
+
+
+def test_each_old_value_is_in_the_file_before_its_storage_is_overwritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copies run on a background thread, one storage ahead of the
+    writes; a slow disk must not let a write overtake its storage's copy."""
+    import time
+
+    monkeypatch.setattr(_limits, "UNDO_SPILL_BYTES", 0)
+    monkeypatch.setattr(_limits, "UNDO_THREAD", True)
+    monkeypatch.setattr(_limits, "BATCH_BYTES", 0, raising=False)  # every storage a batch of its own
+    real = os.pwrite
+
+    def slow(fd: int, data: Any, at: int) -> int:
+        time.sleep(0.02)
+        return real(fd, data, at)
+
+    f = _file(tmp_path)
+    m = _faulty_model()
+    before = _values(m)
+    monkeypatch.setattr(_undo.os, "pwrite", slow)
+    m._handle.fail_at = N_STORAGES
+    with pytest.raises(up.UnifiedParamsError):
+        up.load(m, f)
+    m._handle.fail_at = None
+    _same(_values(m), before)

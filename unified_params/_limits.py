@@ -32,6 +32,11 @@ BATCH_BYTES = 1 << 20
 #: instead of memory (``_undo``), so that a load holds one model, not two.
 UNDO_SPILL_BYTES = 64 << 20
 UNDO_DIR: str | None = None
+#: Write the undo file from one background thread, one storage ahead of the
+#: writes. Off by default: on the 2 shared cores where it was measured it
+#: cost more CPU time than it hid (docs/benchmarks.md); a machine with idle
+#: cores may gain from it.
+UNDO_THREAD = False
 
 #: Side of the tiles of a large transposed copy (``_layout.contiguous``), in
 #: elements, and the size above which copies are tiled.

@@ -154,12 +154,21 @@ def _write_atomic(
     backups = Undo(sum(sizes))  # old values: in memory, or above UNDO_SPILL_BYTES in a temporary file
     try:
         with _HeldInterrupts():
-            for a, b in _batches(items, sizes):  # one read_many/write_many per batch of small storages
-                batch = items[a:b]
-                keep = [p for p, _ in batch
-                        if small or (backup is None and p.device != "cpu")]
+            batches = _batches(items, sizes)  # one read_many/write_many per batch of small storages
+
+            def kept(a: int, b: int) -> int:  # the undo of batch [a, b): where its copies stand
+                keep = [p for p, _ in items[a:b] if small or (backup is None and p.device != "cpu")]
                 if keep:
                     backups.append(snapshot_batch(keep, backups))  # no copy where the framework's values are immutable
+                return backups.mark()
+
+            ahead = kept(*batches[0]) if batches else 0
+            for j, (a, b) in enumerate(batches):
+                ready = ahead
+                if j + 1 < len(batches):  # the next batch's old values are copied while this one is written
+                    ahead = kept(*batches[j + 1])
+                backups.wait(ready)
+                batch = items[a:b]
                 # a file's large tensor: straight into the storage where it can
                 write_batch(batch, shapes[a:b], dtypes[a:b], what)
                 if bar is not None:

@@ -64,13 +64,20 @@ class Undo(list):  # type: ignore[type-arg]
     """The undos of one transaction, in order (each a callable that puts
     one storage back), and the temporary file their old values go to when
     the transaction writes more than ``_limits.UNDO_SPILL_BYTES``
-    (``spills``). ``close()`` drops the file; it is unlinked from the start."""
+    (``spills``). With ``_limits.UNDO_THREAD``, old bytes are written to
+    the file by one background thread, so that the copy of the next
+    storage's old value overlaps the write into this one (``mark``/``wait``:
+    the caller waits for a storage's copy before it overwrites the storage).
+    ``close()`` drops the file; it is unlinked from the start."""
 
     def __init__(self, total: int) -> None:
         super().__init__()
         self.spills = total > _limits.UNDO_SPILL_BYTES
         self._fh: Any = None
         self._end = 0
+        self._pool: Any = None
+        self._pending: list[Any] = []
+        self._done = 0  # futures of _pending already waited for
         #: bytes of old values written to the file, and kept in memory (tests, benchmarks)
         self.spilled = 0
         self.held = 0
@@ -78,13 +85,16 @@ class Undo(list):  # type: ignore[type-arg]
     def keep(self, arr: np.ndarray, private: bool) -> Callable[[], np.ndarray]:
         """Keep the bytes of ``arr`` (``private``: a copy made for this undo,
         kept as it is when nothing is spilled); returns a function that gives
-        them back as an array of ``arr``'s shape and dtype."""
+        them back as an array of ``arr``'s shape and dtype. A spilled copy
+        may still be under way: ``wait(mark())`` before ``arr`` changes."""
         if self.spills:
             try:
                 return self._spill(arr)
             except OSError:  # no room for the file: the rest of the undo in memory, as before
                 self.spills = False
-        old = arr if private else np.array(arr, copy=True)
+        return self._hold(arr if private else np.array(arr, copy=True))
+
+    def _hold(self, old: np.ndarray) -> Callable[[], np.ndarray]:
         self.held += old.nbytes
         return lambda: old
 
@@ -97,21 +107,33 @@ class Undo(list):  # type: ignore[type-arg]
     def _spill(self, arr: np.ndarray) -> Callable[[], np.ndarray]:
         a = arr if arr.flags.c_contiguous else np.array(arr, order="C")  # (ascontiguousarray makes 0-d 1-d)
         shape, dtype, n = a.shape, a.dtype, a.nbytes
+        fh = self._file()
         at = self._end
-        if n:
-            fd = self._file().fileno()
-            mv = memoryview(a.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-            done = 0
-            while done < n:
-                k = os.pwrite(fd, mv[done:done + _CHUNK], at + done)
-                if k <= 0:
-                    raise OSError("the undo file took no bytes")
-                done += k
         self._end = at + n
-        self.spilled += n
-        fh = self._fh
+        kept: list[np.ndarray] = []  # the old value in memory, where the file refused it
+
+        def put(a: np.ndarray = a) -> None:
+            try:
+                _write_at(fh, memoryview(a.reshape(-1).view(np.uint8)), at)  # type: ignore[arg-type]
+                self.spilled += n
+            except OSError:  # a full disk midway: this and the next old values in memory
+                self.spills = False
+                kept.append(np.array(a, copy=True))
+                self.held += n
+
+        if n and not _limits.UNDO_THREAD:
+            put()
+        elif n:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="up-undo")
+            self._pending.append(self._pool.submit(put))
+        del a
 
         def back() -> np.ndarray:
+            if kept:
+                return kept[0]
             out = np.empty(shape, dtype)
             if n:
                 _read_at(fh, memoryview(out.reshape(-1).view(np.uint8)), at)  # type: ignore[arg-type]
@@ -119,9 +141,26 @@ class Undo(list):  # type: ignore[type-arg]
 
         return back
 
+    def mark(self) -> int:
+        """A position in the copies under way: ``wait(mark())`` returns once
+        every copy kept so far is complete."""
+        return len(self._pending)
+
+    def wait(self, upto: int | None = None) -> None:
+        """Wait for the copies kept before ``mark()`` returned ``upto``
+        (default: all); a copy's own failure was handled where it ran."""
+        end = len(self._pending) if upto is None else upto
+        while self._done < end:
+            self._pending[self._done].result()
+            self._done += 1
+
     def restore(self) -> None:
         """Run every undo, in order; each one's failure is skipped (the
         error that caused the undo is the one raised)."""
+        try:
+            self.wait()
+        except Exception:  # noqa: S110 - a copy that failed is read back as far as it went
+            pass
         for undo in self:
             try:
                 undo()
@@ -129,9 +168,25 @@ class Undo(list):  # type: ignore[type-arg]
                 continue
 
     def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self._pending = []
+        self._done = 0
         fh, self._fh = self._fh, None
         if fh is not None:
             fh.close()
+
+
+def _write_at(fh: Any, buf: memoryview, at: int) -> None:
+    """Write ``buf`` at byte ``at`` of the undo file."""
+    fd = fh.fileno()
+    done, n = 0, len(buf)
+    while done < n:
+        k = os.pwrite(fd, buf[done:done + _CHUNK], at + done)
+        if k <= 0:
+            raise OSError("the undo file took no bytes")
+        done += k
 
 
 def _read_at(fh: Any, buf: memoryview, at: int) -> None:
