@@ -29,7 +29,7 @@ from . import _limits
 from ._boundary import adapter_call, framework_errors
 from ._errors import ArgumentError, ParamNotFoundError
 from ._param import Param, ParamDict
-from ._shards import may_shard, state_value
+from ._shards import may_shard, state_pieces
 from ._shared import shared_for
 from ._state import LoadReport, load_into
 from ._transaction import progress_bar, write_atomic
@@ -314,12 +314,13 @@ class Block:
         tied names map to one array. ``copy=False`` never gathers: a sharded
         parameter's entry is a ``ShardedValue`` of this process's pieces
         (contract 15.1; ``state()`` gathers, as ``p.value`` does)."""
+        if not copy and may_shard(self._handle):
+            return state_pieces(self)
         out: dict[str, np.ndarray] = {}
         by_storage: dict[Any, np.ndarray] = {}
-        pieces = not copy and may_shard(self._handle)
         for n, p in self._all().items():
             if p.storage not in by_storage:
-                by_storage[p.storage] = state_value(p) if pieces else p.read(copy=copy)  # type: ignore[assignment]
+                by_storage[p.storage] = p.read(copy=copy)
             out[n] = by_storage[p.storage]
         return out
 

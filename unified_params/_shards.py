@@ -33,6 +33,7 @@ from ._errors import ShapeMismatchError, StateError
 from ._layout import CANONICAL, get, to_canonical
 
 if TYPE_CHECKING:
+    from ._block import Block
     from ._param import Param
     from .adapter import Handle
 
@@ -190,6 +191,29 @@ def may_shard(handle: Handle) -> bool:
     from .adapter import Handle
 
     return getattr(handle.shards, "__func__", None) is not Handle.shards
+
+
+def state_pieces(block: Block) -> dict[str, Any]:
+    """``m.state(copy=False)`` where the adapter can shard (``may_shard``):
+    which storages are sharded is asked in one pass (one adapter boundary,
+    not one per storage), then each is read as :func:`state_value` reads it."""
+    h = block._handle
+    listed = block._all().items()
+    sharded: dict[Any, bool] = {}
+    ask = h.shards
+    with adapter_call(h.backend.name, "list the pieces of the model's storages"):
+        for _, p in listed:
+            st = p._leaf.storage
+            if st not in sharded:
+                sharded[st] = ask(p._leaf) is not None
+    out: dict[str, Any] = {}
+    seen: dict[Any, Any] = {}
+    for n, p in listed:
+        st = p._leaf.storage
+        if st not in seen:
+            seen[st] = state_value(p) if sharded[st] else p.read(copy=False)
+        out[n] = seen[st]
+    return out
 
 
 def state_value(p: Param) -> np.ndarray | ShardedValue:
