@@ -376,3 +376,48 @@ def test_each_old_value_is_in_the_file_before_its_storage_is_overwritten(
         up.load(m, f)
     m._handle.fail_at = None
     _same(_values(m), before)
+
+
+# -- every backend: a file cut short under the k-th read -------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "tensorflow", "jax"])
+@pytest.mark.parametrize("where", list(SPILL))
+def test_a_cut_file_restores_every_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           undos: list[_undo.Undo], backend: str, where: str) -> None:
+    """Above the threshold, the framework's own immutable snapshots (JAX,
+    TensorFlow) give way to the undo file too (``UNDO_SPILL_SNAPSHOTS``):
+    nothing of the old model stays in memory, and a failure restores it."""
+    from unified_params._registry import get_backend
+
+    pytest.importorskip({"numpy": "numpy", "torch": "torch", "tensorflow": "keras", "jax": "flax"}[backend])
+    be = get_backend(backend)
+    _mode(monkeypatch, where)
+    monkeypatch.setattr(_limits, "CHECK_BYTES", 1)  # every tensor read and checked on its own
+    src = be.zoo().mlp()
+    src.initialize(up.init.Normal(0, 1), seed=1)
+    f = up.save(src, tmp_path / "m.safetensors")
+    m = be.zoo().mlp()
+    m.initialize(up.init.Normal(0, 1), seed=2)
+    before = _values(m)
+    original = _format.Reader.read_into
+    reads = [0]
+
+    def cut(self: Any, e: Any, out: np.ndarray) -> None:
+        reads[0] += 1
+        if reads[0] == 3:  # two tensors already in the model
+            with open(f, "r+b") as fh:
+                fh.truncate(self.header.data_start + e.begin + (e.end - e.begin) // 2)
+        original(self, e, out)
+
+    monkeypatch.setattr(_format.Reader, "read_into", cut)
+    undos.clear()
+    with pytest.raises(up.FileFormatError):
+        up.load(m, f)
+    assert reads[0] >= 3
+    _same(_values(m), before)
+    (u,) = undos
+    if where == "memory":
+        assert u.spilled == 0
+    else:
+        assert u.held == 0 and u.spilled > 0

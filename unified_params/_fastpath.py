@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _limits
 from ._boundary import adapter_call
 from ._layout import CANONICAL, NATIVE, to_canonical, to_native
 from ._values import Deferred, ParamValue, check_value
@@ -89,6 +90,17 @@ def _keep(raw: np.ndarray, private: bool, store: Undo | None) -> Callable[[], np
     return lambda: old
 
 
+def _bytes_to_file(h: Any, leaf: Any, spill: bool) -> bool:
+    """Whether the undo of ``leaf`` keeps its bytes in the undo file rather
+    than the framework's own snapshot: when the undo spills
+    (``_limits.UNDO_SPILL_SNAPSHOTS``) and the storage is not sharded. An
+    immutable snapshot (JAX, TensorFlow) costs no copy but keeps the old
+    value alive until the end of the write, a second model at its peak; a
+    sharded storage keeps the adapter's snapshot (its local pieces: a
+    ``read`` would gather)."""
+    return spill and _limits.UNDO_SPILL_SNAPSHOTS and h.shards(leaf) is None
+
+
 def snapshot(p: Param, store: Undo | None = None) -> Callable[[], None]:
     """An undo of the next writes to ``p``: the adapter's own snapshot
     (no copy where the framework's values are immutable or copy-on-write),
@@ -99,7 +111,7 @@ def snapshot(p: Param, store: Undo | None = None) -> Callable[[], None]:
     h, leaf = p._handle, p._leaf
     spill = store is not None and store.spills
     with adapter_call(h.backend.name, f"read {p.name!r}"):
-        snap = h.snapshot(leaf)
+        snap = None if _bytes_to_file(h, leaf, spill) else h.snapshot(leaf)
         if snap is None or isinstance(snap, np.ndarray):  # a NumPy snapshot: a view of the bytes a write replaces
             raw = h.read(leaf, copy=not spill) if snap is None else snap
             back = _keep(raw, snap is None and not spill, store)
@@ -224,7 +236,10 @@ def snapshot_batch(ps: Sequence[Param], store: Any = None) -> Callable[[], None]
     leaves = [p._leaf for p in ps]
     spill = store is not None and store.spills
     with adapter_call(h.backend.name, f"read {names_of(ps)}"):
-        snaps = h.snapshot_many(leaves)
+        if spill and _limits.UNDO_SPILL_SNAPSHOTS:  # bytes to the file, but sharded storages' own pieces
+            snaps = [None if _bytes_to_file(h, leaf, spill) else h.snapshot(leaf) for leaf in leaves]
+        else:
+            snaps = h.snapshot_many(leaves)
         plain = [leaf for leaf, snap in zip(leaves, snaps) if snap is None]
         olds = h.read_many(plain, copy=not spill) if plain else []
     kept = [(leaf, snap) for leaf, snap in zip(leaves, snaps) if snap is not None] if len(plain) < len(leaves) else []
