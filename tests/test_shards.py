@@ -152,3 +152,24 @@ def test_a_state_of_pieces_loads_back_without_gathering(monkeypatch: pytest.Monk
         m.load_state(state)
     for k, p in m.params.items():
         np.testing.assert_array_equal(p.value, before[k])
+
+
+def test_a_tied_sharded_state_loads_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tied names share one ShardedValue in ``state(copy=False)``; loading it
+    back compares nothing (one object), so it needs no whole value."""
+    net = ref.Sequential(ref.Dense(4, in_units=4), ref.Dense(4, in_units=4))
+    m = up.wrap(net)
+    m.initialize(up.init.Uniform(-1, 1), seed=1)
+    m.tie("1.weight", "0.weight")
+    h = m._handle
+
+    def box(leaf: Any) -> tuple[slice, ...]:
+        return (slice(0, 2), slice(0, 4))
+
+    monkeypatch.setattr(h, "shards", lambda leaf: [(box(leaf), "cpu:0")] if len(h.shape(leaf)) == 2 else None)
+    monkeypatch.setattr(h, "read_shard", lambda leaf, k: np.asarray(h.read(leaf))[box(leaf)])
+    state = m.state(copy=False)
+    assert state["0.weight"] is state["1.weight"] and isinstance(state["0.weight"], ShardedValue)
+    piece = np.array(state["0.weight"].shards[0].data)
+    m.load_state(state)
+    np.testing.assert_array_equal(m.params["1.weight"].value[:2], piece)
