@@ -100,7 +100,7 @@ def test_state_without_copy_gives_the_local_pieces(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(h, "read_shard",  # the piece alone, not through the (gathering) read
                         lambda leaf, k: pieces_read.append(leaf.storage) or real_read(leaf)[listed(leaf)[k][0]])
     state = m.state(copy=False)
-    sharded = [k for k, v in state.items() if isinstance(v, ShardedValue)]
+    sharded = [k for k, v in state.items() if isinstance(v, up.ShardedValue)]
     assert sharded == ["0.weight", "1.weight"], sharded
     assert not set(reads) & {m.params[k]._leaf.storage for k in sharded}, reads  # nothing gathered
     assert len(pieces_read) == 6  # each piece read once, when the state was taken

@@ -35,6 +35,7 @@ from ._io import PortReport, load, port, save
 from ._pieces import consolidate
 from ._registry import backend_for, backends, get_backend
 from ._report import Summary
+from ._shards import Shard, ShardedValue
 
 __version__ = "0.2.0"
 
@@ -55,6 +56,8 @@ __all__ = [
     "LoadReport",
     "PortReport",
     "Summary",
+    "Shard",
+    "ShardedValue",
     "UnifiedParamsError",
     "UnsupportedModelError",
     "BackendNotInstalledError",

@@ -53,10 +53,12 @@ class Shard:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The piece's shape (its box's extent per canonical axis)."""
         return tuple(s.stop - s.start for s in self.index)
 
     @property
     def value(self) -> np.ndarray:
+        """The piece as a private copy (canonical layout, C order)."""
         return self._read(True)
 
     @property
@@ -81,10 +83,12 @@ class ShardedValue:
 
     @property
     def ndim(self) -> int:
+        """Axes of the global array."""
         return len(self.shape)
 
     @property
     def size(self) -> int:
+        """Elements of the global array (not of the pieces held here)."""
         return int(np.prod(self.shape, dtype=np.int64))
 
     def parts(self) -> list[tuple[tuple[tuple[int, int], ...], np.ndarray]]:
