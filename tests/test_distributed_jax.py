@@ -43,6 +43,9 @@ for s in pieces:
     np.testing.assert_array_equal(s.value, whole[s.index])
 b = m.params["bias"].shards()
 assert len(b) == 4 and all(s.index == (slice(0, 8),) for s in b)  # replicated: all of it on each device
+rep = m.state(copy=False)["bias"]  # a replicated array: four pieces, each all of it, one distinct
+assert isinstance(rep, up.ShardedValue) and len(rep.shards) == 4 and len(rep.parts()) == 1
+np.testing.assert_array_equal(np.asarray(rep), m.params["bias"].value)
 new = np.arange(48, dtype=np.float32).reshape(8, 6)
 w.set(new)
 kernel = m.variables["params"]["kernel"]
