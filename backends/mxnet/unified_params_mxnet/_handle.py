@@ -53,6 +53,9 @@ __all__ = ["MXNetHandle", "Slot", "to_numpy"]
 _ROLES = {"gamma": "weight", "beta": "bias"}
 
 _HOST_DEVICES = ("cpu", "cpu_pinned", "cpu_shared")
+#: Arrays of at most this many elements are read by ``asnumpy`` in batches,
+#: views or not: a DLPack view costs more than copying them.
+_SMALL = 4096
 
 
 @dataclass(frozen=True, eq=False)
@@ -354,6 +357,46 @@ class MXNetHandle(Handle):
         with autograd.pause():
             # In place on every context (and a Trainer's kvstore is told).
             p.set_data(new)
+
+    # -- batches (issue 13): one host-to-MXNet copy for many parameters ------
+    def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
+        """``read`` of each leaf; small arrays by ``asnumpy`` even for views
+        (a DLPack view costs more than copying a few bytes)."""
+        out = []
+        for leaf in leaves:
+            arr = _first_array(leaf.ref.param)
+            out.append(arr.asnumpy() if copy or arr.size <= _SMALL else self.read(leaf, copy))
+        return out
+
+    def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
+        """``write`` of each pair, with one NumPy-to-MXNet copy per kind of
+        array (interface, dtype, context, shape) instead of one per
+        parameter: each ``mx.nd.array`` made from NumPy waits on the engine
+        (about a millisecond on a busy host). Each parameter then copies its
+        row of that stacked array in place on every context, as ``set_data``
+        does (``set_data`` itself where a Trainer keeps the value in its
+        kvstore)."""
+        groups: dict[tuple[Any, ...], list[tuple[Leaf, Parameter, np.ndarray]]] = {}
+        for leaf, value in pairs:
+            p: Parameter = leaf.ref.param
+            arr = _first_array(p)
+            key = (isinstance(arr, mx.np.ndarray), np.dtype(arr.dtype), arr.ctx, tuple(arr.shape))
+            groups.setdefault(key, []).append((leaf, p, value))
+        for (is_np, dtype, ctx, _), items in groups.items():
+            if len(items) == 1 or is_np:
+                for leaf, _, value in items:
+                    self.write(leaf, value)
+                continue
+            big = mx.nd.array(np.stack([np.asarray(v, dtype) for _, _, v in items]), dtype=dtype, ctx=ctx)
+            with autograd.pause():
+                for k, (_, p, _) in enumerate(items):
+                    row = big[k]  # a view: no copy, no reshape op
+                    tr = p._trainer
+                    if tr and tr._kv_initialized and tr._update_on_kvstore:
+                        p.set_data(row)  # the kvstore is told
+                        continue
+                    for target in p._data:
+                        row.copyto(target)
 
     def grad(self, leaf: Leaf) -> np.ndarray | None:
         """The gradient a native ``y.backward()`` left in Gluon's buffer; an
