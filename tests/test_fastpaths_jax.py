@@ -323,3 +323,29 @@ def test_nnx_stamp_is_much_cheaper_than_a_walk() -> None:
         return min(out)
 
     assert best(h.stamp) * 3 < best(h.tree)
+
+
+class _Doubled(nnx.Param):  # type: ignore[type-arg]
+    """A variable type with its own get_value/set_value, as NNX advises."""
+
+    def get_value(self, **kw: object) -> object:  # type: ignore[override]
+        return super().get_value(**kw) * 2  # type: ignore[operator]
+
+    def set_value(self, value: object, **kw: object) -> None:  # type: ignore[override]
+        super().set_value(value / 2, **kw)  # type: ignore[operator]
+
+
+def test_nnx_variable_types_with_their_own_get_and_set_are_respected(tmp_path: object) -> None:
+    class M(nnx.Module):
+        def __init__(self) -> None:
+            self.w = _Doubled(jnp.ones(3))
+
+        def __call__(self, x: object) -> object:
+            return x
+
+    mod = M()
+    m = up.wrap(mod)
+    np.testing.assert_array_equal(m.params["w"].value, np.full(3, 2.0, np.float32))
+    m.load_state({"w": np.full(3, 8.0, np.float32)})
+    np.testing.assert_array_equal(np.asarray(mod.w.get_raw_value()), np.full(3, 4.0, np.float32))
+    np.testing.assert_array_equal(m.state()["w"], np.full(3, 8.0, np.float32))

@@ -73,6 +73,44 @@ _SEQUENCES: tuple[type, ...] = (list, tuple, nnx.List)
 _MAPPINGS: tuple[type, ...] = (dict, nnx.Dict) if hasattr(nnx, "Dict") else (dict,)
 
 
+_ARRAY = type(jnp.zeros(()))
+#: Variable types whose ``get_value``/``set_value`` are NNX's own (a type
+#: may override them, as NNX advises instead of hooks), by type.
+_PLAIN_VARS: dict[type, bool] = {}
+
+
+def _plain(var: nnx.Variable) -> bool:
+    t = type(var)
+    found = _PLAIN_VARS.get(t)
+    if found is None:
+        found = _PLAIN_VARS[t] = (t.get_value is nnx.Variable.get_value and t.set_value is nnx.Variable.set_value
+                                  and t.get_raw_value is nnx.Variable.get_raw_value
+                                  and t.set_raw_value is nnx.Variable.set_raw_value)
+    return found
+
+
+def _get(var: nnx.Variable) -> Any:
+    """``var.get_value()`` without its pytree copy (20 us a call) where that
+    copy is all it would do: NNX's own ``get_value``, a plain array, no
+    ``on_get_value`` hook."""
+    if _plain(var):
+        raw = var.get_raw_value()
+        if type(raw) is _ARRAY and var.get_metadata("on_get_value", None) is None:
+            return raw
+    return var.get_value()
+
+
+def _set(var: nnx.Variable, value: Any) -> None:
+    """``var.set_value(value)`` for a new array, without its pytree copy
+    where ``set_value`` would only store it: NNX's own, a variable holding
+    a plain array, no ``on_set_value`` hook."""
+    if (type(value) is _ARRAY and _plain(var) and type(var.get_raw_value()) is _ARRAY
+            and var.get_metadata("on_set_value", None) is None):
+        var.set_raw_value(value)
+    else:
+        var.set_value(value)
+
+
 def _is_container(value: Any) -> bool:
     return isinstance(value, (*_SEQUENCES, *_MAPPINGS))
 
@@ -107,7 +145,7 @@ def _is_leaf_var(value: Any) -> bool:
     return (
         isinstance(value, nnx.Variable)
         and not isinstance(value, nnx.RngState)
-        and hasattr(value.get_value(), "shape")
+        and hasattr(_get(value), "shape")
     )
 
 
@@ -175,7 +213,7 @@ def _type_name(obj: Any) -> str:
 
 def _leaf(owner: nnx.Module, name: str, var: nnx.Variable, native_path: tuple[str, ...]) -> Leaf:
     kind = "param" if isinstance(var, nnx.Param) else "buffer"
-    role, layout, rnn_bias = role_of(owner, name, len(var.get_value().shape))
+    role, layout, rnn_bias = role_of(owner, name, len(_get(var).shape))
     return Leaf(
         role=role,
         ref=Slot(owner, name),
@@ -322,59 +360,59 @@ class NnxHandle(Handle):
     # -- leaves -------------------------------------------------------------
 
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
-        return tuple(int(d) for d in leaf.ref.var.get_value().shape)
+        return tuple(int(d) for d in _get(leaf.ref.var).shape)
 
     def dtype(self, leaf: Leaf) -> np.dtype:
-        return np.dtype(leaf.ref.var.get_value().dtype)
+        return np.dtype(_get(leaf.ref.var).dtype)
 
     def device(self, leaf: Leaf) -> str:
-        return device_of(leaf.ref.var.get_value())
+        return device_of(_get(leaf.ref.var))
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
-        return host_array(leaf.ref.var.get_value(), copy)
+        return host_array(_get(leaf.ref.var), copy)
 
     def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
-        return array_shards(leaf.ref.var.get_value())
+        return array_shards(_get(leaf.ref.var))
 
     def group(self) -> Any:
         return process_group()
 
     def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
-        return shard_data(leaf.ref.var.get_value(), k)
+        return shard_data(_get(leaf.ref.var), k)
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
         var = leaf.ref.var
-        var.set_value(from_numpy(value, var.get_value()))
+        _set(var, from_numpy(value, _get(var)))
 
     def write_owned(self, leaf: Leaf, value: np.ndarray) -> None:
         var = leaf.ref.var
-        var.set_value(from_numpy(value, var.get_value(), owned=True))
+        _set(var, from_numpy(value, _get(var), owned=True))
 
     def snapshot(self, leaf: Leaf) -> Any:
         """The array itself: JAX arrays are immutable, so an undo needs no copy."""
-        return leaf.ref.var.get_value()
+        return _get(leaf.ref.var)
 
     def restore(self, leaf: Leaf, snap: Any) -> None:
-        leaf.ref.var.set_value(snap)
+        _set(leaf.ref.var, snap)
 
     # Batches (issue 13): every variable looked up and every new array made
     # before the first ``set_value``, so a failure changes nothing.
     def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
-        return [host_array(leaf.ref.var.get_value(), copy) for leaf in leaves]
+        return [host_array(_get(leaf.ref.var), copy) for leaf in leaves]
 
     def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
         variables = [leaf.ref.var for leaf, _ in pairs]
-        news = from_numpy_many([value for _, value in pairs], [v.get_value() for v in variables], owned)
+        news = from_numpy_many([value for _, value in pairs], [_get(v) for v in variables], owned)
         for var, new in zip(variables, news):
-            var.set_value(new)
+            _set(var, new)
 
     def snapshot_many(self, leaves: Sequence[Leaf]) -> list[Any]:
-        return [leaf.ref.var.get_value() for leaf in leaves]
+        return [_get(leaf.ref.var) for leaf in leaves]
 
     def restore_many(self, pairs: Sequence[tuple[Leaf, Any]]) -> None:
         variables = [leaf.ref.var for leaf, _ in pairs]
         for var, (_, snap) in zip(variables, pairs):
-            var.set_value(snap)
+            _set(var, snap)
 
     # -- running ------------------------------------------------------------
 
