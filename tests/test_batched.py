@@ -248,3 +248,36 @@ def test_default_batched_calls_loop_over_one_storage_calls() -> None:
     h.log.clear()
     h.restore_many([(1, "a"), (3, "b")])
     assert h.log == [("restore", (1, "a")), ("restore", (3, "b"))]
+
+
+def test_state_reads_in_one_batch() -> None:
+    """m.state() of 600 storages: one read_many, no one-storage read; the
+    same canonical values (copies, or read-only views with copy=False), ties
+    one array; a deferred model refused before anything is read."""
+    m = batched(_net(seed=13))
+    h = _handle(m)
+    m.params.items()
+    _reset(h)
+    state = m.state()
+    assert h.calls["read_many"] == 1 and h.calls["read"] == 0, h.calls
+    assert {n: v.tobytes() for n, v in state.items()} == {n: p.value.tobytes() for n, p in m.params.items()}
+    views = m.state(copy=False)
+    assert all(not v.flags.writeable for v in views.values())
+    state["0.weight"][...] = 7  # a copy: the model is unchanged
+    assert m.params["0.weight"].value[0, 0] != 7
+    net = ref.Sequential(*[ref.Dense(3, in_units=2) for _ in range(20)])
+    plain = up.wrap(net)
+    plain.initialize(up.init.Normal(), seed=4)
+    kl = kernel_last(ref.Sequential(*[ref.Dense(3, in_units=2) for _ in range(20)]))
+    up.port(plain, kl)
+    for copy in (True, False):
+        got = kl.state(copy=copy)
+        assert {n: v.tobytes() for n, v in got.items()} == _bits(plain)
+        assert {n: v.shape for n, v in got.items()} == {n: v.shape for n, v in plain.state().items()}
+    shared = ref.Dense(2, in_units=2)
+    tied = up.wrap(ref.Sequential(shared, ref.Dense(2, in_units=2), shared))
+    st = tied.state()
+    assert st["0.weight"] is st["2.weight"] and len(st) == 6
+    lazy = up.wrap(ref.Sequential(*[ref.Dense(2) for _ in range(3)]))
+    with pytest.raises(up.NotInitializedError):
+        lazy.state()

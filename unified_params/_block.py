@@ -316,13 +316,13 @@ class Block:
         (contract 15.1; ``state()`` gathers, as ``p.value`` does)."""
         if not copy and may_shard(self._handle):
             return state_pieces(self)
-        out: dict[str, np.ndarray] = {}
-        by_storage: dict[Any, np.ndarray] = {}
-        for n, p in self._all().items():
-            if p.storage not in by_storage:
-                by_storage[p.storage] = p.read(copy=copy)
-            out[n] = by_storage[p.storage]
-        return out
+        from ._fastpath import read_values
+
+        named = self._all()._params
+        firsts = self._all().distinct()._params  # one name per storage
+        values = dict(zip((p._leaf.storage for p in firsts.values()),
+                          read_values(list(firsts.values()), copy)))  # one read_many for all (issue 13)
+        return {n: values[p._leaf.storage] for n, p in named.items()}
 
     @_locked
     def load_state(self, state: Mapping[str, Any], strict: bool = True) -> LoadReport:

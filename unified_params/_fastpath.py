@@ -26,14 +26,14 @@ import numpy as np
 
 from . import _limits
 from ._boundary import adapter_call
-from ._layout import CANONICAL, NATIVE, to_canonical, to_native
+from ._layout import CANONICAL, NATIVE, copy_canonical, to_canonical, to_native
 from ._values import Deferred, ParamValue, check_value
 
 if TYPE_CHECKING:
     from ._param import Param
     from ._undo import Undo
 
-__all__ = ["write_canonical", "write_deferred", "write_batch", "snapshot", "snapshot_batch"]
+__all__ = ["write_canonical", "write_deferred", "write_batch", "snapshot", "snapshot_batch", "read_values"]
 
 _PLAIN = (CANONICAL, NATIVE)
 
@@ -263,3 +263,36 @@ def snapshot_batch(ps: Sequence[Param], store: Any = None) -> Callable[[], None]
             _best_effort(h.restore_many, h.restore, kept)
 
     return undo
+
+
+def read_values(ps: Sequence[Param], copy: bool) -> list[np.ndarray]:
+    """``[p.read(copy) for p in ps]`` (distinct storages of one handle) with
+    one ``read_many`` per kind of read (``m.state()``, issue 13): the same
+    checks (every parameter concrete, before anything is read), the same
+    values (canonical copies, or read-only canonical views)."""
+    if len(ps) < 2:
+        return [p.read(copy=copy) for p in ps]
+    for p in ps:
+        shape = p._handle.shape(p._leaf)
+        if None in shape:
+            p._require_concrete("read")
+    h = ps[0]._handle
+    direct = [i for i, p in enumerate(ps) if p._leaf.layout == CANONICAL]  # a copy, if any, by the adapter
+    other = [i for i, p in enumerate(ps) if p._leaf.layout != CANONICAL]  # a view, converted by the core
+    out: list[Any] = [None] * len(ps)
+    for idx, adapter_copies in ((direct, copy), (other, False)):
+        if not idx:
+            continue
+        with adapter_call(h.backend.name, f"read {names_of([ps[i] for i in idx])}"):
+            raws = h.read_many([ps[i]._leaf for i in idx], copy=adapter_copies)
+        for i, raw in zip(idx, raws):
+            layout = ps[i]._leaf.layout
+            if copy:
+                out[i] = raw if layout == CANONICAL else copy_canonical(raw, layout)
+                continue
+            value = to_canonical(raw, layout)
+            if value.flags.writeable:
+                value = value.view()
+                value.flags.writeable = False
+            out[i] = value
+    return out
