@@ -200,24 +200,22 @@ def may_shard(handle: Handle) -> bool:
 def state_pieces(block: Block) -> dict[str, Any]:
     """``m.state(copy=False)`` where the adapter can shard (``may_shard``):
     which storages are sharded is asked in one pass (one adapter boundary,
-    not one per storage), then each is read as :func:`state_value` reads it."""
+    not one per storage); the others are read as ``m.state`` reads them (one
+    batched read), the sharded ones as :func:`state_value` reads them."""
+    from ._fastpath import read_values
+
     h = block._handle
-    listed = block._all().items()
-    sharded: dict[Any, bool] = {}
+    listed = block._all()
+    firsts = list(listed.distinct()._params.values())  # one name per storage
     ask = h.shards
     with adapter_call(h.backend.name, "list the pieces of the model's storages"):
-        for _, p in listed:
-            st = p._leaf.storage
-            if st not in sharded:
-                sharded[st] = ask(p._leaf) is not None
-    out: dict[str, Any] = {}
-    seen: dict[Any, Any] = {}
-    for n, p in listed:
-        st = p._leaf.storage
-        if st not in seen:
-            seen[st] = state_value(p) if sharded[st] else p.read(copy=False)
-        out[n] = seen[st]
-    return out
+        sharded = [ask(p._leaf) is not None for p in firsts]
+    plain = [p for p, s in zip(firsts, sharded) if not s]
+    values: dict[Any, Any] = dict(zip((p._leaf.storage for p in plain), read_values(plain, False)))
+    for p, s in zip(firsts, sharded):
+        if s:
+            values[p._leaf.storage] = state_value(p)
+    return {n: values[p._leaf.storage] for n, p in listed._params.items()}
 
 
 def state_value(p: Param) -> np.ndarray | ShardedValue:
