@@ -32,10 +32,12 @@ BATCH_BYTES = 1 << 20
 #: instead of memory (``_undo``), so that a load holds one model, not two.
 UNDO_SPILL_BYTES = 64 << 20
 UNDO_DIR: str | None = None
-#: Above ``UNDO_SPILL_BYTES``, the undo file also replaces the framework's own
-#: immutable snapshots (JAX arrays, TensorFlow tensors: no copy, but the old
-#: values stay alive until the write ends); sharded storages keep theirs.
-UNDO_SPILL_SNAPSHOTS = True
+#: Above ``UNDO_SPILL_BYTES``, let the undo file also replace the framework's
+#: own immutable snapshots (JAX arrays, TensorFlow tensors: no copy, but the
+#: old values stay alive until the write ends); sharded storages keep theirs.
+#: Off: those frameworks' writes allocate new buffers anyway, so measured
+#: peaks stayed at one model either way, and the file cost a copy.
+UNDO_SPILL_SNAPSHOTS = False
 #: Write the undo file from one background thread, one storage ahead of the
 #: writes. Off by default: on the 2 shared cores where it was measured it
 #: cost more CPU time than it hid (docs/benchmarks.md); a machine with idle

@@ -2,41 +2,55 @@
 port keeps of the values it overwrites, so that a failure midway restores
 every storage, without holding a second model in memory.
 
-Design (issue 18; measured at 1 GiB on PyTorch, docs/benchmarks.md):
+Design (issue 18; measured at 1 GiB on PyTorch on the project's 2 shared
+cores, docs/benchmarks.md "The atomic load's undo"):
 
-* **Verify before the first write.** A load checks the file's framing,
-  header, byte ranges against the file's size, every name, shape and dtype
-  before it writes anything, and reads the data through the one descriptor
-  it opened (``_format.Reader``). What can still fail after the first write
-  is short: another program changing the file *in place* (``open(path,
-  'wb')``, as safetensors' ``save_file`` and ``torch.save`` do: same inode,
-  truncated, rewritten), an adapter's write (a device transfer), a
-  ``check=`` that the outputs refuse, and Ctrl-C (held to the end, then
-  undone). No portable means stops an in-place writer (Linux read leases
-  need the file's owner and kill the process with SIGIO unless it handles
-  it; reflink snapshots exist on btrfs and XFS only), so verifying first
-  shrinks the failure points but cannot remove the undo of a file load.
-* **The undo goes to a temporary file above ``_limits.UNDO_SPILL_BYTES``.**
-  Below it (small writes) the old values are copied in memory as before.
-  Above it, each storage's old bytes are written, just before the storage
-  is overwritten, from the storage's own host memory (``Handle.read(copy=
-  False)``: a view where the framework has one) to an unlinked temporary
-  file in ``_limits.UNDO_DIR`` (default: ``tempfile.gettempdir()``, i.e.
-  ``TMPDIR``); nothing of it stays resident but the page cache, which the
-  kernel writes back and drops under memory pressure, and a killed process
-  leaves no file behind. An undo reads each storage back, one at a time.
-  Measured: the in-memory copy of a 1 GiB PyTorch model cost 1.1-1.7 s (the
-  fresh pages of new tensors) of a 1.4 s load; the file costs one copy into
-  the page cache (0.3-0.4 s) and one tensor of resident memory. A disk
-  that refuses the file (full, read-only) moves the rest of the undo to
-  memory: the load still succeeds, as before this file existed.
-* **Framework snapshots stay in memory.** Where the adapter's
-  ``snapshot`` is the framework's own immutable or copy-on-write value
-  (JAX arrays, TensorFlow tensors), keeping it costs no copy; its memory is
-  the old value, which the framework's own load also holds until it
-  replaces it. A snapshot that is a NumPy array is a *view* of bytes the
-  write replaces (a PyTorch ``DTensor``'s local piece: never gathered), and
-  is copied like a ``read``.
+* **Verify before the first write** (option a). A load checks the file's
+  framing, header, byte ranges against the file's size, every name, shape
+  and dtype before it writes anything, and reads the data through the one
+  descriptor it opened (``_format.Reader``). What can still fail after the
+  first write is short: another program changing the file *in place*
+  (``open(path, 'wb')``, as safetensors' ``save_file`` and ``torch.save``
+  do: same inode, truncated, rewritten), an adapter's write (a device
+  transfer), a ``check=`` that the outputs refuse, and Ctrl-C (held to the
+  end, then undone). No portable means stops an in-place writer: Linux read
+  leases need the file's owner, signal the process (SIGIO kills it unless
+  handled) and end after ``lease-break-time`` (45 s) whether or not the
+  load is done; reflink snapshots exist on btrfs and XFS only. So verifying
+  first shrinks the failure points but cannot remove the undo of a file.
+* **The undo goes to a temporary file above ``_limits.UNDO_SPILL_BYTES``**
+  (option b; 64 MiB). Below it the old values are copied in memory, as
+  before. Above it, each storage's old bytes are written, just before the
+  storage is overwritten, from the storage's own host memory
+  (``Handle.read(copy=False)``: a view where the framework has one; a
+  ``DTensor``'s local piece) to an unlinked temporary file in
+  ``_limits.UNDO_DIR`` (default ``tempfile.gettempdir()``, i.e.
+  ``TMPDIR``). What stays resident is one tensor at most; the file's pages
+  are page cache, which the kernel writes back and drops under memory
+  pressure (anonymous memory cannot go anywhere without swap), and a
+  killed process leaves no file behind. An undo reads each storage back,
+  one at a time. A disk that refuses the file (full, read-only, absent)
+  moves the rest of the undo to memory: the load still runs, as before.
+* **What it costs** (option c, the profile). A 1 GiB PyTorch load without
+  any undo takes 0.2-0.4 s; the old in-memory undo added 0.2-0.4 s where
+  the allocator reused freed pages and 1.1-1.7 s where the pages were
+  fresh (first touch of new memory is the cost on this VM, not the copy:
+  1.6 s for a fresh 1 GiB mapping, 0.2 s to copy into pages already
+  mapped). The file costs page-cache pages, which are fresh too: 0.5-1 s
+  per GiB of wall time on the loaded machine, about 10 % more CPU time
+  than the in-memory copy. Writing the file from a background thread one
+  storage ahead (``_limits.UNDO_THREAD``) cost more CPU than it hid on 2
+  busy cores, so it is off by default.
+* **Framework snapshots.** Where the adapter's ``snapshot`` is the
+  framework's own immutable or copy-on-write value (JAX arrays, TensorFlow
+  tensors), it is kept: no copy. It keeps the old value alive until the
+  write ends, but those frameworks' writes allocate new buffers anyway, so
+  the first load in a process peaked at one model above its start with or
+  without it (measured at 512 MiB), and sending those bytes to the file
+  (``_limits.UNDO_SPILL_SNAPSHOTS``, off) only added a copy. A snapshot
+  that is a NumPy array is a *view* of bytes the write replaces (a PyTorch
+  ``DTensor``'s local piece: never gathered) and is copied like a
+  ``read``, to the file above the threshold.
 * **Ties and buffers.** The core writes each storage once (a tie group is
   one storage), so each storage's undo is kept and restored once; buffers
   are storages like parameters.
