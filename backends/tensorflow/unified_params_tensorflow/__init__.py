@@ -39,8 +39,9 @@ class KerasBackend(Backend):
     layout table (``unified_params.adapter.layout_rule('keras', ...)``); the
     core converts them to the canonical layout, and a layer type the table
     does not know is ``native``.
-    Values are read with ``.numpy()``, which copies, so ``zero_copy`` is not
-    claimed.
+    On TensorFlow, ``read(copy=False)`` is a read-only DLPack view of the
+    variable's own buffer (``_fast``); ``zero_copy`` is not claimed because
+    Keras on JAX or PyTorch copies.
     """
 
     name: ClassVar[str] = "tensorflow"

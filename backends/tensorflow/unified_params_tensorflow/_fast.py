@@ -47,6 +47,7 @@ __all__ = ["storage", "read_tensor", "host_view", "to_host", "assign", "assign_o
 _read_op = _gen.read_variable_op
 _assign_op = _gen.assign_variable_op
 _to_dlpack = tf.experimental.dlpack.to_dlpack
+_convert = tf.convert_to_tensor  # copies a NumPy array (the op wrappers would adopt it)
 
 
 def stateless() -> bool:
@@ -113,11 +114,22 @@ def to_host(t: Any, dtype: np.dtype, copy: bool) -> np.ndarray:
     return np.asarray(t.numpy())  # a new buffer (TensorFlow copies)
 
 
+#: Arrays from this many bytes are copied into memory TensorFlow allocates:
+#: with oneDNN (the default on x86) its CPU allocator pools large blocks and
+#: never returns them, so a variable that adopts NumPy memory instead leaves
+#: its old block idle in the pool (a model's worth of resident memory after
+#: a bulk write). Smaller ones are copied by NumPy, cheaper per call.
+TF_COPY_FROM = 1 << 16
+
+
 def assign(tv: Any, value: np.ndarray) -> None:
     """Write the caller's ``value`` (the storage's dtype and shape, checked
-    by the core): one copy into a new aligned buffer, which the variable then
-    holds. (TensorFlow's op wrappers adopt an aligned NumPy input as it is,
-    without a copy: the caller's array must never become the variable.)"""
+    by the core): one copy, which the variable then holds (TensorFlow's op
+    wrappers adopt an aligned NumPy input as it is, without a copy: the
+    caller's array must never become the variable)."""
+    if value.nbytes >= TF_COPY_FROM:
+        _assign_op(tv.handle, _convert(value))  # a copy into TensorFlow's own (pooled) memory
+        return
     buf = empty_aligned(value.shape, value.dtype)
     np.copyto(buf, value)
     _assign_op(tv.handle, buf)
