@@ -234,10 +234,13 @@ def _valid_str(s: Any) -> bool:
     return True
 
 
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+
+
 def _entry(name: str, info: Any, where: str, data_len: int, escapes: bool = True) -> Entry:
     if escapes and not _valid_str(name):  # (without \\u escapes every name decoded is valid UTF-8)
         raise _header_error(where, f"the tensor name {short(name, 80)}, not valid UTF-8")
-    if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()):
+    if not (isinstance(info, dict) and _ENTRY_KEYS <= info.keys()):
         raise FileFormatError(
             "each tensor's entry as {'dtype': str, 'shape': [int >= 0, ...], 'data_offsets': [begin, end]}",
             f"{short(name, 80)}: {short(info)} in {where}", _FIX)
@@ -511,7 +514,8 @@ class FileTensor(Deferred):
     private = True
 
     def __init__(self, reader: Reader, e: Entry, dtype: np.dtype) -> None:
-        super().__init__(e.shape, dtype, self._read)
+        # one per tensor of a file: the entry's shape is a tuple and ``dtype`` a NumPy dtype already
+        self.shape, self.dtype, self._get = e.shape, dtype, self._read
         self._reader, self._entry = reader, e
 
     def _read(self) -> np.ndarray:

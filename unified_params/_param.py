@@ -345,6 +345,7 @@ class ParamDict(Mapping[str, Param]):
         self._listing = listing
         self._lookup = lookup
         self._distinct: tuple[dict[str, Param], ParamDict] | None = None
+        self._groups: tuple[dict[str, Param], dict[Any, list[str]]] | None = None
 
     @property
     def _params(self) -> dict[str, Param]:
@@ -436,6 +437,19 @@ class ParamDict(Mapping[str, Param]):
         made = ParamDict(out)
         self._distinct = (params, made)
         return made
+
+    def _storage_groups(self) -> dict[Any, list[str]]:
+        """Storage -> its names in order, kept with the listing as
+        ``distinct`` is (callers must not change the lists)."""
+        params = self._params
+        cached = self._groups
+        if cached is not None and cached[0] is params:
+            return cached[1]
+        groups: dict[Any, list[str]] = {}
+        for n, p in params.items():
+            groups.setdefault(p._leaf.storage, []).append(n)
+        self._groups = (params, groups)
+        return groups
 
     def numpy(self) -> dict[str, np.ndarray]:
         """``{name: value}`` copies."""

@@ -92,18 +92,20 @@ def _load_into(
             f"a {type(state).__name__}",
             "pass a dict of canonical arrays keyed by parameter names",
         )
-    allp = block._all()._params  # the plain dict: one lookup per name, no method call
+    listed = block._all()
+    allp = listed._params  # the plain dict: one lookup per name, no method call
     report = LoadReport()
-    groups: dict[Any, list[str]] = {}
-    for n, p in allp.items():
-        groups.setdefault(p._leaf.storage, []).append(n)
+    groups = listed._storage_groups()  # kept with the listing
     report.unexpected = [k for k in state if k not in allp]
     chosen: dict[Any, tuple[str, Any]] = {}
-    for names in groups.values():
+    absent = object()
+    get = state.get
+    for storage, names in groups.items():
         if len(names) == 1:  # untied: the common case, without building a list
             first = names[0]
-            if first in state:
-                chosen[allp[first]._leaf.storage] = (first, state[first])
+            value = get(first, absent)
+            if value is not absent:
+                chosen[storage] = (first, value)
             elif allp[first]._leaf.persistent:  # non-persistent state is never required
                 report.missing.append(first)
             continue
