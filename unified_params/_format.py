@@ -464,9 +464,8 @@ class Reader:
         lo = min(e.begin for e in entries)
         hi = max(e.end for e in entries)
         span = hi - lo
-        if len(entries) < 2 or span > 2 * sum(e.end - e.begin for e in entries) + 4096 \
-                or span >= _limits.CHECK_BYTES:
-            return [self.read(e) for e in entries]
+        if len(entries) < 2 or span > 2 * sum(e.end - e.begin for e in entries) + 4096:
+            return [self.read(e) for e in entries]  # far apart: a span would read mostly other bytes
         if self._since >= _limits.CHECK_BYTES:
             self.check()
             self._since = 0
