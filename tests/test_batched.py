@@ -281,3 +281,37 @@ def test_state_reads_in_one_batch() -> None:
     lazy = up.wrap(ref.Sequential(*[ref.Dense(2) for _ in range(3)]))
     with pytest.raises(up.NotInitializedError):
         lazy.state()
+
+
+@pytest.mark.parametrize("check_bytes", [1, 100, 1 << 20])
+def test_spans_keep_the_file_check_cadence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check_bytes: int) -> None:
+    """Small tensors are read in spans shorter than CHECK_BYTES, so the file
+    is still checked once per CHECK_BYTES read (around every tensor with 1),
+    and the values stay bit-exact whatever the spans."""
+    from unified_params import _format
+
+    src = up.wrap(_mixed())
+    f = up.save(src, tmp_path / "m.safetensors")
+    data = sum(p.size * p.dtype.itemsize for p in src.params.values())
+    monkeypatch.setattr(_limits, "CHECK_BYTES", check_bytes)
+    checks, spans = [], []
+    real_check, real_span = _format.Reader.check, _format.Reader._span
+    monkeypatch.setattr(_format.Reader, "check", lambda self: (checks.append(1), real_check(self))[1])
+
+    def span(self: Any, entries: Any, lo: int, hi: int) -> Any:
+        assert hi - lo < check_bytes
+        spans.append(len(entries))
+        return real_span(self, entries, lo, hi)
+
+    monkeypatch.setattr(_format.Reader, "_span", span)
+    dst = batched(_mixed())
+    for p in dst.params.values():
+        p.native.data[...] = 0
+    up.load(dst, f)
+    assert _bits(dst) == _bits(src)
+    if check_bytes == 1:  # every tensor alone, checked before and after its read
+        assert spans == [] and len(checks) >= 2 * len(src.params)
+    else:  # once per CHECK_BYTES read, give or take a span
+        assert len(checks) >= data // (2 * check_bytes)
+    if check_bytes == 1 << 20:
+        assert spans == [len(src.params)]  # all of them in one read

@@ -143,15 +143,21 @@ def _resolve(values: Sequence[np.ndarray | Deferred]) -> list[tuple[np.ndarray, 
     out: list[Any] = [None] * len(values)
     files: dict[int, list[int]] = {}
     sources: dict[int, list[int]] = {}
-    for i, v in enumerate(values):
-        if isinstance(v, np.ndarray):
-            out[i] = (v, False)  # checked by the caller
-        elif type(v) is FileTensor:
-            files.setdefault(id(v._reader), []).append(i)
-        elif type(v) is ParamValue:
-            sources.setdefault(id(v.param._handle), []).append(i)
-        else:
-            out[i] = (np.asarray(v), bool(getattr(v, "private", False)))
+    kind = type(values[0])
+    if kind is ParamValue and all(type(v) is kind for v in values):  # a port's batch: often one source
+        h0 = values[0].param._handle  # type: ignore[union-attr]
+        if all(v.param._handle is h0 for v in values):  # type: ignore[union-attr]
+            sources[id(h0)] = list(range(len(values)))
+    if not sources:
+        for i, v in enumerate(values):
+            if isinstance(v, np.ndarray):
+                out[i] = (v, False)  # checked by the caller
+            elif type(v) is FileTensor:
+                files.setdefault(id(v._reader), []).append(i)
+            elif type(v) is ParamValue:
+                sources.setdefault(id(v.param._handle), []).append(i)
+            else:
+                out[i] = (np.asarray(v), bool(getattr(v, "private", False)))
     for idx in files.values():
         reader = values[idx[0]]._reader  # type: ignore[union-attr]
         arrays = reader.read_many([values[i]._entry for i in idx])  # type: ignore[union-attr]
@@ -199,7 +205,8 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
             native = to_native(arr, layout, p._concrete_shape_native())
             private = private or not np.may_share_memory(native, arr)
         (owned if private else shared).append((leaf, native))
-    with adapter_call(h.backend.name, f"write {names_of([p for p, _ in items])}", fix=_fix()):
+    first = items[0][0].name
+    with adapter_call(h.backend.name, f"write {first!r} and {len(items) - 1} more", fix=_fix()):
         if shared:
             h.write_many(shared)
         if owned:

@@ -457,15 +457,36 @@ class Reader:
             self._since = 0
 
     def read_many(self, entries: list[Entry]) -> list[np.ndarray]:
-        """The tensors ``entries`` as arrays, with one read of the bytes they
-        span when they lie close together (many small tensors of a load:
-        one system call, not one each, issue 13); else one ``read`` each.
-        Checked as ``read_into`` checks: once per ``CHECK_BYTES``."""
-        lo = min(e.begin for e in entries)
-        hi = max(e.end for e in entries)
+        """The tensors ``entries`` as arrays, with one read per run of
+        consecutive entries that lie close together and span less than
+        ``CHECK_BYTES`` (many small tensors of a load: one system call, not
+        one each, issue 13); a tensor alone otherwise (``read``). Checked
+        as ``read_into`` checks: once per ``CHECK_BYTES``, around every
+        tensor of at least that size."""
+        out: list[np.ndarray] = []
+        limit = _limits.CHECK_BYTES
+        start, n = 0, len(entries)
+        while start < n:
+            lo, hi, total = entries[start].begin, entries[start].end, 0
+            end = start
+            while end < n:
+                e = entries[end]
+                new_lo, new_hi = min(lo, e.begin), max(hi, e.end)
+                size = e.end - e.begin
+                if end > start and (new_hi - new_lo >= limit or new_hi - new_lo > 2 * (total + size) + 4096):
+                    break
+                lo, hi, total = new_lo, new_hi, total + size
+                end += 1
+            if end - start == 1 or hi - lo >= limit:
+                out += [self.read(e) for e in entries[start:end]]
+            else:
+                out += self._span(entries[start:end], lo, hi)
+            start = end
+        return out
+
+    def _span(self, entries: list[Entry], lo: int, hi: int) -> list[np.ndarray]:
+        """``entries``, all within bytes ``[lo, hi)`` of the data, from one read."""
         span = hi - lo
-        if len(entries) < 2 or span > 2 * sum(e.end - e.begin for e in entries) + 4096:
-            return [self.read(e) for e in entries]  # far apart: a span would read mostly other bytes
         if self._since >= _limits.CHECK_BYTES:
             self.check()
             self._since = 0
