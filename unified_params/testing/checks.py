@@ -584,6 +584,46 @@ def check_state_roundtrip_and_views(be: Backend) -> None:
     np.testing.assert_array_equal(_out(m, _x()), _out(m2, _x()))
 
 
+@check
+def check_batched_calls_agree_with_one_storage_calls(be: Backend) -> None:
+    """Adapter protocol (issue 13): ``read_many``, ``write_many``,
+    ``snapshot_many``/``restore_many`` behave as loops over ``read``,
+    ``write``, ``snapshot``/``restore``: the same values, in order, bit-exact,
+    whichever of them the adapter overrides."""
+    m = be.zoo().nested()
+    m.initialize(up.init.Normal(), seed=21)
+    h = m._handle
+    leaves = [p._leaf for p in m._all().distinct().values()]
+    one = [np.array(h.read(leaf, copy=True)) for leaf in leaves]
+    for copy in (True, False):
+        many = h.read_many(leaves, copy=copy)
+        assert len(many) == len(leaves), f"read_many(copy={copy}) gave {len(many)} values for {len(leaves)} leaves"
+        for leaf, a, b in zip(leaves, many, one):
+            a = np.asarray(a)
+            assert a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes(), \
+                f"read_many(copy={copy}) differs from read for {leaf.native_name!r}"
+    snaps = h.snapshot_many(leaves)
+    assert len(snaps) == len(leaves)
+    new = [(np.arange(v.size, dtype=np.float64).reshape(v.shape) * 0.5 - k).astype(v.dtype)
+           for k, v in enumerate(one)]
+    h.write_many(list(zip(leaves, new)))
+    for leaf, v in zip(leaves, new):
+        assert np.asarray(h.read(leaf, copy=True)).tobytes() == v.tobytes(), \
+            f"write_many did not write {leaf.native_name!r}"
+    h.write_many([(leaf, v.copy()) for leaf, v in zip(leaves, one)], owned=True)
+    for leaf, v in zip(leaves, one):
+        assert np.asarray(h.read(leaf, copy=True)).tobytes() == v.tobytes(), \
+            f"write_many(owned=True) did not write {leaf.native_name!r}"
+    h.write_many(list(zip(leaves, new)))
+    kept = [(leaf, s) for leaf, s in zip(leaves, snaps) if s is not None]
+    if kept:
+        h.restore_many(kept)
+    for leaf, s, v in zip(leaves, snaps, one):
+        if s is not None:
+            assert np.asarray(h.read(leaf, copy=True)).tobytes() == v.tobytes(), \
+                f"restore_many did not put back {leaf.native_name!r}"
+
+
 @requires("zero_copy")
 @check
 def check_zero_copy_views(be: Backend) -> None:
