@@ -427,3 +427,24 @@ def test_a_cut_file_restores_every_backend(tmp_path: Path, monkeypatch: pytest.M
         assert u.spilled == 0 and (u.held == 0) == own
     else:
         assert u.held == 0 and (u.spilled == 0) == own
+
+
+@pytest.mark.parametrize("where", list(SPILL))
+@pytest.mark.parametrize("fail_at", [1, 4, N_STORAGES])
+def test_only_the_storages_written_are_put_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                where: str, fail_at: int) -> None:
+    """The undo of the next storage is taken before this one is written (so
+    that the file's copy can overlap the write); a failure puts back only
+    the storages written, each once."""
+    _mode(monkeypatch, where)
+    monkeypatch.setattr(_limits, "BATCH_BYTES", 0, raising=False)  # every storage a batch of its own
+    f = _file(tmp_path)
+    m = _faulty_model()
+    before = _values(m)
+    m._handle.writes = 0
+    m._handle.fail_at = fail_at
+    with pytest.raises(up.UnifiedParamsError):
+        up.load(m, f)
+    assert m._handle.writes == 2 * fail_at  # fail_at writes (the last cut in half), then fail_at put back
+    m._handle.fail_at = None
+    _same(_values(m), before)

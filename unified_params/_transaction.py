@@ -156,18 +156,19 @@ def _write_atomic(
         with _HeldInterrupts():
             batches = _batches(items, sizes)  # one read_many/write_many per batch of small storages
 
-            def kept(a: int, b: int) -> int:  # the undo of batch [a, b): where its copies stand
+            def kept(a: int, b: int) -> tuple[int, int]:  # the undo of batch [a, b): its copies, its undos
                 keep = [p for p, _ in items[a:b] if small or (backup is None and p.device != "cpu")]
                 if keep:
                     backups.append(snapshot_batch(keep, backups))  # no copy where the framework's values are immutable
-                return backups.mark()
+                return backups.mark(), len(backups)
 
-            ahead = kept(*batches[0]) if batches else 0
+            ahead = kept(*batches[0]) if batches else (0, 0)
             for j, (a, b) in enumerate(batches):
-                ready = ahead
+                ready, armed = ahead
                 if j + 1 < len(batches):  # the next batch's old values are copied while this one is written
                     ahead = kept(*batches[j + 1])
                 backups.wait(ready)
+                backups.armed = armed  # undone on failure: the batches up to this one
                 batch = items[a:b]
                 # a file's large tensor: straight into the storage where it can
                 write_batch(batch, shapes[a:b], dtypes[a:b], what)

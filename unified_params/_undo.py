@@ -92,6 +92,10 @@ class Undo(list):  # type: ignore[type-arg]
         self._pool: Any = None
         self._pending: list[Any] = []
         self._done = 0  # futures of _pending already waited for
+        #: how many of the undos guard storages already written or being
+        #: written (``None``: all); ``restore`` runs only those (the undo of a
+        #: batch taken ahead of its write is not run for a write never made)
+        self.armed: int | None = None
         #: bytes of old values written to the file, and kept in memory (tests, benchmarks)
         self.spilled = 0
         self.held = 0
@@ -164,9 +168,16 @@ class Undo(list):  # type: ignore[type-arg]
         """Wait for the copies kept before ``mark()`` returned ``upto``
         (default: all); a copy's own failure was handled where it ran."""
         end = len(self._pending) if upto is None else upto
-        while self._done < end:
-            self._pending[self._done].result()
+        error: BaseException | None = None
+        while self._done < end:  # every one waited for, even after a failure: none runs on behind an undo
+            future = self._pending[self._done]
             self._done += 1
+            try:
+                future.result()
+            except BaseException as exc:  # noqa: BLE001 - raised below, once all are done
+                error = error or exc
+        if error is not None:
+            raise error
 
     def restore(self) -> None:
         """Run every undo, in order; each one's failure is skipped (the
@@ -175,7 +186,7 @@ class Undo(list):  # type: ignore[type-arg]
             self.wait()
         except Exception:  # noqa: S110 - a copy that failed is read back as far as it went
             pass
-        for undo in self:
+        for undo in (self if self.armed is None else self[:self.armed]):
             try:
                 undo()
             except Exception:  # noqa: S112 - best effort; the original error matters
