@@ -406,3 +406,62 @@ def test_not_a_plain_resource_variable_goes_through_keras(ops: dict[str, int]) -
     finally:
         v.value.__class__ = type(v.value).__mro__[1]
     assert handle_mod._TF
+
+
+# -- saves of large kernel-last variables: TensorFlow transposes ---------------------------------
+
+
+def test_large_kernels_are_saved_through_tensorflows_transpose(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Any) -> None:
+    """Views of large variables are remembered with their tensor, so the
+    save's conversion to PyTorch's layout is one ``tf.transpose`` (dense and
+    convolution kernels), with the same bytes NumPy's strips would write."""
+    from safetensors.numpy import load_file
+
+    from unified_params import _layout
+
+    net = keras.Sequential([keras.Input((8, 8, 128)), keras.layers.Conv2D(256, 3),
+                            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2100)])
+    for i, v in enumerate(net.weights):
+        v.assign(_odd_values(tuple(v.shape), 10 + i))
+    m = up.wrap(net)
+    made: list[tuple[int, ...]] = []
+    transpose = _fast.transpose_view
+
+    def counted(value: np.ndarray) -> np.ndarray | None:
+        out = transpose(value)
+        if out is not None:
+            made.append(out.shape)
+        return out
+
+    monkeypatch.setattr(_layout, "_TRANSPOSERS", [counted])
+    f = tmp_path / "big.safetensors"
+    up.save(m, f)
+    assert sorted(made) == [(256, 128, 3, 3), (2100, 256)]  # both kernels (> 1 MiB), no bias
+    stored = load_file(str(f))
+    for (name, value), v in zip(stored.items(), net.weights):
+        np.testing.assert_array_equal(_bits(value), _bits(_canonical(v)), err_msg=name)
+    monkeypatch.setattr(_layout, "_TRANSPOSERS", [])  # NumPy's strips: the same bytes
+    g = tmp_path / "strips.safetensors"
+    up.save(m, g)
+    assert f.read_bytes() == g.read_bytes()
+
+
+def test_transposer_refuses_views_it_did_not_make() -> None:
+    a = np.ones((1024, 512), np.float32)
+    assert _fast.transpose_view(a.T) is None  # a NumPy array of its own
+    layer = keras.layers.Dense(600)
+    layer.build((None, 500))
+    view = _fast.host_view(_fast.read_tensor(layer.kernel.value), np.dtype(np.float32))
+    assert view is not None
+    out = _fast.transpose_view(view.T)
+    assert out is not None and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, layer.kernel.numpy().T)
+    assert _fast.transpose_view(view.T[1:]) is None  # not the whole buffer
+    assert _fast.transpose_view(view[:, :10].T) is None
+    key = id(view)
+    del view, out
+    import gc
+
+    gc.collect()
+    assert key not in _fast._SOURCES  # an entry goes with its view
