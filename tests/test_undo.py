@@ -448,3 +448,22 @@ def test_only_the_storages_written_are_put_back(tmp_path: Path, monkeypatch: pyt
     assert m._handle.writes == 2 * fail_at  # fail_at writes (the last cut in half), then fail_at put back
     m._handle.fail_at = None
     _same(_values(m), before)
+
+
+@pytest.mark.parametrize("where", list(SPILL))
+def test_a_load_whose_outputs_are_refused_restores_every_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               undos: list[_undo.Undo], where: str) -> None:
+    """``check=(x, y)`` runs after the last write, inside the transaction:
+    outputs that differ undo the whole load (every storage was written)."""
+    _mode(monkeypatch, where)
+    f = _file(tmp_path)
+    m = up.wrap(_net())
+    m.initialize(up.init.Normal(0, 1), seed=4)
+    before = _values(m)
+    x = np.ones((2, 4), np.float32)
+    undos.clear()
+    with pytest.raises(up.PortError):
+        up.load(m, f, check=(x, np.full((2, 3), 123.0, np.float32)))
+    _same(_values(m), before)
+    (u,) = undos
+    assert (u.spilled > 0 and u.held == 0) if where != "memory" else (u.held > 0 and u.spilled == 0)
