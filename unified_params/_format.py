@@ -278,6 +278,33 @@ def _entry(name: str, info: Any, where: str, data_len: int, escapes: bool = True
     return Entry(name, code, tuple(shape), begin, end)
 
 
+def _entries_fast(header: dict[str, Any], data_len: int) -> dict[str, Entry] | None:
+    """Every entry of a header with only regular entries (exactly the three
+    keys, a known dtype, int dims and offsets in range, the byte count
+    right), checked in one loop (a file of 10,000 tensors, issue 13);
+    ``None`` at the first irregular one, which ``_entry`` then reports."""
+    out: dict[str, Entry] = {}
+    size_of, make, dims_max, int_max = ITEMSIZE, tuple.__new__, MAX_DIMS, _INT64_MAX
+    for name, info in header.items():
+        if type(info) is not dict or len(info) != 3:
+            return None
+        code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        nbytes = size_of.get(code) if type(code) is str else None
+        if nbytes is None or type(shape) is not list or len(shape) > dims_max \
+                or type(offsets) is not list or len(offsets) != 2:
+            return None
+        for d in shape:
+            if type(d) is not int or d < 0 or d > int_max:
+                return None
+            nbytes *= d
+        begin, end = offsets
+        if type(begin) is not int or type(end) is not int or not 0 <= begin <= end <= data_len \
+                or end - begin != nbytes:
+            return None
+        out[name] = make(Entry, (name, code, tuple(shape), begin, end))
+    return out
+
+
 @dataclass(frozen=True)
 class Header:
     """A checked header: tensors in the file's order, metadata, the offset
@@ -342,7 +369,9 @@ def _parse_json(p: Path, raw: bytes, head: bytes, data_len: int, stamp: tuple[in
     if not isinstance(meta, dict) or not all(_valid_str(k) and _valid_str(v) for k, v in meta.items()):
         raise FileFormatError("'__metadata__' as a map of strings to strings", f"{short(meta)} in {where}", _FIX)
     escapes = "\\u" in text
-    entries = {k: _entry(k, v, where, data_len, escapes) for k, v in header.items()}
+    entries = None if escapes else _entries_fast(header, data_len)
+    if entries is None:  # the one-entry checks, which name what is wrong
+        entries = {k: _entry(k, v, where, data_len, escapes) for k, v in header.items()}
     at = 0  # as safetensors requires: the entries, sorted by offsets, tile the data exactly
     for e in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
         if e.begin != at:
