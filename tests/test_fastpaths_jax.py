@@ -87,16 +87,36 @@ def test_ports_between_flax_models_are_bit_exact(a: str, b: str) -> None:
         np.testing.assert_array_equal(_bits(x), _bits(y))
 
 
-def test_jax_to_jax_port_keeps_the_immutable_arrays_and_copies_nothing() -> None:
-    src, dst = _linen(0), _linen(1)
+def test_jax_to_jax_port_transposes_nothing_and_shares_no_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unified_params import _layout
+
+    def no_transpose(*a: object, **k: object) -> None:
+        raise AssertionError("a kernel-last -> kernel-last port transposed a kernel")
+
+    monkeypatch.setattr(_layout, "_strips", no_transpose)
+    rng = np.random.default_rng(0)
+    net = nn.Sequential([nn.Dense(512), nn.Dense(512)])  # 1 MiB kernels: the tiled/strip path's size
+
+    def variables() -> dict:
+        return {"params": {f"layers_{i}": {"kernel": jnp.asarray(rng.standard_normal((512, 512), np.float32)),
+                                           "bias": jnp.zeros(512, jnp.float32)} for i in range(2)}}
+
+    src, dst = up.wrap(net, variables()), up.wrap(net, variables())
     up.port(src, dst)
-    for i in range(LAYERS):
-        a, b = src.variables["params"][f"layers_{i}"], dst.variables["params"][f"layers_{i}"]
-        assert b["kernel"] is a["kernel"] and b["bias"] is a["bias"]  # the very arrays: no transpose, no copy
-    before = np.asarray(dst.variables["params"]["layers_0"]["kernel"]).copy()
-    src.params["layers_0.weight"][0, 0] = 42.0  # a new array in src; dst keeps its own
-    np.testing.assert_array_equal(np.asarray(dst.variables["params"]["layers_0"]["kernel"]), before)
-    assert src.params["layers_0.weight"].value[0, 0] == 42.0
+    for i in range(2):
+        a, b = src.variables["params"][f"layers_{i}"]["kernel"], dst.variables["params"][f"layers_{i}"]["kernel"]
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+        assert b is not a and not np.shares_memory(np.asarray(a), np.asarray(b))
+    for leaf in jax.tree_util.tree_leaves(src.variables):
+        leaf.delete()  # what donating src's variables to a jitted step does
+    assert dst.params["layers_1.weight"].value.shape == (512, 512)  # dst's own arrays
+
+
+def test_writing_a_parameter_its_own_value_keeps_its_array() -> None:
+    m = _linen(0, 2)
+    arr = m.variables["params"]["layers_0"]["kernel"]
+    m._handle.write(m.params["layers_0.weight"]._leaf, np.asarray(arr))
+    assert m.variables["params"]["layers_0"]["kernel"] is arr
 
 
 def test_a_writable_array_is_never_adopted() -> None:
@@ -105,7 +125,7 @@ def test_a_writable_array_is_never_adopted() -> None:
     m.load_state({**m.state(), "layers_0.weight": v})
     v[...] = 5.0  # the caller reuses its array: the parameter keeps what was written
     np.testing.assert_array_equal(m.params["layers_0.weight"].value, np.ones((3, 3), np.float32))
-    # a read-only view of a whole JAX buffer is adopted; one of part of it is copied
+    # a read-only view of a whole JAX buffer is recognized; one of part of it is not
     arr = jnp.arange(9.0, dtype=jnp.float32).reshape(3, 3)
     assert _common._jax_array_of(np.asarray(arr)) is arr
     assert _common._jax_array_of(np.asarray(arr)[1:]) is None
@@ -250,7 +270,7 @@ def test_save_load_and_port_reach_flax_in_batches(kind: str, tmp_path: object,
     assert 1 <= calls["src", "read_many"][0] <= 3 and 1 <= calls["dst", "write_many"][0] <= 4
     if kind == "linen":  # one update of the variables per batch, not per storage
         assert puts[0] == calls["dst", "write_many"][0]
-    assert device_puts[0] == 0  # every array through the cheap transfer (a port: the very arrays)
+    assert device_puts[0] == 0  # every array through the cheap transfer
     for (name, a), b in zip(src.state().items(), dst.state().values()):
         np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=name)
     assert len(src.state()) == n

@@ -89,9 +89,10 @@ def from_numpy(value: np.ndarray, like: Any, owned: bool = False) -> jax.Array:
     """A new array holding ``value`` where ``like`` lives (its sharding), never
     aliasing ``value``'s memory (the caller may reuse it) unless ``owned``:
     an array made for this write alone, which JAX may keep as it is. A
-    read-only view of a whole JAX array's host buffer (``np.asarray`` of
-    it: a port or ``load_state`` from another JAX model) is that array,
-    kept as it is (both are immutable): no copy."""
+    read-only view of ``like``'s own whole host buffer (its value written
+    back) keeps ``like``. A view of another JAX array is copied, never
+    shared: the user may donate that array to a jitted step (which deletes
+    it), and a model ported from it must not lose its parameters then."""
     return from_numpy_many([value], [like], owned)[0]
 
 
@@ -104,9 +105,8 @@ def from_numpy_many(values: Sequence[np.ndarray], likes: Sequence[Any], owned: b
     rest: list[int] = []
     for i, (value, like) in enumerate(zip(values, likes)):
         sharding = getattr(like, "sharding", None)
-        same = _jax_array_of(value)
-        if same is not None:
-            out[i] = same if sharding is None or same.sharding == sharding else jax.device_put(same, sharding)
+        if _jax_array_of(value) is like:  # its own value, unchanged: nothing to do
+            out[i] = like
         elif sharding is not None and not sharding.is_fully_addressable:
             # spread over several processes: each builds its own pieces from its
             # part of ``value`` (what a load read for it), no communication
