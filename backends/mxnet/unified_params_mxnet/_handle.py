@@ -53,9 +53,6 @@ __all__ = ["MXNetHandle", "Slot", "to_numpy"]
 _ROLES = {"gamma": "weight", "beta": "bias"}
 
 _HOST_DEVICES = ("cpu", "cpu_pinned", "cpu_shared")
-#: Arrays of at most this many elements are read by ``asnumpy`` in batches,
-#: views or not: a DLPack view costs more than copying them.
-_SMALL = 4096
 
 
 @dataclass(frozen=True, eq=False)
@@ -360,13 +357,12 @@ class MXNetHandle(Handle):
 
     # -- batches (issue 13): one host-to-MXNet copy for many parameters ------
     def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
-        """``read`` of each leaf; small arrays by ``asnumpy`` even for views
-        (a DLPack view costs more than copying a few bytes)."""
-        out = []
-        for leaf in leaves:
-            arr = _first_array(leaf.ref.param)
-            out.append(arr.asnumpy() if copy or arr.size <= _SMALL else self.read(leaf, copy))
-        return out
+        """``read`` of each leaf: copies by ``asnumpy`` straight away, views
+        (``copy=False``: ``state(copy=False)`` shares memory, capability
+        ``zero_copy``) as ``read`` makes them."""
+        if not copy:
+            return [self.read(leaf, False) for leaf in leaves]
+        return [_first_array(leaf.ref.param).asnumpy() for leaf in leaves]
 
     def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
         """``write`` of each pair, with one NumPy-to-MXNet copy per kind of
