@@ -83,7 +83,12 @@ _JAX_SCRIPT = textwrap.dedent(
                     "one device": "cpu"}[layout]
         assert w.device == want_dev, (layout, w.device)
         view = m.state(copy=False)[w.name]
-        assert not view.flags.writeable and np.array_equal(view, w.value)
+        if layout == "one device":
+            assert not view.flags.writeable and np.array_equal(view, w.value)
+        else:  # contract 15.1: this process's pieces, read-only, no gather; whole here (4 local devices)
+            assert isinstance(view, up.ShardedValue) and view.shape == w.shape, type(view)
+            assert view.shards and all(not s.data.flags.writeable for s in view.shards)
+            assert np.array_equal(np.asarray(view), w.value)
 
         # every kind of write, each checked against NumPy and for placement
         v = np.arange(32, dtype=np.float32).reshape(4, 8)
