@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("torch.distributed")
+import torch.distributed  # noqa: E402 - part of every torch we pin: a failure here is an error, not a skip
+
+assert torch.distributed.is_available(), "this torch build has no torch.distributed"
 
 COMMON = r'''
 import os, sys, json
