@@ -25,12 +25,10 @@ def _installed() -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("name", _installed())
-@pytest.mark.parametrize("arch", ["mlp", "nested", "cnn", "norm"])
+@pytest.mark.parametrize(("name", "arch"), [(n, a) for n in _installed() for a in ("mlp", "nested", "cnn", "norm")
+                                           if a != "norm" or "buffers" in get_backend(n).capabilities])
 def test_a_file_from_any_backend_loads_into_the_reference_by_order(name: str, arch: str) -> None:
     be = get_backend(name)
-    if arch == "norm" and "buffers" not in be.capabilities:
-        pytest.skip(f"backend {name!r} lacks the capability ['buffers']")
     src = getattr(be.zoo(), arch)()
     src.initialize(up.init.Uniform(-1, 1), seed=3)
     stats = [p for p in src.buffers.values() if p.role in ("running_mean", "running_var")]
