@@ -42,18 +42,23 @@ def _fix() -> str:
     return "report this as a bug of the adapter; the value was not changed"
 
 
+def _to_native(p: Param, arr: np.ndarray, owned: bool) -> tuple[np.ndarray, bool]:
+    """``arr`` in ``p``'s native layout, and whether the result is private to
+    this write (``owned``, or a copy the conversion made)."""
+    layout = p._leaf.layout
+    if layout in _PLAIN:
+        return arr, owned
+    native = to_native(arr, layout, p._concrete_shape_native())
+    return native, owned or not np.may_share_memory(native, arr)
+
+
 def write_canonical(p: Param, arr: np.ndarray, owned: bool = False) -> None:
     """Write the checked canonical ``arr`` to ``p``'s storage: converted to
     the native layout (one tiled copy where a transpose is needed), handed to
     ``write_owned`` when that copy, or ``arr`` itself (``owned``: the caller
     made it for this write), is private to this write."""
     leaf = p._leaf
-    layout = leaf.layout
-    if layout in _PLAIN:
-        native = arr
-    else:
-        native = to_native(arr, layout, p._concrete_shape_native())
-        owned = owned or not np.may_share_memory(native, arr)
+    native, owned = _to_native(p, arr, owned)
     h = p._handle
     with adapter_call(h.backend.name, f"write {p.name!r}", fix=_fix()):
         if owned:
@@ -197,14 +202,8 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
             checked = check_value(p, arr, what)
             private = private or checked is not arr
             arr = checked
-        leaf = p._leaf
-        layout = leaf.layout
-        if layout in _PLAIN:
-            native = arr
-        else:
-            native = to_native(arr, layout, p._concrete_shape_native())
-            private = private or not np.may_share_memory(native, arr)
-        (owned if private else shared).append((leaf, native))
+        native, private = _to_native(p, arr, private)
+        (owned if private else shared).append((p._leaf, native))
     first = items[0][0].name
     with adapter_call(h.backend.name, f"write {first!r} and {len(items) - 1} more", fix=_fix()):
         if shared:
