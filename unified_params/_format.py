@@ -455,6 +455,21 @@ class Reader:
         self.read_into(e, out)
         return out
 
+    def _read_exact(self, buf: memoryview, begin: int, what: str) -> None:
+        """Fill ``buf`` from data offset ``begin``; a short read (the file cut
+        or changed under us) is a FileFormatError after one more check."""
+        self._fh.seek(self.header.data_start + begin)
+        got, n = 0, len(buf)
+        while got < n:
+            k = self._fh.readinto(buf[got:])  # type: ignore[attr-defined]
+            if not k:
+                break
+            got += k
+        if got != n:
+            self.check()
+            raise FileFormatError(what, f"{got} bytes: {CHANGED}",
+                                  "load again once the file is complete; the model is unchanged")
+
     def read_into(self, e: Entry, out: np.ndarray) -> None:
         """Read the tensor ``e`` straight into ``out`` (C-contiguous, of its
         shape and dtype: a new array, or a storage's own host memory), checked
@@ -468,18 +483,8 @@ class Reader:
             self.check()
             self._since = 0
         if n:
-            buf = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-            self._fh.seek(self.header.data_start + e.begin)
-            got = 0
-            while got < n:
-                k = self._fh.readinto(buf[got:])  # type: ignore[attr-defined]
-                if not k:
-                    break
-                got += k
-            if got != n:
-                self.check()
-                raise FileFormatError(f"{n} bytes of {short(e.name, 80)}", f"{got} bytes: {CHANGED}",
-                                      "load again once the file is complete; the model is unchanged")
+            self._read_exact(memoryview(out.reshape(-1).view(np.uint8)), e.begin,  # type: ignore[arg-type]
+                             f"{n} bytes of {short(e.name, 80)}")
         self._since += n
         if self._since >= _limits.CHECK_BYTES:
             self.check()
@@ -521,19 +526,8 @@ class Reader:
             self._since = 0
         raw = empty((span,), np.dtype(np.uint8))
         if span:
-            buf = memoryview(raw)  # type: ignore[arg-type]
-            self._fh.seek(self.header.data_start + lo)
-            got = 0
-            while got < span:
-                k = self._fh.readinto(buf[got:])  # type: ignore[attr-defined]
-                if not k:
-                    break
-                got += k
-            if got != span:
-                self.check()
-                raise FileFormatError(f"{span} bytes of {short(entries[0].name, 80)} and {len(entries) - 1} more",
-                                      f"{got} bytes: {CHANGED}",
-                                      "load again once the file is complete; the model is unchanged")
+            self._read_exact(memoryview(raw), lo,  # type: ignore[arg-type]
+                             f"{span} bytes of {short(entries[0].name, 80)} and {len(entries) - 1} more")
         self._since += span
         if self._since >= _limits.CHECK_BYTES:
             self.check()
