@@ -58,7 +58,21 @@ def _random_state(m: up.Block, seed: int) -> dict[str, np.ndarray]:
 MODELS = {"linen": _linen, "nnx": _nnx}
 
 
+def _count_device_puts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count calls of ``jax.device_put`` from now on (the batched paths make none)."""
+    device_puts = [0]
+    real = jax.device_put
+
+    def counted(*a: object, **k: object) -> object:
+        device_puts[0] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(jax, "device_put", counted)
+    return device_puts
+
+
 @pytest.mark.parametrize("kind", ["linen", "nnx"])
+
 def test_batched_round_trips_are_bit_exact_and_kernel_last_natively(kind: str, tmp_path: object) -> None:
     make = MODELS[kind]
     src, dst = make(0), make(1)
@@ -171,14 +185,7 @@ def test_linen_write_many_is_one_update_of_the_variables_and_no_device_put(monke
     leaves = [p._leaf for p in m.params.values()]
     values = [_common._aligned_copy(np.full(np.shape(h.read(lf)), i, np.float32)) for i, lf in enumerate(leaves)]
     puts = _calls(h, "_put")
-    device_puts = [0]
-    real = jax.device_put
-
-    def counted(*a: object, **k: object) -> object:
-        device_puts[0] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(jax, "device_put", counted)
+    device_puts = _count_device_puts(monkeypatch)
     old = h.variables
     h.write_many(list(zip(leaves, values)), owned=True)
     assert puts[0] == 1 and device_puts[0] == 0
@@ -253,14 +260,7 @@ def test_save_load_and_port_reach_flax_in_batches(kind: str, tmp_path: object,
     calls = {(side, name): _calls(m._handle, name) for side, m in (("src", src), ("dst", dst))
              for name in (*one, "read_many", "write_many")}
     puts = _calls(dst._handle, "_put") if kind == "linen" else [0]
-    device_puts = [0]
-    real = jax.device_put
-
-    def counted(*a: object, **k: object) -> object:
-        device_puts[0] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(jax, "device_put", counted)
+    device_puts = _count_device_puts(monkeypatch)
     f = str(tmp_path) + "/m.safetensors"  # type: ignore[operator]
     up.save(src, f)
     up.load(dst, f)

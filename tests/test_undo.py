@@ -229,6 +229,23 @@ def _changed_after_read(monkeypatch: pytest.MonkeyPatch, at: int, change: Any) -
     monkeypatch.setattr(_format.Reader, "read_into", hooked)
 
 
+def _cut_under_read(monkeypatch: pytest.MonkeyPatch, f: Any, at: int) -> list[int]:
+    """Cut file ``f`` short in the middle of the tensor the ``at``-th read
+    asks for (half of it lands in the model); returns the read counter."""
+    original = _format.Reader.read_into
+    reads = [0]
+
+    def cut(self: Any, e: Any, out: np.ndarray) -> None:
+        reads[0] += 1
+        if reads[0] == at:
+            with open(f, "r+b") as fh:
+                fh.truncate(self.header.data_start + e.begin + (e.end - e.begin) // 2)
+        original(self, e, out)
+
+    monkeypatch.setattr(_format.Reader, "read_into", cut)
+    return reads
+
+
 @pytest.mark.parametrize("where", list(SPILL))
 @pytest.mark.parametrize("how", ["truncated", "rewritten"])
 @pytest.mark.parametrize("at", [1, 3, N_STORAGES])
@@ -337,19 +354,7 @@ def test_torch_load_into_host_memory_restores_every_value(tmp_path: Path, monkey
     m = up.wrap(net)
     before = _values(m)
     ptrs = [t.data_ptr() for t in net.state_dict().values()]
-    from unified_params import _format as fmt
-
-    original = fmt.Reader.read_into
-    reads = [0]
-
-    def cut(self: Any, e: Any, out: np.ndarray) -> None:
-        reads[0] += 1
-        if reads[0] == fail_at:  # the file cut short under this read: half of a tensor lands in the model
-            with open(f, "r+b") as fh:
-                fh.truncate(self.header.data_start + e.begin + (e.end - e.begin) // 2)
-        original(self, e, out)
-
-    monkeypatch.setattr(fmt.Reader, "read_into", cut)
+    _cut_under_read(monkeypatch, f, fail_at)
     undos.clear()
     with pytest.raises(up.FileFormatError):
         up.load(m, f)
@@ -411,17 +416,7 @@ def test_a_cut_file_restores_every_backend(tmp_path: Path, monkeypatch: pytest.M
     m = be.zoo().mlp()
     m.initialize(up.init.Normal(0, 1), seed=2)
     before = _values(m)
-    original = _format.Reader.read_into
-    reads = [0]
-
-    def cut(self: Any, e: Any, out: np.ndarray) -> None:
-        reads[0] += 1
-        if reads[0] == 3:  # two tensors already in the model
-            with open(f, "r+b") as fh:
-                fh.truncate(self.header.data_start + e.begin + (e.end - e.begin) // 2)
-        original(self, e, out)
-
-    monkeypatch.setattr(_format.Reader, "read_into", cut)
+    reads = _cut_under_read(monkeypatch, f, 3)  # two tensors already in the model
     undos.clear()
     with pytest.raises(up.FileFormatError):
         up.load(m, f)
