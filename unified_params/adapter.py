@@ -52,6 +52,7 @@ __all__ = [
     "BIAS_STACKED",
     "layout_rule",
     "CAPABILITIES",
+    "register_transposer",
 ]
 
 #: The version of the protocol below; a Backend declares the one it implements.
@@ -63,7 +64,10 @@ PROTOCOL_VERSION = 2
 #: crosses unconverted, never paired with a converted value) and the other
 #: names of ``unified_params._layout.LAYOUTS``. Adapters take them from the
 #: layout table (:func:`layout_rule`), not from code of their own.
-from ._layout import CANONICAL, KERNEL_LAST, NATIVE  # noqa: E402
+#: ``register_transposer(fn)``: an adapter whose framework transposes its own
+#: large buffers faster than NumPy's strips hands them to ``fn`` (a private
+#: C-contiguous copy of the view, or ``None`` for a view it does not know).
+from ._layout import CANONICAL, KERNEL_LAST, NATIVE, register_transposer  # noqa: E402
 from ._layout import empty as empty_aligned  # noqa: E402
 from ._layout_table import BIAS_SINGLE, BIAS_STACKED, DEFAULT  # noqa: E402
 from ._layout_table import lookup as _lookup  # noqa: E402

@@ -107,7 +107,7 @@ class NnxBackend(JaxBackend):
 def _backend() -> Backend:
     """The registered ``jax`` backend (handles report it, whichever entry
     point opened them)."""
-    from unified_params._registry import get_backend
+    from unified_params import get_backend
 
     try:
         return get_backend("jax")

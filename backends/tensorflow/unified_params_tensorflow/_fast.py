@@ -41,8 +41,7 @@ from keras.src.backend.common.stateless_scope import in_stateless_scope
 from tensorflow.python.ops import gen_resource_variable_ops as _gen
 from tensorflow.python.ops.resource_variable_ops import ResourceVariable
 
-from unified_params._layout import register_transposer
-from unified_params.adapter import empty_aligned
+from unified_params.adapter import empty_aligned, register_transposer
 
 __all__ = ["storage", "read_tensor", "host_view", "to_host", "assign", "assign_owned", "stateless"]
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedTensorMixin
 
-from unified_params._errors import DTypeError, NotInitializedError, ShapeMismatchError, UnifiedParamsError
+from unified_params import DTypeError, NotInitializedError, ShapeMismatchError, UnifiedParamsError
 from unified_params.adapter import CANONICAL, Backend, Handle, Leaf, Node
 
 from . import _dtensor as _dt
