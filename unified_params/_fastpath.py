@@ -204,8 +204,7 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
             arr = checked
         native, private = _to_native(p, arr, private)
         (owned if private else shared).append((p._leaf, native))
-    first = items[0][0].name
-    with adapter_call(h.backend.name, f"write {first!r} and {len(items) - 1} more", fix=_fix()):
+    with adapter_call(h.backend.name, f"write {names_of([p for p, _ in items])}", fix=_fix()):
         if shared:
             h.write_many(shared)
         if owned:
@@ -223,10 +222,6 @@ def _best_effort(many: Callable[[Any], None], one: Callable[[Any, Any], None], p
                 one(a, b)
             except Exception:  # noqa: S112 - best effort
                 continue
-
-
-def _held(old: np.ndarray) -> Callable[[], np.ndarray]:
-    return lambda: old
 
 
 def snapshot_batch(ps: Sequence[Param], store: Any = None) -> Callable[[], None]:
@@ -252,17 +247,12 @@ def snapshot_batch(ps: Sequence[Param], store: Any = None) -> Callable[[], None]
     arrays = [(leaf, snap) for leaf, snap in kept if isinstance(snap, np.ndarray)]  # views of what a write replaces
     if arrays:
         kept = [(leaf, snap) for leaf, snap in kept if not isinstance(snap, np.ndarray)]
-    backs: list[Callable[[], np.ndarray]] | None = None
-    if store is not None:
-        backs = [store.keep(raw, not spill) for raw in olds]
-        views = [(leaf, store.keep(snap, False)) for leaf, snap in arrays]
-    else:
-        views = [(leaf, _held(np.array(snap, copy=True))) for leaf, snap in arrays]
+    backs = [_keep(raw, not spill, store) for raw in olds]  # read_many copied them unless they spill
+    views = [(leaf, _keep(snap, False, store)) for leaf, snap in arrays]
 
     def undo() -> None:
         if plain:
-            pairs = list(zip(plain, olds)) if backs is None else [(leaf, back()) for leaf, back in zip(plain, backs)]
-            _best_effort(h.write_many, h.write, pairs)
+            _best_effort(h.write_many, h.write, [(leaf, back()) for leaf, back in zip(plain, backs)])
         if views:
             _best_effort(h.restore_many, h.restore, [(leaf, back()) for leaf, back in views])
         if kept:
