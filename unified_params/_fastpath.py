@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from ._param import Param
     from ._undo import Undo
 
-__all__ = ["write_canonical", "write_deferred", "write_batch", "snapshot", "snapshot_batch", "read_values"]
+__all__ = ["write_canonical", "write_deferred", "write_batch", "snapshot", "snapshot_batch", "read_values",
+           "batches_of", "names_of"]
 
 _PLAIN = (CANONICAL, NATIVE)
 
@@ -133,6 +134,24 @@ def snapshot(p: Param, store: Undo | None = None) -> Callable[[], None]:
 
 
 # -- batches of small storages (issue 13): one adapter call for many ----------------------
+
+def batches_of(ps: Sequence[Param], sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of consecutive storages of one handle holding at
+    most ``BATCH_BYTES`` (a larger storage: a run of its own): one
+    ``read_many``/``write_many`` each, for saves, loads and ports alike."""
+    limit = _limits.BATCH_BYTES
+    out: list[tuple[int, int]] = []
+    start, total, handle = 0, 0, None
+    for i, (p, size) in enumerate(zip(ps, sizes)):
+        if i > start and (p._handle is not handle or total + size > limit):
+            out.append((start, i))
+            start, total = i, 0
+        handle = p._handle
+        total += size
+    if ps:
+        out.append((start, len(ps)))
+    return out
+
 
 def names_of(ps: Sequence[Param]) -> str:
     """``'a'`` or ``'a' and 9 more``: what a batched adapter call acts on."""

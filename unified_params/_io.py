@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _foreign, _format, _limits, _pieces
+from . import _foreign, _format, _pieces
 from ._block import (
     Block,
     Deferred,
@@ -44,7 +44,7 @@ from ._block import (
 )
 from ._boundary import adapter_call
 from ._errors import ArgumentError, DTypeError, FileFormatError, PortError, StateError, UnifiedParamsError
-from ._fastpath import names_of
+from ._fastpath import batches_of, names_of
 from ._format import few, short
 from ._layout import CANONICAL, NATIVE, contiguous, to_canonical
 from ._pairing import Entry, combine, pair
@@ -218,24 +218,17 @@ def _arrays(storages: Sequence[Param], sizes: Sequence[int] | None = None) -> An
     if sizes is None:
         yield from (np.asarray(p.read(copy=False)) for p in storages)
         return
-    limit, n, i = _limits.BATCH_BYTES, len(storages), 0
-    while i < n:
-        h = storages[i]._handle
-        j, total = i + 1, sizes[i]
-        while j < n and storages[j]._handle is h and total + sizes[j] <= limit:
-            total += sizes[j]
-            j += 1
+    for i, j in batches_of(storages, sizes):
         if j == i + 1:  # a batch of one: the one-storage read
             yield np.asarray(storages[i].read(copy=False))
-            i = j
             continue
         batch = storages[i:j]
+        h = batch[0]._handle
         with adapter_call(h.backend.name, f"read {names_of(batch)}"):
             raws = h.read_many([p._leaf for p in batch], copy=False)
         for p, raw in zip(batch, raws):
             layout = p._leaf.layout
             yield np.asarray(raw if layout in (CANONICAL, NATIVE) else to_canonical(raw, layout))
-        i = j
 
 
 def _values(items: Sequence[Any]) -> Any:

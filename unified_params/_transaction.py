@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _limits
-from ._fastpath import snapshot_batch, write_batch
+from ._fastpath import batches_of, snapshot_batch, write_batch
 from ._format import no_gc
 from ._undo import Undo
 from ._values import Deferred
@@ -109,23 +109,6 @@ def write_atomic(
         _write_atomic(items, what, progress, backup, verify, shapes, dtypes)
 
 
-def _batches(items: Sequence[tuple[Param, Any]], sizes: Sequence[int]) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of consecutive items of one handle holding at
-    most ``BATCH_BYTES`` (a larger storage: a run of its own)."""
-    limit = _limits.BATCH_BYTES
-    out: list[tuple[int, int]] = []
-    start, total, handle = 0, 0, None
-    for i, ((p, _), size) in enumerate(zip(items, sizes)):
-        if i > start and (p._handle is not handle or total + size > limit):
-            out.append((start, i))
-            start, total = i, 0
-        handle = p._handle
-        total += size
-    if items:
-        out.append((start, len(items)))
-    return out
-
-
 def _write_atomic(
     items: Sequence[tuple[Param, np.ndarray | Deferred]],
     what: str,
@@ -154,7 +137,7 @@ def _write_atomic(
     backups = Undo(sum(sizes))  # old values: in memory, or above UNDO_SPILL_BYTES in a temporary file
     try:
         with _HeldInterrupts():
-            batches = _batches(items, sizes)  # one read_many/write_many per batch of small storages
+            batches = batches_of([p for p, _ in items], sizes)  # one read_many/write_many per batch of small storages
 
             def kept(a: int, b: int) -> tuple[int, int]:  # the undo of batch [a, b): its copies, its undos
                 keep = [p for p, _ in items[a:b] if small or (backup is None and p.device != "cpu")]
