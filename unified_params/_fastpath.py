@@ -261,17 +261,23 @@ def snapshot_batch(ps: Sequence[Param], store: Any = None) -> Callable[[], None]
         else:
             snaps = h.snapshot_many(leaves)
         plain = [leaf for leaf, snap in zip(leaves, snaps) if snap is None]
-        olds = h.read_many(plain, copy=not spill) if plain else []
+        many = store is not None and not spill and len(plain) > 1  # views, copied at once into one array
+        olds = h.read_many(plain, copy=not (spill or many)) if plain else []
     kept = [(leaf, snap) for leaf, snap in zip(leaves, snaps) if snap is not None] if len(plain) < len(leaves) else []
     arrays = [(leaf, snap) for leaf, snap in kept if isinstance(snap, np.ndarray)]  # views of what a write replaces
     if arrays:
         kept = [(leaf, snap) for leaf, snap in kept if not isinstance(snap, np.ndarray)]
-    backs = [_keep(raw, not spill, store) for raw in olds]  # read_many copied them unless they spill
+    if many:
+        back_all = store.keep_many(olds)
+        backs: list[Callable[[], np.ndarray]] = []
+    else:
+        backs = [_keep(raw, not spill, store) for raw in olds]  # read_many copied them unless they spill
     views = [(leaf, _keep(snap, False, store)) for leaf, snap in arrays]
 
     def undo() -> None:
         if plain:
-            _best_effort(h.write_many, h.write, [(leaf, back()) for leaf, back in zip(plain, backs)])
+            olds = back_all() if many else [back() for back in backs]
+            _best_effort(h.write_many, h.write, list(zip(plain, olds)))
         if views:
             _best_effort(h.restore_many, h.restore, [(leaf, back()) for leaf, back in views])
         if kept:

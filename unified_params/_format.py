@@ -24,6 +24,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -352,7 +353,62 @@ def _parse(p: Path, fh: BinaryIO, size: int, stamp: tuple[int, int, int, int]) -
         return _parse_json(p, raw, head, size - 8 - n, stamp)
 
 
+def _colons(strings: Iterable[str]) -> int:
+    """How many ':' the strings hold (one join, one count)."""
+    return "".join(strings).count(":")
+
+
+def _tiled(entries: Iterable[Entry], n: int, data_len: int) -> bool:
+    """Whether the ``n`` entries' byte ranges tile ``[0, data_len)`` exactly
+    (sorted by offsets, each begins where the one before ends): the check of
+    ``_parse_json``, as array operations."""
+    if not n:
+        return data_len == 0
+    offsets = np.fromiter((x for e in entries for x in (e.begin, e.end)), np.int64, 2 * n).reshape(n, 2)
+    order = np.lexsort((offsets[:, 1], offsets[:, 0]))
+    begins, ends = offsets[order, 0], offsets[order, 1]
+    return bool(begins[0] == 0 and ends[-1] == data_len and np.array_equal(begins[1:], ends[:-1]))
+
+
+def _parse_plain(raw: bytes, data_len: int) -> tuple[dict[str, Entry], dict[str, str]] | None:
+    """The entries and metadata of a regular header (no ``\\u`` escapes,
+    every entry regular, the entries tiling the data) from the C JSON parser
+    alone, without the strict parse's hook, a Python call per object (a file
+    of 10,000 tensors, issue 13). Duplicate keys, which the plain parser
+    merges silently, are found by counting: in JSON without escapes each key
+    is followed by one ':' outside strings, so the text holds exactly as many
+    colons as the keys parsed plus the colons inside the strings parsed when
+    no key was dropped, and more when one was (a dropped key's own colon).
+    ``None`` for anything else: the strict parse then decides and words it."""
+    if not raw.startswith(b"{") or b"\\u" in raw:
+        return None
+    try:
+        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if type(header) is not dict:
+        return None
+    keys = len(header)
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    elif type(meta) is not dict or not all(type(v) is str for v in meta.values()):
+        return None
+    entries = _entries_fast(header, data_len)
+    if entries is None or not _tiled(entries.values(), len(entries), data_len):
+        return None
+    # keys: the header's, the metadata's, three per entry (dtype, shape,
+    # data_offsets: no colon in them, nor in a known dtype code)
+    expected = keys + len(meta) + 3 * len(entries) + _colons(header) + _colons(meta) + _colons(meta.values())
+    if raw.count(b":") != expected:
+        return None
+    return entries, meta
+
+
 def _parse_json(p: Path, raw: bytes, head: bytes, data_len: int, stamp: tuple[int, int, int, int]) -> Header:
+    plain = _parse_plain(raw, data_len)
+    if plain is not None:
+        return Header(p, plain[0], plain[1], 8 + len(raw), 8 + len(raw) + data_len, stamp)
     where = short(repr(str(p)), 200)
     try:
         if not raw.startswith(b"{"):
@@ -501,15 +557,19 @@ class Reader:
         limit = _limits.CHECK_BYTES
         start, n = 0, len(entries)
         while start < n:
-            lo, hi, total = entries[start].begin, entries[start].end, 0
-            end = start
-            while end < n:
+            e = entries[start]
+            lo, hi = e.begin, e.end
+            total = hi - lo
+            end = start + 1
+            while end < n:  # (no min/max calls: one pass per entry of 10,000)
                 e = entries[end]
-                new_lo, new_hi = min(lo, e.begin), max(hi, e.end)
-                size = e.end - e.begin
-                if end > start and (new_hi - new_lo >= limit or new_hi - new_lo > 2 * (total + size) + 4096):
+                b, x = e.begin, e.end
+                new_lo = b if b < lo else lo
+                new_hi = x if x > hi else hi
+                width, more = new_hi - new_lo, total + x - b
+                if width >= limit or width > 2 * more + 4096:
                     break
-                lo, hi, total = new_lo, new_hi, total + size
+                lo, hi, total = new_lo, new_hi, more
                 end += 1
             if end - start == 1 or hi - lo >= limit:
                 out += [self.read(e) for e in entries[start:end]]
@@ -532,14 +592,12 @@ class Reader:
         if self._since >= _limits.CHECK_BYTES:
             self.check()
             self._since = 0
-        out = []
-        dtypes: dict[str, np.dtype] = {}
-        for e in entries:
-            dt = dtypes.get(e.dtype)
-            if dt is None:
-                dt = dtypes[e.dtype] = numpy_dtype(e.dtype)
-            out.append(raw[e.begin - lo:e.end - lo].view(dt).reshape(e.shape))
-        return out
+        dtypes = {code: numpy_dtype(code) for code in {e.dtype for e in entries}}
+        make = np.ndarray
+        try:  # one constructor call per tensor: a view of its bytes in the span
+            return [make(e.shape, dtypes[e.dtype], raw, e.begin - lo) for e in entries]
+        except (TypeError, ValueError):  # a shape the constructor refuses: slices, viewed and reshaped
+            return [raw[e.begin - lo:e.end - lo].view(dtypes[e.dtype]).reshape(e.shape) for e in entries]
 
     def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, e in self.header.entries.items():
@@ -649,13 +707,14 @@ def our_metadata(meta: Mapping[str, str], where: str) -> tuple[dict[str, dict[st
     last = _LAST_OURS[0]
     if last is not None and last[0] is raw_names and last[1] is raw_ties:
         return last[2]  # the same strings again (a load asks more than once): the same answer
+    plain = _names_plain(raw_names)  # regular (checked as below), or None: the strict parse words it
     try:
-        names = loads(raw_names)
+        names = plain if plain is not None else loads(raw_names)
         ties = loads(raw_ties)
     except ValueError as exc:
         raise FileFormatError("unified_params metadata 'names' and 'ties' as JSON",
                               f"an unreadable entry in {where} ({short(str(exc))})", fix) from None
-    if not (isinstance(names, dict) and all(
+    if plain is None and not (isinstance(names, dict) and all(
             isinstance(v, dict) and all(isinstance(x, str) for x in v.values()) for v in names.values())):
         raise FileFormatError("'names' metadata as a JSON object {name: {'role': str, 'kind': str, 'storage': str}}",
                               f"{short(meta.get('names'))} in {where}", fix)
@@ -665,6 +724,31 @@ def our_metadata(meta: Mapping[str, str], where: str) -> tuple[dict[str, dict[st
                               f"{short(meta.get('ties'))} in {where}", fix)
     _LAST_OURS[0] = (raw_names, raw_ties, (names, ties))
     return names, ties
+
+
+def _names_plain(text: Any) -> dict[str, dict[str, str]] | None:
+    """``names`` metadata of the regular form (an object of objects of
+    strings, no ``\\u`` escapes, no key twice) from the C JSON parser alone,
+    counted as ``_parse_plain`` counts (issue 13: one such object per
+    parameter); ``None`` for anything else."""
+    if type(text) is not str or not text.startswith("{") or "\\u" in text:
+        return None
+    try:
+        names = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+    if type(names) is not dict:
+        return None
+    infos = list(names.values())
+    if not all(type(v) is dict for v in infos):
+        return None
+    try:  # a join takes strings only: the check that every value is one
+        values = "".join(chain.from_iterable(map(dict.values, infos)))
+    except TypeError:
+        return None
+    expected = (len(names) + sum(map(len, infos)) + _colons(names) + _colons(chain.from_iterable(infos))
+                + values.count(":"))
+    return names if text.count(":") == expected else None
 
 
 #: the last ``our_metadata`` answer, with the very string objects it read
