@@ -19,7 +19,10 @@ tiled paths with small arrays.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from itertools import accumulate
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +40,7 @@ __all__ = ["write_canonical", "write_deferred", "write_batch", "snapshot", "snap
            "batches_of", "names_of"]
 
 _PLAIN = (CANONICAL, NATIVE)
+_PLAIN_SET = frozenset(_PLAIN)
 
 
 def _fix() -> str:
@@ -140,7 +144,20 @@ def batches_of(ps: Sequence[Param], sizes: Sequence[int]) -> list[tuple[int, int
     most ``BATCH_BYTES`` (a larger storage: a run of its own): one
     ``read_many``/``write_many`` each, for saves, loads and ports alike."""
     limit = _limits.BATCH_BYTES
+    n = len(ps)
+    if not n:
+        return []
     out: list[tuple[int, int]] = []
+    if len(set(map(_HANDLE, ps))) == 1:  # one model (the common case): cut where the running total passes the limit
+        ends = list(accumulate(sizes))
+        if ends[-1] <= limit:
+            return [(0, n)]
+        start = 0
+        while start < n:
+            end = max(bisect_right(ends, (ends[start - 1] if start else 0) + limit, start), start + 1)
+            out.append((start, end))
+            start = end
+        return out
     start, total, handle = 0, 0, None
     for i, (p, size) in enumerate(zip(ps, sizes)):
         if i > start and (p._handle is not handle or total + size > limit):
@@ -148,8 +165,7 @@ def batches_of(ps: Sequence[Param], sizes: Sequence[int]) -> list[tuple[int, int
             start, total = i, 0
         handle = p._handle
         total += size
-    if ps:
-        out.append((start, len(ps)))
+    out.append((start, n))
     return out
 
 
@@ -158,44 +174,68 @@ def names_of(ps: Sequence[Param]) -> str:
     return repr(ps[0].name) if len(ps) == 1 else f"{ps[0].name!r} and {len(ps) - 1} more"
 
 
-def _resolve(values: Sequence[np.ndarray | Deferred]) -> list[tuple[np.ndarray, bool]]:
-    """Each value as ``(array, private)``: a file's tensors read with one
-    read per span (``Reader.read_many``), a port's sources with one
-    ``read_many`` per source model, other values one at a time."""
+_HANDLE, _LEAF, _LAYOUT, _PARAM = attrgetter("_handle"), attrgetter("_leaf"), attrgetter("layout"), attrgetter("param")
+_READER, _ENTRY, _SHAPE, _DTYPE = attrgetter("_reader"), attrgetter("_entry"), attrgetter("shape"), attrgetter("dtype")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
+def _canonical_reads(ps: Sequence[Param]) -> list[np.ndarray]:
+    """The canonical values of the storages ``ps`` of one handle, with one
+    ``read_many`` (views where the framework allows)."""
+    h = ps[0]._handle
+    leaves = list(map(_LEAF, ps))
+    with adapter_call(h.backend.name, f"read {names_of(ps)}"):
+        raws = list(h.read_many(leaves, copy=False))
+    layouts = list(map(_LAYOUT, leaves))
+    if _PLAIN_SET.issuperset(layouts):
+        return raws
+    return [raw if layout in _PLAIN else to_canonical(raw, layout) for raw, layout in zip(raws, layouts)]
+
+
+def _resolve(values: Sequence[np.ndarray | Deferred]) -> tuple[list[np.ndarray], list[bool]]:
+    """Each value as an array and whether it is private to this write: a
+    file's tensors read with one read per span (``Reader.read_many``), a
+    port's sources with one ``read_many`` per source model, other values
+    one at a time. A batch of one kind from one source (a load's, a port's)
+    is resolved in list passes, not a loop step per value."""
     from ._format import FileTensor
 
-    out: list[Any] = [None] * len(values)
+    n = len(values)
+    kinds = set(map(type, values))
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        if kind is FileTensor:
+            readers = set(map(_READER, values))
+            if len(readers) == 1:
+                return readers.pop().read_many(list(map(_ENTRY, values))), [True] * n
+        elif kind is ParamValue:
+            ps = list(map(_PARAM, values))
+            if len(set(map(_HANDLE, ps))) == 1:
+                return _canonical_reads(ps), [False] * n
+        elif kind is np.ndarray:
+            return list(values), [False] * n  # checked by the caller
+    out: list[Any] = [None] * n
+    private = [False] * n
     files: dict[int, list[int]] = {}
     sources: dict[int, list[int]] = {}
-    kind = type(values[0])
-    if kind is ParamValue and all(type(v) is kind for v in values):  # a port's batch: often one source
-        h0 = values[0].param._handle  # type: ignore[union-attr]
-        if all(v.param._handle is h0 for v in values):  # type: ignore[union-attr]
-            sources[id(h0)] = list(range(len(values)))
-    if not sources:
-        for i, v in enumerate(values):
-            if isinstance(v, np.ndarray):
-                out[i] = (v, False)  # checked by the caller
-            elif type(v) is FileTensor:
-                files.setdefault(id(v._reader), []).append(i)
-            elif type(v) is ParamValue:
-                sources.setdefault(id(v.param._handle), []).append(i)
-            else:
-                out[i] = (np.asarray(v), bool(getattr(v, "private", False)))
+    for i, v in enumerate(values):
+        if isinstance(v, np.ndarray):
+            out[i] = v  # checked by the caller
+        elif type(v) is FileTensor:
+            files.setdefault(id(v._reader), []).append(i)
+        elif type(v) is ParamValue:
+            sources.setdefault(id(v.param._handle), []).append(i)
+        else:
+            out[i], private[i] = np.asarray(v), bool(getattr(v, "private", False))
     for idx in files.values():
         reader = values[idx[0]]._reader  # type: ignore[union-attr]
         arrays = reader.read_many([values[i]._entry for i in idx])  # type: ignore[union-attr]
         for i, a in zip(idx, arrays):
-            out[i] = (a, True)
+            out[i], private[i] = a, True
     for idx in sources.values():
-        ps = [values[i].param for i in idx]  # type: ignore[union-attr]
-        h = ps[0]._handle
-        with adapter_call(h.backend.name, f"read {names_of(ps)}"):
-            raws = h.read_many([p._leaf for p in ps], copy=False)
-        for i, p, raw in zip(idx, ps, raws):
-            layout = p._leaf.layout
-            out[i] = (raw if layout in _PLAIN else to_canonical(raw, layout), False)
-    return out
+        for i, a in zip(idx, _canonical_reads([values[i].param for i in idx])):  # type: ignore[union-attr]
+            out[i] = a
+    return out, private
 
 
 def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Sequence[tuple[int, ...]],
@@ -205,7 +245,9 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
     asked for): values read together (``_resolve``), each checked as
     ``write_deferred`` checks it, converted, then one ``write_many`` (two:
     the values private to this write, and the others). A batch of one takes
-    the one-storage route (a file's tensor straight into host memory)."""
+    the one-storage route (a file's tensor straight into host memory).
+    Values that already have the storages' dtypes and shapes, and storages
+    in plain layouts, pass in list passes (10,000 small storages, issue 13)."""
     if len(items) == 1:
         p, v = items[0]
         if isinstance(v, Deferred):
@@ -214,16 +256,26 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
             p._write_canonical(v)
         return
     h = items[0][0]._handle
-    shared: list[tuple[Any, np.ndarray]] = []
-    owned: list[tuple[Any, np.ndarray]] = []
-    for (p, v), (arr, private), shape, dtype in zip(items, _resolve([v for _, v in items]), shapes, dtypes):
-        if isinstance(v, Deferred) and not ((arr.dtype is dtype or arr.dtype == dtype) and arr.shape == shape):
-            checked = check_value(p, arr, what)
-            private = private or checked is not arr
-            arr = checked
-        native, private = _to_native(p, arr, private)
-        (owned if private else shared).append((p._leaf, native))
-    with adapter_call(h.backend.name, f"write {names_of([p for p, _ in items])}", fix=_fix()):
+    ps = list(map(_FIRST, items))
+    arrays, private = _resolve(list(map(_SECOND, items)))
+    leaves = list(map(_LEAF, ps))
+    if not (list(map(_DTYPE, arrays)) == list(dtypes) and list(map(_SHAPE, arrays)) == list(shapes)):
+        for k, ((p, v), arr, shape, dtype) in enumerate(zip(items, arrays, shapes, dtypes)):
+            if isinstance(v, Deferred) and not ((arr.dtype is dtype or arr.dtype == dtype) and arr.shape == shape):
+                checked = check_value(p, arr, what)
+                private[k] = private[k] or checked is not arr
+                arrays[k] = checked
+    if not _PLAIN_SET.issuperset(map(_LAYOUT, leaves)):
+        for k, (p, arr) in enumerate(zip(ps, arrays)):
+            arrays[k], private[k] = _to_native(p, arr, private[k])
+    if all(private):
+        owned, shared = list(zip(leaves, arrays)), []
+    elif not any(private):
+        owned, shared = [], list(zip(leaves, arrays))
+    else:
+        owned = [(leaf, a) for leaf, a, mine in zip(leaves, arrays, private) if mine]
+        shared = [(leaf, a) for leaf, a, mine in zip(leaves, arrays, private) if not mine]
+    with adapter_call(h.backend.name, f"write {names_of(ps)}", fix=_fix()):
         if shared:
             h.write_many(shared)
         if owned:

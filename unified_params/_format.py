@@ -707,10 +707,11 @@ def our_metadata(meta: Mapping[str, str], where: str) -> tuple[dict[str, dict[st
     last = _LAST_OURS[0]
     if last is not None and last[0] is raw_names and last[1] is raw_ties:
         return last[2]  # the same strings again (a load asks more than once): the same answer
-    plain = _names_plain(raw_names)  # regular (checked as below), or None: the strict parse words it
     try:
-        names = plain if plain is not None else loads(raw_names)
-        ties = loads(raw_ties)
+        with no_gc():  # an object per parameter, no cycles
+            plain = _names_plain(raw_names)  # regular (checked as below), or None: the strict parse words it
+            names = plain if plain is not None else loads(raw_names)
+            ties = loads(raw_ties)
     except ValueError as exc:
         raise FileFormatError("unified_params metadata 'names' and 'ties' as JSON",
                               f"an unreadable entry in {where} ({short(str(exc))})", fix) from None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import chain
+from operator import attrgetter, itemgetter, mul
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from ._param import Param
 
 __all__ = ["write_atomic", "progress_bar", "LARGE_BYTES"]
+
+_FIRST, _ITEMSIZE = itemgetter(0), attrgetter("itemsize")
 
 #: Kept for compatibility; the threshold read at call time is ``_limits.LARGE_BYTES``.
 LARGE_BYTES = _limits.LARGE_BYTES
@@ -120,9 +124,10 @@ def _write_atomic(
 ) -> None:
     if known_shapes is not None and known_dtypes is not None:
         shapes, dtypes = list(known_shapes), list(known_dtypes)
-        for (q, _), shape in zip(items, shapes):
-            if None in shape:
-                q._require_concrete("write")
+        if None in chain.from_iterable(shapes):  # (one pass in C over every dim)
+            for (q, _), shape in zip(items, shapes):
+                if None in shape:
+                    q._require_concrete("write")
     else:
         shapes, dtypes = [], []
         for p, _ in items:  # each an adapter call: asked once per storage
@@ -131,16 +136,17 @@ def _write_atomic(
                 p._require_concrete("write")
             shapes.append(found)  # type: ignore[arg-type]
             dtypes.append(p.dtype)
-    sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in zip(shapes, dtypes)]
+    sizes = list(map(mul, map(math.prod, shapes), map(_ITEMSIZE, dtypes)))  # bytes of each, in list passes
     small = sum(sizes) <= _limits.LARGE_BYTES if backup is None else backup
     bar = progress_bar(progress, sum(sizes), what)
     backups = Undo(sum(sizes))  # old values: in memory, or above UNDO_SPILL_BYTES in a temporary file
     try:
         with _HeldInterrupts():
-            batches = batches_of([p for p, _ in items], sizes)  # one read_many/write_many per batch of small storages
+            batches = batches_of(list(map(_FIRST, items)), sizes)  # one read_many/write_many per batch
 
             def kept(a: int, b: int) -> tuple[int, int]:  # the undo of batch [a, b): its copies, its undos
-                keep = [p for p, _ in items[a:b] if small or (backup is None and p.device != "cpu")]
+                keep = list(map(_FIRST, items[a:b])) if small else \
+                    [p for p, _ in items[a:b] if backup is None and p.device != "cpu"]
                 if keep:
                     backups.append(snapshot_batch(keep, backups))  # no copy where the framework's values are immutable
                 return backups.mark(), len(backups)
