@@ -616,10 +616,10 @@ class FileTensor(Deferred):
 
     def __init__(self, reader: Reader, e: Entry, dtype: np.dtype) -> None:
         # one per tensor of a file: the entry's shape is a tuple and ``dtype`` a NumPy dtype already
-        self.shape, self.dtype, self._get = e.shape, dtype, self._read
+        self.shape, self.dtype = e.shape, dtype  # (no bound method kept: no reference cycle per tensor)
         self._reader, self._entry = reader, e
 
-    def _read(self) -> np.ndarray:
+    def _value(self) -> np.ndarray:
         return self._reader.read(self._entry)
 
     def read_into(self, out: np.ndarray) -> None:

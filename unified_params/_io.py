@@ -16,8 +16,10 @@ the model unchanged.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
+import operator
 import os
 import re
 import secrets
@@ -47,7 +49,7 @@ from ._errors import ArgumentError, DTypeError, FileFormatError, PortError, Stat
 from ._fastpath import batches_of, names_of
 from ._format import few, short
 from ._layout import CANONICAL, NATIVE, contiguous, to_canonical
-from ._pairing import Entry, combine, pair
+from ._pairing import Entry, combine, one_to_one, pair
 from ._values import ParamValue
 from ._verify import output_matches, outputs_agree
 
@@ -883,63 +885,120 @@ def port(src: Any, dst: Any, *, progress: bool | None = None, check: Any = None)
     """
     s, d = _as_block(src, "port"), _as_block(dst, "port")
     report = PortReport(src_backend=s.backend, dst_backend=d.backend)
+    with _format.no_gc():  # many small objects, no cycles: collected once, when the temporaries are gone
+        _port(s, d, report, progress, check)
+    return report
+
+
+def _port(s: Block, d: Block, report: PortReport, progress: bool | None, check: Any) -> None:
     items: list[tuple[Param, Any]] = []
     shapes: list[tuple[int, ...]] = []
     dtypes: list[np.dtype] = []
     pairs = report.pairs
     portable = []
-    with _format.no_gc():  # many small objects, no cycles
-        for what, sl, dl in zip(("parameters", "running statistics"), _portable(s), _portable(d)):
-            (se, sdts), (de, ddts) = _entries_of(sl), _entries_of(dl)  # each shape and dtype asked for once
-            for q, e in zip((*sl, *dl), (*se, *de)):
-                if None in e.shape:
-                    raise PortError(
-                        "two concrete models",
-                        f"{q.name!r} is deferred",
-                        "call materialize(x) on it first",
-                    )
-            portable.append((what, sl, dl, se, de, sdts, ddts))
-        for what, sl, dl, se, de, sdts, ddts in portable:
-            links = pair(what, se, de, f"the {s.backend} source",
-                         f"the {d.backend} destination", "port between models of the same architecture")
-            if len(links) == len(se) == len(de) and all(link.how == "copy" for link in links):
-                # one to one in order (pairs advance together): the common case, in list passes
-                values: list[Any] = [ParamValue(e.shape, dt, p)  # type: ignore[arg-type]
-                                     for e, dt, p in zip(se, sdts, sl)]
-                for k, (a, b) in enumerate(zip(sdts, ddts)):
-                    if a is not b and a != b:  # a cast: checked as any port's value
-                        values[k] = _port_checked(what, k, [sl[k]], dl[k], values[k])
-                items.extend(zip(dl, values))
-                shapes.extend([e.shape for e in de])  # type: ignore[misc]
-                dtypes.extend(ddts)
-                pairs.extend(zip([p.name for p in sl], [p.name for p in dl], [e.shape for e in de]))  # type: ignore[misc]
+    groups = list(zip(("parameters", "running statistics"), _portable(s), _portable(d)))
+    if _port_in_order(groups, items, shapes, dtypes, pairs):
+        _port_write(s, d, items, shapes, dtypes, progress, check)
+        return
+    for what, sl, dl in groups:
+        (se, sdts), (de, ddts) = _entries_of(sl), _entries_of(dl)  # each shape and dtype asked for once
+        for q, e in zip((*sl, *dl), (*se, *de)):
+            if None in e.shape:
+                raise PortError(
+                    "two concrete models",
+                    f"{q.name!r} is deferred",
+                    "call materialize(x) on it first",
+                )
+        portable.append((what, sl, dl, se, de, sdts, ddts))
+    for what, sl, dl, se, de, sdts, ddts in portable:
+        links = pair(what, se, de, f"the {s.backend} source",
+                     f"the {d.backend} destination", "port between models of the same architecture")
+        if len(links) == len(se) == len(de) and all(link.how == "copy" for link in links):
+            # one to one in order (pairs advance together): the common case, in list passes
+            values: list[Any] = [ParamValue(e.shape, dt, p)  # type: ignore[arg-type]
+                                 for e, dt, p in zip(se, sdts, sl)]
+            for k, (a, b) in enumerate(zip(sdts, ddts)):
+                if a is not b and a != b:  # a cast: checked as any port's value
+                    values[k] = _port_checked(what, k, [sl[k]], dl[k], values[k])
+            items.extend(zip(dl, values))
+            shapes.extend([e.shape for e in de])  # type: ignore[misc]
+            dtypes.extend(ddts)
+            pairs.extend(zip([p.name for p in sl], [p.name for p in dl], [e.shape for e in de]))  # type: ignore[misc]
+            continue
+        for n, link in enumerate(links):
+            if link.how == "copy":  # the common case, lean: one dtype asked for per side
+                i, k = link.src[0], link.dst[0]
+                sp, dp = sl[i], dl[k]
+                sdt, ddt = sdts[i], ddts[k]
+                value: Any = ParamValue(se[i].shape, sdt, sp)  # type: ignore[arg-type]
+                if sdt != ddt:
+                    value = _port_checked(what, n, [sp], dp, value)
+                items.append((dp, value))
+                shapes.append(de[k].shape)  # type: ignore[arg-type]
+                dtypes.append(ddt)
+                pairs.append((sp.name, dp.name, de[k].shape))  # type: ignore[arg-type]
                 continue
-            for n, link in enumerate(links):
-                if link.how == "copy":  # the common case, lean: one dtype asked for per side
-                    i, k = link.src[0], link.dst[0]
-                    sp, dp = sl[i], dl[k]
-                    sdt, ddt = sdts[i], ddts[k]
-                    value: Any = ParamValue(se[i].shape, sdt, sp)  # type: ignore[arg-type]
-                    if sdt != ddt:
-                        value = _port_checked(what, n, [sp], dp, value)
-                    items.append((dp, value))
-                    shapes.append(de[k].shape)  # type: ignore[arg-type]
-                    dtypes.append(ddt)
-                    pairs.append((sp.name, dp.name, de[k].shape))  # type: ignore[arg-type]
-                    continue
-                srcs = [sl[k] for k in link.src]
-                for pos, k in enumerate(link.dst):
-                    dp = dl[k]
-                    value = Deferred(de[k].shape, srcs[0].dtype,  # type: ignore[arg-type]
-                                     lambda srcs=srcs, how=link.how, pos=pos: combine(  # type: ignore[misc]
-                                         how, [q.read(copy=False) for q in srcs])[pos])
-                    items.append((dp, _port_checked(what, n, srcs, dp, value)))
-                    shapes.append(de[k].shape)  # type: ignore[arg-type]
-                    dtypes.append(ddts[k])
-                    pairs.append(("+".join(q.name for q in srcs), dp.name, de[k].shape))  # type: ignore[arg-type]
+            srcs = [sl[k] for k in link.src]
+            for pos, k in enumerate(link.dst):
+                dp = dl[k]
+                value = Deferred(de[k].shape, srcs[0].dtype,  # type: ignore[arg-type]
+                                 lambda srcs=srcs, how=link.how, pos=pos: combine(  # type: ignore[misc]
+                                     how, [q.read(copy=False) for q in srcs])[pos])
+                items.append((dp, _port_checked(what, n, srcs, dp, value)))
+                shapes.append(de[k].shape)  # type: ignore[arg-type]
+                dtypes.append(ddts[k])
+                pairs.append(("+".join(q.name for q in srcs), dp.name, de[k].shape))  # type: ignore[arg-type]
+    _port_write(s, d, items, shapes, dtypes, progress, check)
+
+
+def _port_write(s: Block, d: Block, items: list[tuple[Param, Any]], shapes: list[tuple[int, ...]],
+                dtypes: list[np.dtype], progress: bool | None, check: Any) -> None:
     if check is None:
         write_atomic(items, what="port", progress=progress, shapes=shapes, dtypes=dtypes)
     else:
         write_atomic(items, what="port", progress=progress, backup=True,
                      verify=lambda: outputs_agree(s, d, check), shapes=shapes, dtypes=dtypes)
-    return report
+
+
+_LEAF, _NAME = operator.attrgetter("_leaf"), operator.attrgetter("name")
+
+
+def _specs(ps: Sequence[Param]) -> tuple[list[Any], list[tuple[int | None, ...]], list[np.dtype]]:
+    """The leaves, canonical shapes (tuples) and dtypes of the storages
+    ``ps`` of one block, each shape and dtype asked for once, in list passes."""
+    if not ps:
+        return [], [], []
+    h = ps[0]._handle
+    leaves = list(map(_LEAF, ps))
+    if all(leaf.layout == CANONICAL for leaf in leaves):
+        shapes = list(map(h.shape, leaves))
+        if not all(type(shape) is tuple for shape in shapes):
+            shapes = [tuple(shape) for shape in shapes]
+    else:
+        shapes = [p.shape for p in ps]  # converted (and kept) by the Param
+    dts = list(map(h.dtype, leaves))
+    if not all(map(isinstance, dts, itertools.repeat(np.dtype))):
+        dts = [dt if isinstance(dt, np.dtype) else np.dtype(dt) for dt in dts]
+    return leaves, shapes, dts
+
+
+def _port_in_order(groups: list[tuple[str, list[Param], list[Param]]], items: list[tuple[Param, Any]],
+                   shapes: list[tuple[int, ...]], dtypes: list[np.dtype],
+                   pairs: list[tuple[str, str, tuple[int, ...]]]) -> bool:
+    """The port's items where every group pairs one to one in order, each
+    pair of one dtype (``_pairing.one_to_one``: the common case, in list
+    passes, issue 13); ``False`` with nothing added otherwise, and the
+    general route checks, pairs and words any error."""
+    planned = []
+    for _, sl, dl in groups:
+        (sleaves, sshapes, sdts), (dleaves, dshapes, ddts) = _specs(sl), _specs(dl)
+        if (None in itertools.chain.from_iterable(sshapes) or None in itertools.chain.from_iterable(dshapes)
+                or sdts != ddts or not one_to_one(sleaves, dleaves, sshapes, dshapes)):
+            return False
+        planned.append((sl, dl, sshapes, sdts))
+    for sl, dl, sshapes, sdts in planned:
+        items.extend(zip(dl, map(ParamValue, sshapes, sdts, sl)))
+        shapes.extend(sshapes)  # type: ignore[arg-type]
+        dtypes.extend(sdts)
+        pairs.extend(zip(map(_NAME, sl), map(_NAME, dl), sshapes))  # type: ignore[arg-type]
+    return True

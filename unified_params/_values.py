@@ -134,8 +134,14 @@ class Deferred:
         self.shape, self.dtype, self._get = tuple(shape), np.dtype(dtype), get
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        v = np.asarray(self._get())
+        v = np.asarray(self._value())
         return v if dtype is None else v.astype(dtype, copy=False)
+
+    def _value(self) -> np.ndarray:
+        """The value (a subclass made once per storage reads it in a method
+        of its own: a bound method kept in ``_get`` would be a reference
+        cycle per storage, left to the cyclic collector, issue 13)."""
+        return self._get()
 
 
 class ParamValue(Deferred):
@@ -147,9 +153,9 @@ class ParamValue(Deferred):
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, param: Param):
         # one per storage of a port: no closure, no dtype conversion (``dtype`` is the storage's)
-        self.shape, self.dtype, self._get, self.param = shape, dtype, self._read, param
+        self.shape, self.dtype, self.param = shape, dtype, param
 
-    def _read(self) -> np.ndarray:
+    def _value(self) -> np.ndarray:
         return self.param.read(copy=False)
 
 

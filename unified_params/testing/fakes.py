@@ -195,7 +195,8 @@ class InjectedFault(RuntimeError):
 class FaultyHandle(NumpyHandle):
     """Fails the ``fail_at``-th write (1-based; ``None``: never) with
     :class:`InjectedFault` after writing half of it, as a device transfer cut
-    short would; counts every read (``reads``, copies only) and write."""
+    short would; counts every read (``reads``: copies, and the views an
+    undo copies at once, ``Undo.keep_many``) and write."""
 
     def __init__(self, model: Module, fail_at: int | None = None):
         super().__init__(_FakeBackend(), model)
@@ -204,8 +205,7 @@ class FaultyHandle(NumpyHandle):
         self.reads = 0
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
-        if copy:
-            self.reads += 1
+        self.reads += 1
         return super().read(leaf, copy)
 
     def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
