@@ -52,68 +52,242 @@ def _model(seed: int) -> up.Block:
 
 
 def _as_rank(m: up.Block, rank: int, size: int, grp: Any, monkeypatch: pytest.MonkeyPatch,
-             replicated: tuple[str, ...] = ()) -> None:
+             replicated: tuple[str, ...] = (), cols: tuple[tuple[int, ...], ...] = ()) -> None:
     """``m``'s handle reports rows ``rank`` of ``size`` of every 2-D storage
-    (biases and ``replicated`` native names whole) and the group ``grp``."""
+    (columns for the shapes in ``cols``, as DTensor ``Shard(1)``; biases and
+    ``replicated`` native names whole) and the group ``grp``."""
     h = m._handle
 
     def box(leaf: Any) -> tuple[slice, ...]:
         shape = tuple(int(d) for d in h.shape(leaf))
         if len(shape) != 2 or leaf.native_name in replicated:
             return tuple(slice(0, d) for d in shape)
-        step = -(-shape[0] // size)
-        return (slice(min(rank * step, shape[0]), min((rank + 1) * step, shape[0])), slice(0, shape[1]))
+        axis = 1 if shape in cols else 0
+        step = -(-shape[axis] // size)
+        part = slice(min(rank * step, shape[axis]), min((rank + 1) * step, shape[axis]))
+        return (part, slice(0, shape[1])) if axis == 0 else (slice(0, shape[0]), part)
 
     monkeypatch.setattr(h, "shards", lambda leaf: [(box(leaf), f"cpu:{rank}")])
     monkeypatch.setattr(h, "read_shard", lambda leaf, k: h.read(leaf)[box(leaf)])
     monkeypatch.setattr(h, "group", lambda: grp)
 
 
-def _save_from_threads(tmp: Path, monkeypatch: pytest.MonkeyPatch, size: int = 2) -> up.Block:
+def _threads(tmp: Path, monkeypatch: pytest.MonkeyPatch, size: int = 2, seed: int = 3,
+             cols: tuple[tuple[int, ...], ...] = ()) -> tuple[up.Block, list[BaseException | None]]:
+    """``up.save`` from ``size`` threads named ``rank<r>``; the source model
+    and what each raised (None where it returned)."""
     grp = ThreadGroup(size)
-    models = [_model(seed=3) for _ in range(size)]
+    models = [_model(seed=seed) for _ in range(size)]
     for r, m in enumerate(models):
-        _as_rank(m, r, size, grp.member(r), monkeypatch)
-    errors: list[BaseException] = []
+        _as_rank(m, r, size, grp.member(r), monkeypatch, cols=cols)
+    errors: list[BaseException | None] = [None] * size
 
-    def run(m: up.Block) -> None:
+    def run(r: int) -> None:
         try:
-            up.save(m, tmp)
+            up.save(models[r], tmp)
         except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+            errors[r] = exc
 
-    threads = [threading.Thread(target=run, args=(m,)) for m in models]
+    threads = [threading.Thread(target=run, args=(r,), name=f"rank{r}") for r in range(size)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert not errors, errors
-    return models[0]
+    assert not any(t.is_alive() for t in threads), "a process waits on a collective the others left"
+    return models[0], errors
 
 
-def test_each_process_writes_its_pieces_and_rank_zero_the_index(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    ckpt = tmp_path / "ckpt"
-    src = _save_from_threads(ckpt, monkeypatch)
-    assert sorted(x.name for x in ckpt.iterdir()) == [
-        "model-r00000-of-00002.safetensors", "model-r00001-of-00002.safetensors", "model.safetensors.index.json"]
+def _save_from_threads(tmp: Path, monkeypatch: pytest.MonkeyPatch, size: int = 2,
+                       cols: tuple[tuple[int, ...], ...] = ()) -> up.Block:
+    src, errors = _threads(tmp, monkeypatch, size, cols=cols)
+    assert errors == [None] * size, errors
+    return src
+
+
+def _listed_tensors(ckpt: Path) -> dict[str, np.ndarray]:
+    """Every tensor of every file the index lists, read by safetensors itself."""
+    from safetensors import safe_open
+
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
-    desc = json.loads(index["metadata"][_pieces.KEY])
-    assert desc["0.weight"]["parts"] == [["0.weight#0", [[0, 3], [0, 4]]], ["0.weight#1", [[3, 6], [0, 4]]]]
-    # a storage every process holds whole (a bias) is written once, by rank 0, under its own name
-    assert desc["0.bias"]["parts"] == [["0.bias", [[0, 6]]]]
-    assert index["weight_map"]["0.bias"] == "model-r00000-of-00002.safetensors"
-    assert index["weight_map"]["0.weight#1"] == "model-r00001-of-00002.safetensors"
-    from safetensors.numpy import load_file
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(set(index["weight_map"].values())):
+        with safe_open(str(ckpt / f), framework="numpy") as fh:
+            assert fh.metadata() == {"format": "pt"}
+            for k in fh.keys():
+                assert index["weight_map"][k] == f, k
+                out[k] = fh.get_tensor(k)
+    assert sorted(out) == sorted(index["weight_map"])
+    return out
 
-    r1 = load_file(str(ckpt / "model-r00001-of-00002.safetensors"))
-    assert sorted(r1) == ["0.weight#1", "2.weight#1"]
-    np.testing.assert_array_equal(r1["0.weight#1"], src.params["0.weight"].value[3:6])
-    # one process, unsharded: every tensor assembled whole
+
+def _pwrites(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, int]]]:
+    """Every positioned write, ``(offset, bytes)`` by thread name."""
+    import os
+
+    got: dict[str, list[tuple[int, int]]] = {}
+    real = os.pwrite
+
+    def counting(fd: int, data: Any, offset: int) -> int:
+        n = real(fd, data, offset)
+        got.setdefault(threading.current_thread().name, []).append((offset, n))
+        return n
+
+    monkeypatch.setattr(os, "pwrite", counting)
+    return got
+
+
+def test_row_pieces_are_byte_ranges_of_whole_tensors_in_one_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of every weight (FSDP2's sharding) and whole biases: one shared
+    file of whole tensors under their own names, which safetensors reads as a
+    plain sharded checkpoint; each process wrote only its own rows' bytes."""
+    ckpt = tmp_path / "ckpt"
+    writes = _pwrites(monkeypatch)
+    src = _save_from_threads(ckpt, monkeypatch)
+    assert sorted(x.name for x in ckpt.iterdir()) == ["model-whole.safetensors", "model.safetensors.index.json"]
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == {k: "model-whole.safetensors" for k in src.params}
+    desc = json.loads(index["metadata"][_pieces.KEY])
+    assert desc["0.weight"]["parts"] == [["0.weight", [[0, 6], [0, 4]]]]  # one part: the whole box
+    assert index["metadata"]["total_size"] == 4 * sum(p.value.size for p in src.params.values())
+    got = _listed_tensors(ckpt)
+    assert sorted(got) == sorted(src.params)
+    for k, p in src.params.items():
+        assert got[k].shape == p.shape
+        np.testing.assert_array_equal(got[k], p.value, err_msg=k)
+    # rank 1 wrote rows 3:6 of 0.weight and row 2 of 2.weight, nothing else; rank 0 the header and its rows
+    from unified_params import _format
+
+    raw = (ckpt / "model-whole.safetensors").read_bytes()
+    head = 8 + int.from_bytes(raw[:8], "little")  # the data begins after the header
+    at = {e.name: head + e.begin for e in _format.read_header(ckpt / "model-whole.safetensors").entries.values()}
+    assert sorted(writes["rank1"]) == sorted([(at["0.weight"] + 3 * 16, 3 * 16), (at["2.weight"] + 2 * 24, 24)])
+    assert sorted(writes["rank0"]) == sorted([(0, head), (at["0.weight"], 3 * 16), (at["0.bias"], 24),
+                                              (at["2.weight"], 2 * 24), (at["2.bias"], 12)])
+    # one process, unsharded: every tensor whole
     one = _model(seed=9)
     up.load(one, ckpt)
     for k, p in src.params.items():
         np.testing.assert_array_equal(one.params[k].value, p.value, err_msg=k)
+
+
+def test_column_pieces_stay_pieces_beside_whole_tensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Columns of 0.weight (DTensor Shard(1)) are not byte ranges: pieces
+    ``#k`` in the per-rank files; the rest whole in the shared file. It loads
+    into 1, 2 and 4 processes, rows or columns, and consolidates."""
+    ckpt = tmp_path / "ckpt"
+    src = _save_from_threads(ckpt, monkeypatch, cols=((6, 4),))
+    assert sorted(x.name for x in ckpt.iterdir()) == [
+        "model-r00000-of-00002.safetensors", "model-r00001-of-00002.safetensors", "model-whole.safetensors",
+        "model.safetensors.index.json"]
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == {"0.weight#0": "model-r00000-of-00002.safetensors",
+                                   "0.weight#1": "model-r00001-of-00002.safetensors",
+                                   "0.bias": "model-whole.safetensors", "2.weight": "model-whole.safetensors",
+                                   "2.bias": "model-whole.safetensors"}
+    desc = json.loads(index["metadata"][_pieces.KEY])
+    assert desc["0.weight"]["parts"] == [["0.weight#0", [[0, 6], [0, 2]]], ["0.weight#1", [[0, 6], [2, 4]]]]
+    got = _listed_tensors(ckpt)
+    want = {k: p.value for k, p in src.params.items()}
+    np.testing.assert_array_equal(got["0.weight#1"], want["0.weight"][:, 2:4])
+    for k in ("0.bias", "2.weight", "2.bias"):
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    one = _model(seed=9)
+    up.load(one, ckpt)
+    for k, v in want.items():
+        np.testing.assert_array_equal(one.params[k].value, v, err_msg=k)
+    for size in (2, 4):
+        for cols in ((), ((6, 4), (3, 6))):
+            for r in range(size):
+                dst = _model(seed=11)
+                with monkeypatch.context() as mp:
+                    _as_rank(dst, r, size, None, mp, cols=cols)
+                    boxes = {k: p.shards()[0].index for k, p in dst.params.items()}
+                    up.load(dst, ckpt)
+                for k, v in want.items():
+                    np.testing.assert_array_equal(dst.params[k].value[boxes[k]], v[boxes[k]],
+                                                  err_msg=f"{size} {cols} {r} {k}")
+    plain = up.consolidate(ckpt, tmp_path / "plain", max_shard_size=64)
+    again = _model(seed=5)
+    up.load(again, plain)
+    for k, v in want.items():
+        np.testing.assert_array_equal(again.params[k].value, v, err_msg=k)
+
+
+@pytest.mark.parametrize("where", ["shared file", "own file", "rank 0 rename"])
+def test_a_process_failing_midway_changes_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  where: str) -> None:
+    """One process fails while writing (the shared file's ranges, its own
+    file) or rank 0 while renaming: every process raises a contract error,
+    no temporary file is left, no process waits on the others, and (but for
+    a rename failing midway, which only the index's rename commits) the
+    checkpoint there is the earlier one byte for byte."""
+    import os
+
+    from unified_params import _io
+
+    ckpt = tmp_path / "ckpt"
+    _save_from_threads(ckpt, monkeypatch, cols=((6, 4),))
+    before = {f.name: f.read_bytes() for f in ckpt.iterdir()}
+    with monkeypatch.context() as mp:
+        if where == "shared file":
+            real = os.pwrite
+
+            def failing(fd: int, data: Any, offset: int) -> int:
+                if threading.current_thread().name == "rank1":
+                    raise OSError(28, "No space left on device")
+                return real(fd, data, offset)
+
+            mp.setattr(os, "pwrite", failing)
+        elif where == "own file":
+            real_temp = _io._write_temp
+
+            def failing_temp(*a: Any, **k: Any) -> str:
+                if threading.current_thread().name == "rank1":
+                    raise OSError(28, "No space left on device")
+                return real_temp(*a, **k)
+
+            mp.setattr(_io, "_write_temp", failing_temp)
+        else:
+            real_replace, calls = os.replace, []
+
+            def failing_replace(a: Any, b: Any) -> None:
+                calls.append(b)
+                if len(calls) == 3:  # after two of the four files are in place
+                    raise OSError(5, "Input/output error")
+                real_replace(a, b)
+
+            mp.setattr(os, "replace", failing_replace)
+        _, errors = _threads(ckpt, monkeypatch, seed=4, cols=((6, 4),))
+    assert all(isinstance(e, up.FileFormatError) for e in errors), errors
+    failed = 0 if where == "rank 0 rename" else 1
+    assert "Input/output" in str(errors[failed]) or "No space" in str(errors[failed]), errors
+    assert f"rank {failed}" in str(errors[1 - failed]), errors
+    assert {f.name for f in ckpt.iterdir()} == set(before)  # no temporary file left
+    if where != "rank 0 rename":
+        assert {f.name: f.read_bytes() for f in ckpt.iterdir()} == before
+    else:  # the old index, naming the old files: the index is renamed last
+        assert (ckpt / "model.safetensors.index.json").read_bytes() == before["model.safetensors.index.json"]
+
+
+def test_what_goes_whole() -> None:
+    """A tensor goes whole where each distinct piece is one run of its C
+    order and the pieces tile it."""
+    def route(shape: tuple[int, ...], *boxes: tuple[tuple[int, int], ...]) -> bool:
+        pieces = {"t": [("t", b, 0) for b in boxes]}
+        return _pieces.whole_route(pieces, {"t": shape}) == {"t"}
+
+    assert route((6, 4), ((0, 3), (0, 4)), ((3, 6), (0, 4)))  # rows: FSDP2, Shard(0)
+    assert not route((6, 4), ((0, 6), (0, 2)), ((0, 6), (2, 4)))  # columns: Shard(1)
+    assert not route((4, 4), ((0, 2), (0, 2)), ((0, 2), (2, 4)), ((2, 4), (0, 2)), ((2, 4), (2, 4)))  # 2-D mesh
+    assert route((5,), ((0, 2),), ((2, 4),), ((4, 5),), ((5, 5),))  # 1-D, uneven, an empty piece
+    assert route((6, 4), ((0, 6), (0, 4)))  # replicated or unsharded: the whole
+    assert route((), ())  # a scalar
+    assert route((2, 3, 4), ((0, 1), (0, 2), (0, 4)), ((0, 1), (2, 3), (0, 4)), ((1, 2), (0, 3), (0, 4)))
+    assert not route((2, 3, 4), ((0, 2), (0, 1), (0, 4)), ((0, 2), (1, 3), (0, 4)))  # axis 1 over 2 rows
+    assert not route((6, 4), ((0, 3), (0, 4)))  # a hole
+    assert not route((6, 4), ((0, 4), (0, 4)), ((2, 6), (0, 4)))  # overlapping runs
+    assert _pieces._span(((1, 2), (2, 3), (0, 4)), (2, 3, 4)) == (20, 24)
 
 
 def test_a_load_reads_only_the_rows_a_process_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,7 +315,7 @@ def test_a_load_reads_only_the_rows_a_process_holds(tmp_path: Path, monkeypatch:
 
 def test_consolidate_and_damaged_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = tmp_path / "ckpt"
-    src = _save_from_threads(ckpt, monkeypatch)
+    src = _save_from_threads(ckpt, monkeypatch, cols=((6, 4),))  # 0.weight in pieces
     plain = up.consolidate(ckpt, tmp_path / "plain", max_shard_size=64)
     one = _model(seed=5)
     up.load(one, plain)

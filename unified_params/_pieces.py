@@ -4,17 +4,37 @@ sharding or framework, ``up.consolidate``.
 
 Design constraints:
 
-* No process gathers. Each process writes the pieces it holds (``p.shards()``,
-  canonical layout) to a file of its own, ``model-r0000R-of-0000N.safetensors``;
-  a piece held by several processes (a replicated parameter) is written once,
-  by the lowest rank that holds it. What every process holds is exchanged
-  once (``Group.all_gather``), so each computes the same index, which rank 0
-  writes after a barrier.
+* No process gathers, and every process computes the same plan from what
+  each holds (``p.shards()``, canonical layout, exchanged once with
+  ``Group.all_gather``): each distinct piece is written once, by the lowest
+  rank that holds it (a replicated parameter: rank 0).
+* What goes where. A tensor whose distinct pieces are each one run of its
+  bytes in canonical C order and together tile it (row boxes: FSDP2,
+  DTensor ``Shard(0)``, a JAX array sharded on canonical axis 0; any 1-D
+  sharding; a replicated or unsharded tensor) is written as ONE whole
+  tensor under its own name into the shared ``model-whole.safetensors``:
+  every process computes its header alike (``_format.header_bytes``), rank 0
+  creates it under a temporary name and sizes it, and each process writes
+  only its own pieces' byte ranges into it (``os.pwrite``, streamed from
+  the read-only piece data). Any other tensor (DTensor ``Shard(1)`` of a
+  matrix, a 2-D mesh's ``Shard(0), Shard(1)``) keeps one tensor per piece,
+  ``<name>#<k>``, in the file of the rank that writes it,
+  ``model-r0000R-of-0000N.safetensors`` (none for a rank without such
+  pieces). The folder must be one that every process sees.
+* Atomic across processes: every file is written under a temporary name,
+  and after an exchange in which every process says it wrote all of its
+  bytes (and fsynced them), rank 0 renames them into place, the index
+  last, then removes an earlier save's files that the index no longer
+  names. A process that fails tells the others in that exchange: nothing
+  is renamed, the temporary files are removed, and every process raises
+  (its own contract error, or a ``FileFormatError`` naming the rank).
 * The index is transformers' ``model.safetensors.index.json``: ``weight_map``
-  maps each piece's tensor to its file. A parameter written whole keeps its
-  own name, so a checkpoint of unsharded parameters is a plain sharded
-  directory; a piece of a parameter is ``<name>#<k>``, placed by the box in
-  the index's ``unified_params.pieces`` entry (global shape, dtype, boxes).
+  names whole tensors under their own names and pieces as ``<name>#<k>``,
+  so a checkpoint of row-sharded, replicated or unsharded parameters is a
+  plain sharded directory that ``transformers`` and ``safetensors`` read as
+  it is. The index's ``unified_params.pieces`` entry describes every
+  tensor (global shape, dtype, parts: a whole tensor is one part, the
+  whole box; a piece is placed by its box).
 * A load reads, for each storage, only the rows of the file pieces that
   overlap the boxes this process holds (``p.shards()`` of the target), one
   storage at a time; a target that is not sharded holds the whole box.
@@ -24,9 +44,12 @@ Design constraints:
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,54 +128,255 @@ def local_pieces(block: Block) -> tuple[dict[str, Param], dict[str, str], dict[s
     return (storages, meta, held) if sharded else None
 
 
+#: the one file of the tensors whose pieces are byte ranges of them (every process writes its ranges)
+WHOLE = "model-whole.safetensors"
+#: the files of a save by several processes (and of a plain sharded save), which a later save replaces
+_OURS = re.compile(r"model-(r\d{5}-of-\d{5}|\d{5}-of-\d{5}|whole)\.safetensors\Z")
+
+
+def _span(box: Box, shape: Sequence[int]) -> tuple[int, int] | None:
+    """The elements ``[start, stop)`` of ``box`` in the C order of ``shape``
+    when they are one run (axes before some k of length 1, axis k any
+    range, the axes after it whole: row boxes, any 1-D box, the whole), else
+    None; an empty box is the empty run."""
+    vol = _volume(box)
+    if vol == 0:
+        return (0, 0)
+    k = len(shape) - 1
+    while k >= 0 and box[k] == (0, int(shape[k])):
+        k -= 1
+    if any(hi - lo != 1 for lo, hi in box[:max(k, 0)]):
+        return None
+    start = 0
+    for (lo, _), d in zip(box, shape):
+        start = start * int(d) + lo
+    return start, start + vol
+
+
+def whole_route(pieces: Mapping[str, list[tuple[str, Box, int]]],
+                shapes: Mapping[str, tuple[int, ...]]) -> set[str]:
+    """The names whose distinct pieces are each one run of the tensor's C
+    order and together tile it exactly: written as one whole tensor (each
+    piece a byte range of it) in :data:`WHOLE`. Deterministic."""
+    out = set()
+    for name, parts in pieces.items():
+        shape = shapes[name]
+        spans = [_span(b, shape) for _, b, _ in parts]
+        if any(s is None for s in spans):
+            continue
+        at = 0
+        for lo, hi in sorted(s for s in spans if s is not None and s[0] < s[1]):
+            if lo != at:
+                break
+            at = hi
+        else:
+            if at == int(np.prod(shape, dtype=np.int64)):
+                out.add(name)
+    return out
+
+
+def _pwrite(fd: int, data: Any, offset: int) -> int:
+    """All of ``data`` (bytes-like) at ``offset`` of ``fd``; the bytes written."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        if hasattr(os, "pwrite"):
+            n = os.pwrite(fd, view[done:], offset + done)
+        else:  # pragma: no cover - Windows: this process's own descriptor, so seek and write
+            os.lseek(fd, offset + done, os.SEEK_SET)
+            n = os.write(fd, view[done:])
+        if n <= 0:
+            raise OSError(errno.EIO, "a positioned write wrote nothing")
+        done += n
+    return done
+
+
+def _write_ranges(path: Path, ranges: Sequence[tuple[int, np.ndarray]]) -> None:
+    """Each piece's bytes (C order, little endian) at its offset of the shared
+    file that rank 0 created and sized; flushed to disk."""
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileFormatError(
+            "a checkpoint folder that every process sees (a shared file system)",
+            f"{_format.short(repr(str(path.parent)), 200)}: the file rank 0 created there is not visible here",
+            "save to a folder on a file system that every process mounts") from None
+    try:
+        scratch: list[np.ndarray] = []
+        big_host = sys.byteorder != "little"
+        for offset, v in ranges:
+            v = np.asarray(v)
+            order = v.dtype.byteorder
+            if order == ">" or (order == "=" and big_host):
+                v = v.astype(v.dtype.newbyteorder("<"))
+            for part in _format._c_order_parts(v, scratch) if v.size else ():
+                offset += _pwrite(fd, part.reshape(-1).view(np.uint8), offset)  # no copy of a C-order piece
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_shared(folder: Path, head: bytes, size: int) -> str:
+    """Rank 0's temporary shared file: the header, sized to hold every
+    tensor (the others write their ranges into it)."""
+    from . import _io
+
+    fd, tmp = _io._create_temp(folder)
+    try:
+        _pwrite(fd, head, 0)
+        os.ftruncate(fd, len(head) + size)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _io._unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _said(exc: BaseException | None) -> str | None:
+    """What a failure is called in the all_gather that tells the others."""
+    return None if exc is None else _format.short(f"{type(exc).__name__}: {exc}", 400)
+
+
+def _settle(said: Sequence[str | None], own: BaseException | None, folder: Path, temps: Sequence[str],
+            step: str) -> None:
+    """After an exchange: if any process failed, remove ``temps`` (this
+    process's temporary files) and raise on every process, this one's own
+    error where it failed, else a FileFormatError naming the ranks that did.
+    Every process decides alike, so none waits on a collective the others left."""
+    if all(s is None for s in said):
+        return
+    from . import _io
+
+    for t in temps:
+        _io._unlink(t)
+    if own is not None:
+        if isinstance(own, OSError):
+            raise _io._folder_error(folder, own) from None
+        raise own
+    bad = [f"rank {r}: {s}" for r, s in enumerate(said) if s is not None]
+    raise FileFormatError(f"every process {step}",
+                          f"{len(bad)} failed ({'; '.join(bad[:4])}) saving to "
+                          f"{_format.short(repr(str(folder)), 200)}",
+                          "fix what that process reports and save again; the files of the checkpoint there are "
+                          "unchanged and the temporary files removed")
+
+
+def _remove_replaced(folder: Path, *keep: set[str]) -> None:
+    """Best effort, after the index is in place: an earlier save's files that
+    it no longer names (another process count, a plain sharded save) and a
+    ``model.safetensors``, which transformers would read instead of the index."""
+    from . import _io
+
+    kept = set().union(*keep)
+    try:
+        with os.scandir(folder) as it:
+            stale = [e.path for e in it if (_OURS.match(e.name) and e.name not in kept) or e.name == _format.SINGLE]
+    except OSError:
+        return
+    for f in stale:
+        _io._unlink(f)
+
+
 def save_pieces(block: Block, path: str | os.PathLike[str], grp: Any, progress: bool | None,
                 listed: tuple[dict[str, Param], dict[str, str], dict[str, list[Shard]]]) -> Path:
     """``up.save`` called by every process of ``grp`` (see the module doc);
     ``listed``: what :func:`local_pieces` found, so the model is walked and
-    its pieces listed once."""
+    its pieces listed once. Four exchanges, each of them also how a process
+    learns that another failed: nothing is renamed into place unless every
+    process wrote all of its bytes."""
     from . import _io
 
     storages, meta, held = listed
     target = _format.as_path(path, "save to")
-    if grp.rank == 0:
+    rank = grp.rank
+    fail: BaseException | None = None
+    if rank == 0:
         try:
             target.mkdir(parents=False, exist_ok=True)
+            _io._remove_stale(target, _format.INDEX)
         except OSError as exc:
-            raise _io._folder_error(target, exc) from None
+            fail = exc
     entries = {n: (code, shape) for n, code, shape in _io._entries(storages)}
+    shapes = {n: shape for n, (_, shape) in entries.items()}
     mine = {n: [_box(s.index) for s in pieces] for n, pieces in held.items()}
-    everyone = grp.all_gather(mine)  # also the barrier after rank 0 made the folder
-    pieces, writes = plan(everyone, {n: shape for n, (_, shape) in entries.items()})
-    own = writes.get(grp.rank, [])
-    files = {r: file_name(r, grp.size) for r in sorted(writes)}
-    if own:
-        by_box = {n: {_box(s.index): s for s in held[n]} for n in {w[0] for w in own}}
-        head, _ = _format.header_bytes(
-            [(key, entries[n][0], tuple(b - a for a, b in box)) for n, key, box in own], {"format": "pt"})
-        arrays = (by_box[n][box].data for n, key, box in own)  # read-only pieces: no copy of ours
+    everyone = grp.all_gather((mine, _said(fail)))  # also the barrier after rank 0 made the folder
+    _settle([e[1] for e in everyone], fail, target, [], "making the checkpoint folder")
+    pieces, writes = plan([e[0] for e in everyone], shapes)
+    whole = whole_route(pieces, shapes)
+    # the shared file: its header every process computes alike, the tensors in the model's order
+    shared = [(n, code, shape) for n, (code, shape) in entries.items() if n in whole]
+    head, total = _format.header_bytes(shared, {"format": "pt"})
+    begin: dict[str, int] = {}
+    at = len(head)
+    for n, code, shape in shared:
+        begin[n] = at
+        at += _format.ITEMSIZE[code] * int(np.prod(shape, dtype=np.int64))
+    own = writes.get(rank, [])
+    by_box = {n: {_box(s.index): s for s in held[n]} for n in {w[0] for w in own}}
+    shared_tmp: str | None = None
+    if rank == 0 and shared:
         try:
-            tmp = _io._write_temp(target, head, arrays, None)
-            os.replace(tmp, target / files[grp.rank])
-        except OSError as exc:
-            raise _io._folder_error(target, exc) from None
-    grp.barrier()  # every process's file is in place before the index names it
-    if grp.rank == 0:
+            shared_tmp = _create_shared(target, head, total)
+        except BaseException as exc:  # noqa: BLE001 - every process is told, then each raises
+            fail = exc
+    tokens = grp.all_gather((os.path.basename(shared_tmp) if shared_tmp else None, _said(fail)))
+    _settle([t[1] for t in tokens], fail, target, [], "creating the shared checkpoint file")
+    token = tokens[0][0]
+    # this process's bytes: its runs of whole tensors into the shared file, its other pieces into a file of its own
+    rest = [(n, key, box) for n, key, box in own if n not in whole]
+    mine_tmp: str | None = None
+    try:
+        ranges = []
+        for n, _, box in own:
+            span = _span(box, shapes[n]) if n in whole else None
+            if span is not None and span[0] < span[1]:  # read-only pieces: no copy of ours
+                ranges.append((begin[n] + span[0] * _format.ITEMSIZE[entries[n][0]], by_box[n][box].data))
+        if ranges:
+            _write_ranges(target / str(token), ranges)
+        if rest:
+            head_r, _ = _format.header_bytes(
+                [(key, entries[n][0], tuple(b - a for a, b in box)) for n, key, box in rest], {"format": "pt"})
+            arrays = (by_box[n][box].data for n, key, box in rest)  # read-only pieces: no copy of ours
+            mine_tmp = _io._write_temp(target, head_r, arrays, None)
+    except BaseException as exc:  # noqa: BLE001 - every process is told, then each raises
+        fail = exc
+    done = grp.all_gather((os.path.basename(mine_tmp) if mine_tmp else None, _said(fail)))
+    temps = [t for t in (mine_tmp, shared_tmp) if t]
+    _settle([d[1] for d in done], fail, target, temps, "writing its pieces")
+    if rank == 0:  # every byte is on disk: rank 0 renames the files into place, the index last
+        files = {r: file_name(r, grp.size) for r, d in enumerate(done) if d[0]}
+        todo = [(target / str(d[0]), target / files[r]) for r, d in enumerate(done) if d[0]]
+        if token:
+            todo.append((target / str(token), target / WHOLE))
         desc = {n: {"shape": list(entries[n][1]), "dtype": entries[n][0],
-                    "parts": [[key, [list(x) for x in box]] for key, box, _ in pieces[n]]} for n in pieces}
-        weight_map = {key: files[r] for n in pieces for key, _, r in pieces[n]}
-        index = {"metadata": {**meta, KEY: json.dumps(desc, sort_keys=True)},
+                    "parts": [[n, [list(x) for x in _whole(shapes[n])]]] if n in whole else
+                    [[key, [list(x) for x in box]] for key, box, _ in pieces[n]]} for n in pieces}
+        weight_map = {n: WHOLE for n in whole}
+        weight_map.update({key: files[r] for n in pieces if n not in whole for key, _, r in pieces[n]})
+        size = sum(_format.ITEMSIZE[code] * int(np.prod(shape, dtype=np.int64)) for code, shape in entries.values())
+        index = {"metadata": {"total_size": size, **meta, KEY: json.dumps(desc, sort_keys=True)},
                  "weight_map": dict(sorted(weight_map.items()))}
-        fd, tmp = _io._create_temp(target)
         try:
+            fd, tmp = _io._create_temp(target)
+            todo.append((Path(tmp), target / _format.INDEX))
             with os.fdopen(fd, "wb") as fh:
                 fh.write((json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8"))
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, target / _format.INDEX)
-        except OSError as exc:
-            _io._unlink(tmp)
-            raise _io._folder_error(target, exc) from None
-    grp.barrier()
+            while todo:
+                os.replace(*todo[0])
+                todo.pop(0)
+        except BaseException as exc:  # noqa: BLE001 - every process is told, then each raises
+            fail = exc
+            for t, _ in todo:
+                _io._unlink(str(t))
+        if fail is None:
+            _remove_replaced(target, {WHOLE} if token else set(), set(files.values()))
+    final = grp.all_gather(_said(fail))
+    _settle(final, fail, target, [], "seeing rank 0 rename the files into place")
     return target
 
 
