@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate
+from itertools import accumulate, repeat
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ._undo import Undo
 
 __all__ = ["write_canonical", "write_deferred", "write_batch", "snapshot", "snapshot_batch", "read_values",
-           "batches_of", "names_of"]
+           "batches_of", "names_of", "specs_of"]
 
 _PLAIN = (CANONICAL, NATIVE)
 _PLAIN_SET = frozenset(_PLAIN)
@@ -177,6 +177,26 @@ def names_of(ps: Sequence[Param]) -> str:
 _HANDLE, _LEAF, _LAYOUT, _PARAM = attrgetter("_handle"), attrgetter("_leaf"), attrgetter("layout"), attrgetter("param")
 _READER, _ENTRY, _SHAPE, _DTYPE = attrgetter("_reader"), attrgetter("_entry"), attrgetter("shape"), attrgetter("dtype")
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
+def specs_of(ps: Sequence[Param]) -> tuple[list[Any], list[tuple[int | None, ...]], list[np.dtype]]:
+    """The leaves, canonical shapes (tuples) and dtypes of the storages
+    ``ps`` of one block, each shape and dtype asked for once, in list
+    passes (a load or port of 10,000 small storages, issue 13)."""
+    if not ps:
+        return [], [], []
+    h = ps[0]._handle
+    leaves = list(map(_LEAF, ps))
+    if all(leaf.layout == CANONICAL for leaf in leaves):
+        shapes = list(map(h.shape, leaves))
+        if not all(type(shape) is tuple for shape in shapes):
+            shapes = [tuple(shape) for shape in shapes]
+    else:
+        shapes = [p.shape for p in ps]  # converted (and kept) by the Param
+    dts = list(map(h.dtype, leaves))
+    if not all(map(isinstance, dts, repeat(np.dtype))):
+        dts = [dt if isinstance(dt, np.dtype) else np.dtype(dt) for dt in dts]
+    return leaves, shapes, dts
 
 
 def _canonical_reads(ps: Sequence[Param]) -> list[np.ndarray]:

@@ -46,7 +46,7 @@ from ._block import (
 )
 from ._boundary import adapter_call
 from ._errors import ArgumentError, DTypeError, FileFormatError, PortError, StateError, UnifiedParamsError
-from ._fastpath import batches_of, names_of
+from ._fastpath import batches_of, names_of, specs_of
 from ._format import few, short
 from ._layout import CANONICAL, NATIVE, contiguous, to_canonical
 from ._pairing import Entry, combine, one_to_one, pair
@@ -96,6 +96,8 @@ def _holding_locks(*names: str) -> Callable[[F], F]:
                     blocks.append(kwargs[name])
             locks = sorted({id(b._shared.lock): b._shared.lock for b in blocks}.items(), key=lambda kv: kv[0])
             with ExitStack() as stack:
+                # many small objects, no cycles: collected once, after fn's temporaries are gone (issue 13)
+                stack.enter_context(_format.no_gc())
                 for _, lock in locks:
                     stack.enter_context(lock)
                 return fn(*args_l, **kwargs)
@@ -960,26 +962,7 @@ def _port_write(s: Block, d: Block, items: list[tuple[Param, Any]], shapes: list
                      verify=lambda: outputs_agree(s, d, check), shapes=shapes, dtypes=dtypes)
 
 
-_LEAF, _NAME = operator.attrgetter("_leaf"), operator.attrgetter("name")
-
-
-def _specs(ps: Sequence[Param]) -> tuple[list[Any], list[tuple[int | None, ...]], list[np.dtype]]:
-    """The leaves, canonical shapes (tuples) and dtypes of the storages
-    ``ps`` of one block, each shape and dtype asked for once, in list passes."""
-    if not ps:
-        return [], [], []
-    h = ps[0]._handle
-    leaves = list(map(_LEAF, ps))
-    if all(leaf.layout == CANONICAL for leaf in leaves):
-        shapes = list(map(h.shape, leaves))
-        if not all(type(shape) is tuple for shape in shapes):
-            shapes = [tuple(shape) for shape in shapes]
-    else:
-        shapes = [p.shape for p in ps]  # converted (and kept) by the Param
-    dts = list(map(h.dtype, leaves))
-    if not all(map(isinstance, dts, itertools.repeat(np.dtype))):
-        dts = [dt if isinstance(dt, np.dtype) else np.dtype(dt) for dt in dts]
-    return leaves, shapes, dts
+_NAME = operator.attrgetter("name")
 
 
 def _port_in_order(groups: list[tuple[str, list[Param], list[Param]]], items: list[tuple[Param, Any]],
@@ -991,7 +974,7 @@ def _port_in_order(groups: list[tuple[str, list[Param], list[Param]]], items: li
     general route checks, pairs and words any error."""
     planned = []
     for _, sl, dl in groups:
-        (sleaves, sshapes, sdts), (dleaves, dshapes, ddts) = _specs(sl), _specs(dl)
+        (sleaves, sshapes, sdts), (dleaves, dshapes, ddts) = specs_of(sl), specs_of(dl)
         if (None in itertools.chain.from_iterable(sshapes) or None in itertools.chain.from_iterable(dshapes)
                 or sdts != ddts or not one_to_one(sleaves, dleaves, sshapes, dshapes)):
             return False

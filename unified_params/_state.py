@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._errors import NotInitializedError, StateError
+from ._fastpath import specs_of
 from ._format import no_gc
 from ._pieces import from_held
 from ._shards import ShardedValue
@@ -72,6 +75,46 @@ class LoadReport:
         return "; ".join(parts)
 
 
+def _not_fitting(report: LoadReport, what: str) -> StateError:
+    """The StateError of a strict load whose state does not fit."""
+    return StateError(
+        f"a state that fits the model exactly (strict {what})",
+        str(LoadReport(report.missing, report.unexpected, report.mismatched)),
+        "fix the names or shapes, or pass strict=False to load what matches"
+        if report.loaded else
+        "no name matched: for a file or state of another framework use up.load(m, path, match='order') "
+        "(an up.save file: pairs by order and shape) or match='structure' (a checkpoint of another "
+        "framework's own tools: pairs layers by name and shape), or rename its keys to the model's names "
+        "(m.params)",
+        report=report,
+    )
+
+
+_SHAPE, _DTYPE = attrgetter("shape"), attrgetter("dtype")
+
+
+def _untied_deferred(allp: dict[str, Param], groups: dict[Any, list[str]], state: Mapping[str, Any]
+                     ) -> tuple[list[tuple[Param, Any]], list[Any], list[np.dtype], list[str]] | None:
+    """``(items, shapes, dtypes, loaded)`` of the common load, in list passes
+    (10,000 small storages, issue 13): no tie in the block, every name given
+    a ``Deferred`` value (a file's tensor) of the storage's concrete shape and
+    dtype, which the loop of ``_load_into`` would pass as it is; ``None``
+    otherwise, and that loop decides and words what does not fit."""
+    if len(groups) != len(allp):
+        return None
+    names = list(allp)
+    absent = object()
+    values = list(map(state.get, names, repeat(absent)))
+    if not all(map(isinstance, values, repeat(Deferred))):
+        return None
+    ps = list(allp.values())
+    _, shapes, dtypes = specs_of(ps)
+    if (None in chain.from_iterable(shapes) or list(map(_SHAPE, values)) != shapes
+            or list(map(_DTYPE, values)) != dtypes):
+        return None
+    return list(zip(ps, values)), shapes, dtypes, names
+
+
 def load_into(
     block: Block, state: Mapping[str, Any], *, strict: bool, what: str, progress: bool | None = False,
     backup: bool | None = None, verify: Callable[[], None] | None = None,
@@ -97,6 +140,14 @@ def _load_into(
     report = LoadReport()
     groups = listed._storage_groups()  # kept with the listing
     report.unexpected = [k for k in state if k not in allp]
+    lean = _untied_deferred(allp, groups, state)
+    if lean is not None:  # every storage untied, given a file's (or port's) value of its shape and dtype
+        checked, shapes, dtypes, report.loaded = lean
+        if strict and not report.ok:
+            raise _not_fitting(report, what)
+        write_atomic(checked, what=what, progress=progress, backup=backup, verify=verify, shapes=shapes,
+                     dtypes=dtypes)
+        return report
     chosen: dict[Any, tuple[str, Any]] = {}
     absent = object()
     get = state.get
@@ -160,17 +211,7 @@ def _load_into(
         else:
             loaded.extend(group)
     if strict and not report.ok:
-        raise StateError(
-            f"a state that fits the model exactly (strict {what})",
-            str(LoadReport(report.missing, report.unexpected, report.mismatched)),
-            "fix the names or shapes, or pass strict=False to load what matches"
-            if report.loaded else
-            "no name matched: for a file or state of another framework use up.load(m, path, match='order') "
-            "(an up.save file: pairs by order and shape) or match='structure' (a checkpoint of another "
-            "framework's own tools: pairs layers by name and shape), or rename its keys to the model's names "
-            "(m.params)",
-            report=report,
-        )
+        raise _not_fitting(report, what)
     checked: list[tuple[Param, Any]] = []
     dtypes: list[np.dtype] = []
     for p, v in items:
