@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,12 +115,16 @@ try:
 finally:
     tracemalloc.stop()
     DTensor.full_tensor, DTensor.redistribute = real_full, real_redist
-assert peak < 256 * 1024 * 1.5, peak  # at most its own piece: no array of the global size
+assert peak < 256 * 1024 / 4, peak  # no array of the global size, nor a copy of its 256 KiB piece
 assert big_state["weight"].shards[0].data.shape == (256, 256)
 assert sorted(st) == sorted(names) and all(isinstance(x, ShardedValue) for x in st.values()), st
 sv = st["0.weight"]
 assert sv.shape == (H, 4) and sv.dtype == np.float32 and [s.index for s in sv.shards] == [piece.index]
 np.testing.assert_array_equal(sv.shards[0].data, net[0].weight.to_local().detach().numpy())
+# zero-copy: a read-only view of the local piece itself; Shard.value is a private copy
+assert np.shares_memory(sv.shards[0].data, net[0].weight.to_local().detach().numpy())
+assert not sv.shards[0].data.flags.writeable
+assert not np.shares_memory(w.shards()[0].value, net[0].weight.to_local().detach().numpy())
 np.testing.assert_array_equal(st["2.bias"].shards[0].data, net[2].bias.to_local().detach().numpy())
 try:
     np.asarray(sv)
@@ -239,32 +244,68 @@ for placements in ([Shard(0), Shard(1)], [Shard(1), Shard(0)], [Shard(0), Shard(
 
 SAVE = r'''
 from torch.distributed.fsdp import fully_shard
+from unified_params import _format as F
 
-CKPT = os.environ["CKPT"]
+CKPT, MIX = os.environ["CKPT"], os.environ["MIX"]
 mesh = init_device_mesh("cpu", (N,))
 net = mlp()
 fully_shard(net, mesh=mesh)
 m = up.wrap(net)
 m.initialize(up.init.Normal(0.0, 1.0), seed=7)
 local = {k: t.to_local().detach().clone() for k, t in net.named_parameters()}
-assert up.save(m, CKPT) is not None
+real_pwrite, wrote = os.pwrite, []
+def counting(fd, data, offset):
+    n = real_pwrite(fd, data, offset)
+    wrote.append((offset, n))
+    return n
+os.pwrite = counting
+try:
+    assert up.save(m, CKPT) is not None
+finally:
+    os.pwrite = real_pwrite
 files = sorted(os.listdir(CKPT))
-assert files == ["model-r00000-of-00002.safetensors", "model-r00001-of-00002.safetensors",
-                 "model.safetensors.index.json"], files
-from safetensors.numpy import load_file
-mine = load_file(os.path.join(CKPT, f"model-r{R:05d}-of-00002.safetensors"))
-assert sorted(mine) == sorted(f"{k}#{R}" for k in local), sorted(mine)  # its own pieces, nothing else
+assert files == ["model-whole.safetensors", "model.safetensors.index.json"], files  # rows: whole tensors
+# the bytes this process wrote are exactly its own rows' (rank 0: the header too), and hold them
+whole = os.path.join(CKPT, "model-whole.safetensors")
+with open(whole, "rb") as fh:
+    raw = fh.read()
+head = 8 + int.from_bytes(raw[:8], "little")
+at = {e.name: head + e.begin for e in F.read_header(whole).entries.values()}
+want = [(0, head)] if R == 0 else []
 for k, t in local.items():
-    np.testing.assert_array_equal(mine[f"{k}#{R}"], t.numpy())
+    idx = m.params[k].shards()[0].index
+    row = 4 * int(np.prod(m.params[k].shape[1:]))
+    if t.numel():
+        want.append((at[k] + idx[0].start * row, 4 * t.numel()))
+        assert raw[want[-1][0]:sum(want[-1])] == t.numpy().tobytes(), k
+assert sorted(wrote) == sorted(want), (wrote, want)
+
+# a mixed model: 0.weight in columns (Shard(1)) stays in pieces, in each rank's file; the rest whole
+def mixed(name, module, mesh):
+    for pname, p in list(module.named_parameters(recurse=False)):
+        pl = [Shard(1)] if (name, pname) == ("0", "weight") else [Shard(0)] if p.ndim == 2 else [Replicate()]
+        module.register_parameter(pname, nn.Parameter(distribute_tensor(p.detach(), mesh, pl)))
+
+mm = up.wrap(distribute_module(mlp(), mesh, mixed))
+mm.initialize(up.init.Normal(0.0, 1.0), seed=7)
+up.save(mm, MIX)
+assert sorted(os.listdir(MIX)) == ["model-r00000-of-00002.safetensors", "model-r00001-of-00002.safetensors",
+                                   "model-whole.safetensors", "model.safetensors.index.json"], os.listdir(MIX)
+with open(os.path.join(MIX, "model.safetensors.index.json")) as fh:
+    wmap = json.load(fh)["weight_map"]
+assert wmap == {"0.weight#0": "model-r00000-of-00002.safetensors", "0.weight#1": "model-r00001-of-00002.safetensors",
+                "0.bias": "model-whole.safetensors", "2.weight": "model-whole.safetensors",
+                "2.bias": "model-whole.safetensors"}, wmap
 
 # back into another model of the same sharding, and into another sharding
 fresh = mlp()
 fully_shard(fresh, mesh=mesh)
 f = up.wrap(fresh)
-f.initialize(up.init.Constant(0.0))
-up.load(f, CKPT)
-for k, t in fresh.named_parameters():
-    assert torch.equal(t.to_local(), local[k]), k
+for ckpt in (CKPT, MIX):
+    f.initialize(up.init.Constant(0.0))
+    up.load(f, ckpt)
+    for k, t in fresh.named_parameters():
+        assert torch.equal(t.to_local(), local[k]), (ckpt, k)
 
 def replicate(name, module, mesh):
     for pname, p in list(module.named_parameters(recurse=False)):
@@ -274,31 +315,66 @@ rep = distribute_module(mlp(), mesh, replicate)
 up.load(up.wrap(rep), CKPT)
 for k, p in up.wrap(rep).params.items():
     np.testing.assert_array_equal(p.value, m.params[k].value, err_msg=k)
+
+# rank 1 fails midway (a full disk under its positioned writes): every rank raises a contract error,
+# no file of the checkpoint changed, no temporary file left
+before = {n: open(os.path.join(CKPT, n), "rb").read() for n in sorted(os.listdir(CKPT))}
+dist.barrier()
+if R == 1:
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")
+    os.pwrite = full
+m.initialize(up.init.Normal(0.0, 1.0), seed=8)
+try:
+    up.save(m, CKPT)
+except up.FileFormatError as exc:
+    msg = str(exc)
+else:
+    raise AssertionError("the injected failure did not surface")
+finally:
+    os.pwrite = real_pwrite
+assert ("No space" in msg) if R == 1 else ("rank 1" in msg), msg
+dist.barrier()
+assert {n: open(os.path.join(CKPT, n), "rb").read() for n in sorted(os.listdir(CKPT))} == before
 '''
 
 LOAD_FOUR = r'''
 from torch.distributed.fsdp import fully_shard
 import unified_params._format as F
 
-CKPT = os.environ["CKPT"]
 mesh = init_device_mesh("cpu", (N,))
 torch.manual_seed(1)
 net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))  # the 2-process checkpoint's shapes
 fully_shard(net, mesh=mesh)
 m = up.wrap(net)
-read = []
-real = F.Reader.read_into
-def counting(self, e, out):
-    read.append(e.end - e.begin)
-    return real(self, e, out)
-F.Reader.read_into = counting
-up.load(m, CKPT)
-F.Reader.read_into = real
-held = sum(t.to_local().numel() * 4 for t in net.parameters())
-assert sum(read) == held, (sum(read), held)  # only the byte ranges of its own pieces
 r = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
 r.initialize(up.init.Normal(0.0, 1.0), seed=7)
-np.testing.assert_allclose(up.asnumpy(m(X)), up.asnumpy(r(X)), rtol=1e-5, atol=1e-5)
+real = F.Reader.read_into
+for ckpt in (os.environ["CKPT"], os.environ["MIX"]):  # whole tensors; pieces of columns beside them
+    m.initialize(up.init.Constant(0.0))
+    read = []
+    def counting(self, e, out):
+        read.append(e.end - e.begin)
+        return real(self, e, out)
+    F.Reader.read_into = counting
+    up.load(m, ckpt)
+    F.Reader.read_into = real
+    held = sum(t.to_local().numel() * 4 for t in net.parameters())
+    assert sum(read) == held, (ckpt, sum(read), held)  # only the byte ranges of its own pieces
+    np.testing.assert_allclose(up.asnumpy(m(X)), up.asnumpy(r(X)), rtol=1e-5, atol=1e-5)
+'''
+
+LLAMA = r'''
+from torch.distributed.fsdp import fully_shard
+from transformers import LlamaConfig, LlamaForCausalLM
+
+cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, max_position_embeddings=32)
+net = LlamaForCausalLM(cfg)
+fully_shard(net, mesh=init_device_mesh("cpu", (N,)))
+m = up.wrap(net)
+m.initialize(up.init.Normal(0.0, 0.5), seed=7)
+up.save(m, os.environ["CKPT"])
 '''
 
 DCP_SAVE = r'''
@@ -352,43 +428,88 @@ def test_two_dimensional_mesh(tmp_path: Path) -> None:
     _run(tmp_path, 4, MESH_2D)
 
 
+def _listed_tensors(ckpt: Path) -> dict[str, Any]:
+    """Every tensor of every file the index lists, read by safetensors itself."""
+    import json
+
+    from safetensors import safe_open
+
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    out: dict[str, Any] = {}
+    for f in sorted(set(index["weight_map"].values())):
+        with safe_open(str(ckpt / f), framework="numpy") as fh:
+            out.update({k: fh.get_tensor(k) for k in fh.keys()})
+    assert sorted(out) == sorted(index["weight_map"])
+    return out
+
+
 def test_save_from_two_processes_load_anywhere(tmp_path: Path) -> None:
-    """Contract 15.2: FSDP2 on 2 processes saves one checkpoint (each process
-    its pieces, one index); it loads back, into another sharding, into 4
-    processes (each reading only its rows), into one NumPy process, and
-    ``up.consolidate`` turns it into a plain sharded directory."""
+    """Contract 15.2: FSDP2 on 2 processes saves one checkpoint (its rows: byte
+    ranges of whole tensors in one shared file, one index), which safetensors
+    reads as it is; a mixed sharding (columns) keeps pieces beside them. Both
+    load back, into another sharding, into 4 processes (each reading only its
+    rows), into one NumPy process, and ``up.consolidate`` turns them into a
+    plain sharded directory. Rank 1 failing midway changes no file."""
     import numpy as np
 
     import unified_params as up
     from unified_params import reference as ref
 
-    ckpt = tmp_path / "ckpt"
-    _run(tmp_path, 2, SAVE, CKPT=str(ckpt))
-    _run(tmp_path, 4, LOAD_FOUR, CKPT=str(ckpt))
+    ckpt, mix = tmp_path / "ckpt", tmp_path / "mix"
+    _run(tmp_path, 2, SAVE, CKPT=str(ckpt), MIX=str(mix))
+    _run(tmp_path, 4, LOAD_FOUR, CKPT=str(ckpt), MIX=str(mix))
     want = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
     want.initialize(up.init.Normal(0.0, 1.0), seed=7)
-    one = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
-    up.load(one, ckpt, match="order")  # another framework, one process: the whole of each tensor
+    plain_read = _listed_tensors(ckpt)  # no consolidation: every name, its full shape
+    assert sorted(plain_read) == sorted(want.params)
     for k, p in want.params.items():
-        np.testing.assert_array_equal(one.params[k].value, p.value, err_msg=k)
-    plain = up.consolidate(ckpt, tmp_path / "plain", max_shard_size=100)
-    names = sorted(x.name for x in plain.iterdir())
-    assert "model.safetensors.index.json" in names and len(names) >= 3, names
-    from safetensors.numpy import load_file
+        np.testing.assert_array_equal(plain_read[k], p.value, err_msg=k)
+    for src in (ckpt, mix):
+        one = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
+        up.load(one, src, match="order")  # another framework, one process: the whole of each tensor
+        for k, p in want.params.items():
+            np.testing.assert_array_equal(one.params[k].value, p.value, err_msg=f"{src.name} {k}")
+        plain = up.consolidate(src, tmp_path / f"plain-{src.name}", max_shard_size=100)
+        names = sorted(x.name for x in plain.iterdir())
+        assert "model.safetensors.index.json" in names and len(names) >= 3, names
+        got = _listed_tensors(plain)
+        assert sorted(got) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+        for k, p in want.params.items():
+            np.testing.assert_array_equal(got[k], p.value, err_msg=k)
+        again = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
+        up.load(again, plain)
+        for k, p in want.params.items():
+            np.testing.assert_array_equal(again.params[k].value, p.value, err_msg=k)
+        with pytest.raises(up.FileFormatError, match="needs no consolidation"):
+            up.consolidate(plain, tmp_path / "twice")
 
-    got: dict[str, np.ndarray] = {}
-    for f in names:
-        if f.endswith(".safetensors"):
-            got.update(load_file(str(plain / f)))
-    assert sorted(got) == ["0.bias", "0.weight", "2.bias", "2.weight"]
-    for k, p in want.params.items():
-        np.testing.assert_array_equal(got[k], p.value, err_msg=k)
-    again = up.wrap(ref.Sequential(ref.Dense(6, in_units=4), ref.ReLU(), ref.Dense(3, in_units=6)))
-    up.load(again, plain)
-    for k, p in want.params.items():
-        np.testing.assert_array_equal(again.params[k].value, p.value, err_msg=k)
-    with pytest.raises(up.FileFormatError, match="needs no consolidation"):
-        up.consolidate(plain, tmp_path / "twice")
+
+def test_fsdp2_checkpoint_is_read_by_transformers_as_it_is(tmp_path: Path) -> None:
+    """A tiny Llama under FSDP2 on 2 processes, saved by ``up.save``: the
+    directory is one transformers' ``from_pretrained`` reads without
+    ``up.consolidate`` (its config.json written here; nothing downloaded)."""
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import unified_params as up
+
+    ckpt = tmp_path / "llama"
+    _run(tmp_path, 2, LLAMA, CKPT=str(ckpt))
+    assert not any("#" in k for k in _listed_tensors(ckpt))
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    cfg.save_pretrained(ckpt)
+    want = LlamaForCausalLM(cfg)
+    up.wrap(want).initialize(up.init.Normal(0.0, 0.5), seed=7)  # seeded init: the same on every sharding
+    got = LlamaForCausalLM.from_pretrained(str(ckpt))
+    ws, gs = want.state_dict(), got.state_dict()
+    assert sorted(ws) == sorted(gs)
+    for k, v in ws.items():
+        assert torch.equal(gs[k], v), k
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        assert torch.allclose(got(ids).logits, want(ids).logits, atol=1e-6)
 
 
 def test_distributed_checkpoint_loads_into_another_framework(tmp_path: Path) -> None:

@@ -373,7 +373,16 @@ class TorchHandle(Handle):
         return _dt.shards(t) if _dt.is_dtensor(t) else None
 
     def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
-        return _host_array(_dt.local(leaf.ref.data("read"))).copy()
+        """The local piece: for a CPU tensor a read-only view of it (the core
+        copies it where a copy is asked for), so ``state(copy=False)`` and
+        ``up.save`` of a sharded model copy nothing; else a host copy."""
+        t = _dt.local(leaf.ref.data("read"))
+        arr = _host_array(t)
+        if t.device.type != "cpu":
+            return arr
+        arr = arr.view()
+        arr.flags.writeable = False
+        return arr
 
     def group(self) -> Any:
         return _dt.group()
