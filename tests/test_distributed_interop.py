@@ -7,6 +7,7 @@ back. Runs where torch, JAX and Flax share an environment (tox ``interop``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -140,9 +141,22 @@ def test_fsdp2_on_four_processes_to_jax_on_two_and_back(tmp_path: Path) -> None:
     jax_runs = [subprocess.Popen([sys.executable, str(tmp_path / "j.py"), str(i), port], env=env, cwd=tmp_path,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     _check(jax_runs, 2)
+    # FSDP2's rows are byte ranges of whole tensors: one shared file that safetensors reads as it is
+    assert sorted(f.name for f in (tmp_path / "torch4").iterdir()) == [
+        "model-whole.safetensors", "model.safetensors.index.json"]
+    from safetensors.numpy import load_file
+
+    whole = load_file(str(tmp_path / "torch4" / "model-whole.safetensors"))
+    assert {k: v.shape for k, v in whole.items()} == {"0.weight": (8, 4), "0.bias": (8,), "2.weight": (3, 8),
+                                                      "2.bias": (3,)}
+    # the JAX save: the (8, 3) kernel is sharded on its input axis, canonical axis 1 (columns): pieces in each
+    # process's file; the rest (rows, a replicated bias) whole in the shared one
     names = sorted(f.name for f in (tmp_path / "jax2").iterdir())
     assert names == ["model-r00000-of-00002.safetensors", "model-r00001-of-00002.safetensors",
-                     "model.safetensors.index.json"], names
+                     "model-whole.safetensors", "model.safetensors.index.json"], names
+    wmap = json.loads((tmp_path / "jax2" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert sorted(v for k, v in wmap.items() if "#" in k) == names[:2], wmap
+    assert sum(v == "model-whole.safetensors" for v in wmap.values()) == 3, wmap
     # ... and back into one (unsharded) torch process
     import torch
 

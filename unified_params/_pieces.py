@@ -24,8 +24,9 @@ Design constraints:
 * Atomic across processes: every file is written under a temporary name,
   and after an exchange in which every process says it wrote all of its
   bytes (and fsynced them), rank 0 renames them into place, the index
-  last, then removes an earlier save's files that the index no longer
-  names. A process that fails tells the others in that exchange: nothing
+  last (a rename failing midway puts back every file it replaced, kept
+  under hard links until then), then removes an earlier save's files that
+  the index no longer names. A process that fails tells the others in that exchange: nothing
   is renamed, the temporary files are removed, and every process raises
   (its own contract error, or a ``FileFormatError`` naming the rank).
 * The index is transformers' ``model.safetensors.index.json``: ``weight_map``
@@ -49,6 +50,7 @@ import functools
 import json
 import os
 import re
+import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -240,8 +242,11 @@ def _said(exc: BaseException | None) -> str | None:
     return None if exc is None else _format.short(f"{type(exc).__name__}: {exc}", 400)
 
 
+_UNCHANGED = "the files of the checkpoint there are unchanged and the temporary files removed"
+
+
 def _settle(said: Sequence[str | None], own: BaseException | None, folder: Path, temps: Sequence[str],
-            step: str) -> None:
+            step: str, state: str = _UNCHANGED) -> None:
     """After an exchange: if any process failed, remove ``temps`` (this
     process's temporary files) and raise on every process, this one's own
     error where it failed, else a FileFormatError naming the ranks that did.
@@ -260,8 +265,50 @@ def _settle(said: Sequence[str | None], own: BaseException | None, folder: Path,
     raise FileFormatError(f"every process {step}",
                           f"{len(bad)} failed ({'; '.join(bad[:4])}) saving to "
                           f"{_format.short(repr(str(folder)), 200)}",
-                          "fix what that process reports and save again; the files of the checkpoint there are "
-                          "unchanged and the temporary files removed")
+                          f"fix what that process reports and save again; {state}")
+
+
+def _replace_all(todo: list[tuple[Path, Path]]) -> None:
+    """Rename each temporary file onto its final name, in order, as one step:
+    each final file that exists is first kept under a hard link, so that a
+    rename failing midway puts every earlier file back (and removes the new
+    ones) before it raises; the temporary files are removed either way. A file
+    system without hard links keeps no such copy (the index, renamed last,
+    is then the only guard)."""
+    from . import _io
+
+    kept: list[tuple[str, Path]] = []
+    done: list[Path] = []
+    try:
+        for _, final in todo:
+            if os.path.lexists(final):
+                backup = os.path.join(final.parent, f".up-{secrets.token_hex(8)}.tmp")
+                try:
+                    os.link(final, backup)
+                except OSError:
+                    continue  # no hard links here: no undo for this file
+                kept.append((backup, final))
+        for tmp, final in todo:
+            os.replace(tmp, final)
+            done.append(final)
+    except BaseException:
+        back = dict((f, b) for b, f in kept)
+        for final in done:
+            if final in back:
+                try:
+                    os.replace(back.pop(final), final)
+                except OSError:
+                    pass
+            else:
+                _io._unlink(str(final))
+        for tmp, final in todo:
+            if final not in done:
+                _io._unlink(str(tmp))
+        for b in back.values():
+            _io._unlink(b)
+        raise
+    for b, _ in kept:
+        _io._unlink(b)
 
 
 def _remove_replaced(folder: Path, *keep: set[str]) -> None:
@@ -366,13 +413,9 @@ def save_pieces(block: Block, path: str | os.PathLike[str], grp: Any, progress: 
                 fh.write((json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8"))
                 fh.flush()
                 os.fsync(fh.fileno())
-            while todo:
-                os.replace(*todo[0])
-                todo.pop(0)
+            _replace_all(todo)
         except BaseException as exc:  # noqa: BLE001 - every process is told, then each raises
             fail = exc
-            for t, _ in todo:
-                _io._unlink(str(t))
         if fail is None:
             _remove_replaced(target, {WHOLE} if token else set(), set(files.values()))
     final = grp.all_gather(_said(fail))
