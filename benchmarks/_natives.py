@@ -368,6 +368,16 @@ class MXNet(Native):
         for k, v in values.items():
             params[k].set_data(mx.nd.array(v, dtype=v.dtype))
 
+    def write_structural(self, net: Any, values: dict[str, np.ndarray]) -> Any:
+        """``write`` keyed by Gluon's structural names (``0.weight``: what
+        ``save_parameters``/``load_parameters`` use, and what our wrap lists),
+        not the prefixed global ones (``dense0_weight``) of ``collect_params``."""
+        import mxnet as mx
+
+        params = net._collect_params_with_prefix()
+        for k, v in values.items():
+            params[k].set_data(mx.nd.array(v, dtype=v.dtype))
+
     def save(self, net: Any, path: str) -> None:  # safetensors has no MXNet flavour: its NumPy one
         from safetensors.numpy import save_file
 

@@ -9,7 +9,8 @@ read the index; native then does, shard after shard, what a user of the
 framework writes: PyTorch ``load_state_dict(safetensors.torch.load_file(shard),
 strict=False)``, NumPy ``safetensors.numpy.load_file`` copied into the
 arrays; frameworks without a per-shard idiom (Keras, Flax, Gluon) read every
-shard with ``safetensors.numpy`` and write once with the native setter.
+shard with ``safetensors.numpy`` and write once with the native setter (Gluon:
+``set_data`` by the structural names of ``load_parameters``).
 Ratio: median of at least 3 alternating rounds (native, ours); peak extra
 memory of the first run of each side as a multiple of the model's bytes.
 """
@@ -63,7 +64,9 @@ def native_loader(backend: str, nat: Any, net: Any, folder: str) -> Any:
         values: dict[str, np.ndarray] = {}
         for f in shard_files(folder):
             values.update(load_file(f))
-        return nat.write(net, values)
+        # Keyed by the structural names the index holds (Gluon's global names
+        # are prefixed: ``dense0_weight``), where the framework has both.
+        return getattr(nat, "write_structural", nat.write)(net, values)
 
     return load_all
 
