@@ -30,10 +30,10 @@ import numpy as np
 from . import _limits
 from ._boundary import adapter_call
 from ._layout import CANONICAL, NATIVE, copy_canonical, to_canonical, to_native
+from ._param import Param
 from ._values import Deferred, ParamValue, check_value
 
 if TYPE_CHECKING:
-    from ._param import Param
     from ._undo import Undo
 
 __all__ = ["write_canonical", "write_deferred", "write_batch", "snapshot", "snapshot_batch", "read_values",
@@ -187,13 +187,13 @@ def specs_of(ps: Sequence[Param]) -> tuple[list[Any], list[tuple[int | None, ...
         return [], [], []
     h = ps[0]._handle
     leaves = list(map(_LEAF, ps))
-    if all(leaf.layout == CANONICAL for leaf in leaves):
-        shapes = list(map(h.shape, leaves))
-        if not all(type(shape) is tuple for shape in shapes):
+    shapes, dts = h.shapes_dtypes_many(leaves)  # one call for all
+    if set(map(_LAYOUT, leaves)) == {CANONICAL}:
+        if set(map(type, shapes)) != {tuple}:
             shapes = [tuple(shape) for shape in shapes]
     else:
         shapes = [p.shape for p in ps]  # converted (and kept) by the Param
-    dts = list(map(h.dtype, leaves))
+    dts = list(dts)
     if not all(map(isinstance, dts, repeat(np.dtype))):
         dts = [dt if isinstance(dt, np.dtype) else np.dtype(dt) for dt in dts]
     return leaves, shapes, dts
@@ -228,12 +228,12 @@ def _resolve(values: Sequence[np.ndarray | Deferred]) -> tuple[list[np.ndarray],
             readers = set(map(_READER, values))
             if len(readers) == 1:
                 return readers.pop().read_many(list(map(_ENTRY, values))), [True] * n
-        elif kind is ParamValue:
-            ps = list(map(_PARAM, values))
+        elif kind is ParamValue or kind is Param:  # a port's sources (a Param: its canonical value)
+            ps = list(map(_PARAM, values)) if kind is ParamValue else list(values)
             if len(set(map(_HANDLE, ps))) == 1:
-                return _canonical_reads(ps), [False] * n
+                return _canonical_reads(ps), [False] * n  # type: ignore[arg-type]
         elif kind is np.ndarray:
-            return list(values), [False] * n  # checked by the caller
+            return list(values), [False] * n  # type: ignore[arg-type]  # checked by the caller
     out: list[Any] = [None] * n
     private = [False] * n
     files: dict[int, list[int]] = {}
@@ -245,6 +245,8 @@ def _resolve(values: Sequence[np.ndarray | Deferred]) -> tuple[list[np.ndarray],
             files.setdefault(id(v._reader), []).append(i)
         elif type(v) is ParamValue:
             sources.setdefault(id(v.param._handle), []).append(i)
+        elif type(v) is Param:
+            sources.setdefault(id(v._handle), []).append(i)
         else:
             out[i], private[i] = np.asarray(v), bool(getattr(v, "private", False))
     for idx in files.values():
@@ -253,7 +255,8 @@ def _resolve(values: Sequence[np.ndarray | Deferred]) -> tuple[list[np.ndarray],
         for i, a in zip(idx, arrays):
             out[i], private[i] = a, True
     for idx in sources.values():
-        for i, a in zip(idx, _canonical_reads([values[i].param for i in idx])):  # type: ignore[union-attr]
+        ps = [v.param if type(v) is ParamValue else v for v in (values[i] for i in idx)]  # type: ignore[union-attr]
+        for i, a in zip(idx, _canonical_reads(ps)):  # type: ignore[arg-type]
             out[i] = a
     return out, private
 
@@ -262,7 +265,9 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
                 dtypes: Sequence[np.dtype], what: str) -> None:
     """``write_deferred``/``write_canonical`` of every item (distinct
     storages of one handle, canonical ``shapes`` and ``dtypes`` already
-    asked for): values read together (``_resolve``), each checked as
+    asked for; a value may be another model's ``Param``, a port's source:
+    its canonical value, as a ``ParamValue`` of it gives without one object
+    per storage): values read together (``_resolve``), each checked as
     ``write_deferred`` checks it, converted, then one ``write_many`` (two:
     the values private to this write, and the others). A batch of one takes
     the one-storage route (a file's tensor straight into host memory).
@@ -270,6 +275,8 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
     in plain layouts, pass in list passes (10,000 small storages, issue 13)."""
     if len(items) == 1:
         p, v = items[0]
+        if type(v) is Param:
+            v = ParamValue(tuple(v.shape), v.dtype, v)  # type: ignore[arg-type]
         if isinstance(v, Deferred):
             write_deferred(p, v, what)
         else:
@@ -281,7 +288,8 @@ def write_batch(items: Sequence[tuple[Param, np.ndarray | Deferred]], shapes: Se
     leaves = list(map(_LEAF, ps))
     if not (list(map(_DTYPE, arrays)) == list(dtypes) and list(map(_SHAPE, arrays)) == list(shapes)):
         for k, ((p, v), arr, shape, dtype) in enumerate(zip(items, arrays, shapes, dtypes)):
-            if isinstance(v, Deferred) and not ((arr.dtype is dtype or arr.dtype == dtype) and arr.shape == shape):
+            if isinstance(v, (Deferred, Param)) and not ((arr.dtype is dtype or arr.dtype == dtype)
+                                                        and arr.shape == shape):
                 checked = check_value(p, arr, what)
                 private[k] = private[k] or checked is not arr
                 arrays[k] = checked

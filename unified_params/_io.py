@@ -980,7 +980,7 @@ def _port_in_order(groups: list[tuple[str, list[Param], list[Param]]], items: li
             return False
         planned.append((sl, dl, sshapes, sdts))
     for sl, dl, sshapes, sdts in planned:
-        items.extend(zip(dl, map(ParamValue, sshapes, sdts, sl)))
+        items.extend(zip(dl, sl))  # each source Param read when written (write_batch), of the same dtype
         shapes.extend(sshapes)  # type: ignore[arg-type]
         dtypes.extend(sdts)
         pairs.extend(zip(map(_NAME, sl), map(_NAME, dl), sshapes))  # type: ignore[arg-type]

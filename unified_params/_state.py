@@ -142,11 +142,11 @@ def _load_into(
     report.unexpected = [k for k in state if k not in allp]
     lean = _untied_deferred(allp, groups, state)
     if lean is not None:  # every storage untied, given a file's (or port's) value of its shape and dtype
-        checked, shapes, dtypes, report.loaded = lean
+        report.loaded = lean[3]
         if strict and not report.ok:
             raise _not_fitting(report, what)
-        write_atomic(checked, what=what, progress=progress, backup=backup, verify=verify, shapes=shapes,
-                     dtypes=dtypes)
+        write_atomic(lean[0], what=what, progress=progress, backup=backup, verify=verify, shapes=lean[1],
+                     dtypes=lean[2])
         return report
     chosen: dict[Any, tuple[str, Any]] = {}
     absent = object()

@@ -124,7 +124,7 @@ def _write_atomic(
 ) -> None:
     if known_shapes is not None and known_dtypes is not None:
         shapes, dtypes = list(known_shapes), list(known_dtypes)
-        if None in chain.from_iterable(shapes):  # (one pass in C over every dim)
+        if None in chain.from_iterable(shapes):  # type: ignore[operator]  # (one pass in C over every dim)
             for (q, _), shape in zip(items, shapes):
                 if None in shape:
                     q._require_concrete("write")

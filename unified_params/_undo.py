@@ -61,6 +61,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,8 @@ import numpy as np
 from . import _limits
 
 __all__ = ["Undo"]
+
+_SHAPE, _SIZE = attrgetter("shape"), attrgetter("size")
 
 #: at most this many bytes per read or write system call (Linux caps one at
 #: 2 GiB less a page)
@@ -125,8 +128,8 @@ class Undo(list):  # type: ignore[type-arg]
             except Exception:  # noqa: BLE001 - mixed dtypes, or one NumPy cannot concatenate: one at a time
                 flat = None
             if flat is not None:
-                shapes = [a.shape for a in arrays]
-                sizes = [a.size for a in arrays]
+                shapes = list(map(_SHAPE, arrays))
+                sizes = list(map(_SIZE, arrays))
                 self.held += flat.nbytes
 
                 def back_all() -> list[np.ndarray]:

@@ -230,6 +230,11 @@ class Handle(ABC):
     # so a framework that pays per call (a graph op, a device transfer) can
     # do many storages in one. The defaults loop over the one-leaf methods
     # and are always correct; an override must behave exactly as that loop.
+    def shapes_dtypes_many(self, leaves: Sequence[Leaf]) -> tuple[list[tuple[int | None, ...]], list[np.dtype]]:
+        """``([shape(leaf) ...], [dtype(leaf) ...])``, in order: what a port
+        or load asks of every storage before the first write."""
+        return [self.shape(leaf) for leaf in leaves], [self.dtype(leaf) for leaf in leaves]
+
     def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
         """``[read(leaf, copy) for leaf in leaves]``, in order."""
         return [self.read(leaf, copy) for leaf in leaves]

@@ -69,6 +69,12 @@ class NumpyHandle(Handle):
 
     # Batched calls (issue 13): plain loops without a method call per storage,
     # unless a subclass (a test fake) changed what one read or write does.
+    def shapes_dtypes_many(self, leaves: Sequence[Leaf]) -> tuple[list[tuple[int | None, ...]], list[np.dtype]]:
+        if type(self).shape is not NumpyHandle.shape or type(self).dtype is not NumpyHandle.dtype:
+            return super().shapes_dtypes_many(leaves)
+        storages = [leaf.storage for leaf in leaves]
+        return [p.shape for p in storages], [p.dtype for p in storages]
+
     def read_many(self, leaves: Sequence[Leaf], copy: bool = True) -> list[np.ndarray]:
         if type(self).read is not NumpyHandle.read:
             return super().read_many(leaves, copy)

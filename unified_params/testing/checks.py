@@ -586,8 +586,9 @@ def check_state_roundtrip_and_views(be: Backend) -> None:
 
 @check
 def check_batched_calls_agree_with_one_storage_calls(be: Backend) -> None:
-    """Adapter protocol (issue 13): ``read_many``, ``write_many``,
-    ``snapshot_many``/``restore_many`` behave as loops over ``read``,
+    """Adapter protocol (issue 13): ``shapes_dtypes_many``, ``read_many``,
+    ``write_many``, ``snapshot_many``/``restore_many`` behave as loops over
+    ``shape``/``dtype``, ``read``,
     ``write``, ``snapshot``/``restore``: the same values, in order, bit-exact,
     whichever of them the adapter overrides."""
     m = be.zoo().nested()
@@ -595,6 +596,9 @@ def check_batched_calls_agree_with_one_storage_calls(be: Backend) -> None:
     h = m._handle
     leaves = [p._leaf for p in m._all().distinct().values()]
     one = [np.array(h.read(leaf, copy=True)) for leaf in leaves]
+    shapes, dtypes = h.shapes_dtypes_many(leaves)
+    assert list(shapes) == [h.shape(leaf) for leaf in leaves] and list(dtypes) == [h.dtype(leaf) for leaf in leaves], \
+        "shapes_dtypes_many differs from shape and dtype"
     for copy in (True, False):
         many = h.read_many(leaves, copy=copy)
         assert len(many) == len(leaves), f"read_many(copy={copy}) gave {len(many)} values for {len(leaves)} leaves"
