@@ -317,3 +317,35 @@ def test_a_write_failing_in_a_batch_of_the_reference_handle_is_undone(monkeypatc
         calls["n"] = 0
         up.port(src, dst)
     assert _bits(dst) == before
+
+
+@pytest.mark.parametrize("layout", ["periodic", "a period broken midway", "scalars", "empty tensors"])
+def test_span_reads_are_the_one_tensor_reads(tmp_path: Path, layout: str) -> None:
+    """Tensors of one span (a repeating run taken apart as strided views, or
+    one at a time) equal, bit for bit, what a read of each gives."""
+    rng = np.random.default_rng(0)
+    tensors: dict[str, np.ndarray] = {}
+    for k in range(40):
+        tensors[f"{k:03d}.w"] = rng.standard_normal((3, 2)).astype(np.float32)
+        tensors[f"{k:03d}.b"] = rng.standard_normal((2,)).astype(np.float64)
+        if layout == "scalars":
+            tensors[f"{k:03d}.s"] = np.array(k, np.int32)
+        if layout == "empty tensors":
+            tensors[f"{k:03d}.e"] = np.zeros((0, 2), np.float32)
+        if layout == "a period broken midway" and k == 17:
+            tensors[f"{k:03d}.x"] = np.arange(5, dtype=np.int16)
+    f = tmp_path / "t.safetensors"
+    head, _ = _format.header_bytes([(n, _format.code_of(v.dtype), v.shape) for n, v in tensors.items()], {})
+    with open(f, "wb") as fh:  # the data in insertion order (safetensors' own writer sorts it)
+        _format.write(fh, head, tensors.values())
+    with _format.Reader(f) as r:
+        es = sorted(r.header.entries.values(), key=lambda e: e.begin)
+        dtypes = {e.dtype: _format.numpy_dtype(e.dtype) for e in es}
+        raw = np.zeros(es[-1].end - es[0].begin, np.uint8)
+        periodic = _format._periodic(es, raw, es[0].begin, dtypes) is not None
+        assert periodic == (layout in ("periodic", "empty tensors")), layout
+        got = r._span(es, es[0].begin, es[-1].end)
+        want = [r.read(e) for e in es]
+    for e, a, b in zip(es, got, want):
+        assert type(a) is np.ndarray and a.shape == b.shape == e.shape and a.dtype == b.dtype, e
+        assert a.tobytes() == b.tobytes() == tensors[e.name].tobytes(), e
