@@ -140,3 +140,98 @@ def test_orbax_checkpoint_sharded_over_four_devices_loads_in_one(tmp_path: Path)
     up.load(m, ckpt, match="structure")
     np.testing.assert_array_equal(m.params["0.weight"].value, np.arange(32.0).reshape(4, 8).T)
     np.testing.assert_array_equal(m.params["0.bias"].value, np.ones(8))
+
+
+TWO = r'''
+import os, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid = int(sys.argv[1])
+jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[2], num_processes=2, process_id=pid)
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils as mu
+import unified_params as up
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.relu(nn.Dense(8)(x)))
+
+mesh = Mesh(np.array(jax.devices()), ("d",))
+model = MLP()
+host = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(1), np.ones((1, 4), np.float32)))
+np.savez(os.environ["HOST"], **{f"{k}.{n}": a for k, layer in host["params"].items() for n, a in layer.items()})
+spec = {(4, 8): P(None, "d"), (8,): P("d"), (8, 3): P("d", None), (3,): P()}  # by shape
+params = {k: {n: jax.make_array_from_callback(a.shape, NamedSharding(mesh, spec[a.shape]), lambda i, a=a: a[i])
+              for n, a in layer.items()} for k, layer in host["params"].items()}
+m = up.wrap(model, {"params": params})
+real, wrote = os.pwrite, []
+def counting(fd, data, offset):
+    n = real(fd, data, offset)
+    wrote.append(n)
+    return n
+os.pwrite = counting
+up.save(m, os.environ["CKPT"])
+os.pwrite = real
+# the shared file: rank 0 the header and its halves of the (4, 8) kernel (canonical rows) and the (8,) bias,
+# and the replicated (3,) bias; rank 1 its halves only; the (8, 3) kernel's columns go to each one's own file
+ok = sorted(wrote[1:]) == [12, 16, 64] if pid == 0 else sorted(wrote) == [16, 64]  # rank 0: the header first
+up.load(m, os.environ["CKPT"])
+print(f"OK {pid}" if ok else f"WROTE {pid} {wrote}", flush=True)
+mu.sync_global_devices("done")
+os._exit(0)
+'''
+
+
+def test_two_processes_save_whole_tensors_and_pieces(tmp_path: Path) -> None:
+    """Contract 15.2 over 2 JAX processes (``jax.distributed`` on localhost):
+    a kernel sharded on its output axis (canonical rows) and 1-D arrays are
+    byte ranges of whole tensors in one shared file; a kernel sharded on its
+    input axis (canonical columns) stays in pieces, one file a process;
+    safetensors reads the shared file as it is and one NumPy process loads
+    the directory."""
+    import json
+    import socket
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    import unified_params as up
+    from unified_params import reference as ref
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    ckpt = tmp_path / "ckpt"
+    (tmp_path / "two.py").write_text(textwrap.dedent(TWO))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CKPT=str(ckpt), HOST=str(tmp_path / "host.npz"))
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "two.py"), str(i), port], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:  # a process whose peer failed waits in a collective
+                p.kill()
+    assert all(p.returncode == 0 for p in procs) and all(f"OK {i}" in outs[i] for i in range(2)), \
+        "\n".join(outs)[-4000:]
+    assert sorted(f.name for f in ckpt.iterdir()) == [
+        "model-r00000-of-00002.safetensors", "model-r00001-of-00002.safetensors", "model-whole.safetensors",
+        "model.safetensors.index.json"]
+    wmap = json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"]
+    whole = load_file(str(ckpt / "model-whole.safetensors"))
+    assert sorted(k for k, v in wmap.items() if v == "model-whole.safetensors") == sorted(whole)
+    host = dict(np.load(tmp_path / "host.npz"))
+    assert {v.shape for v in whole.values()} == {(8, 4), (8,), (3,)}
+    for k, v in whole.items():  # canonical layout: a kernel transposed
+        (src,) = [a for a in host.values() if a.shape in (v.shape, v.shape[::-1]) and a.ndim == v.ndim]
+        np.testing.assert_array_equal(v, src.T if v.ndim == 2 else src, err_msg=k)
+    one = up.wrap(ref.Sequential(ref.Dense(8, in_units=4), ref.ReLU(), ref.Dense(3, in_units=8)))
+    up.load(one, ckpt, match="order")
+    first, last = "Dense_1", "Dense_0"  # flax names the outer Dense(3) first: it is built before its input
+    for k, src in (("0.weight", host[f"{first}.kernel"].T), ("0.bias", host[f"{first}.bias"]),
+                   ("2.weight", host[f"{last}.kernel"].T), ("2.bias", host[f"{last}.bias"])):
+        np.testing.assert_array_equal(one.params[k].value, src, err_msg=k)
