@@ -19,17 +19,18 @@ tiled paths with small arrays.
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter, is_, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _limits
 from ._boundary import adapter_call
-from ._layout import CANONICAL, NATIVE, copy_canonical, to_canonical, to_native
+from ._layout import CANONICAL, NATIVE, copy_canonical, empty, to_canonical, to_native
 from ._param import Param
 from ._values import Deferred, ParamValue, check_value
 
@@ -53,7 +54,7 @@ def _to_native(p: Param, arr: np.ndarray, owned: bool) -> tuple[np.ndarray, bool
     layout = p._leaf.layout
     if layout in _PLAIN:
         return arr, owned
-    native = to_native(arr, layout, p._concrete_shape_native())
+    native = to_native(arr, layout, p._concrete_shape_native(), into=p._handle.backend.name)
     return native, owned or not np.may_share_memory(native, arr)
 
 
@@ -86,9 +87,36 @@ def write_deferred(p: Param, v: Deferred, what: str) -> None:
                 and buf.flags.writeable):
             fill(buf)
             return
+    elif fill is not None and v.dtype == p.dtype and v.shape == p.shape:
+        buf = _read_buffer(v.dtype, v.shape)
+        if buf is not None:  # converted from the reused buffer into its own array (``_to_native``)
+            fill(buf)
+            write_canonical(p, buf)
+            return
     value = np.asarray(v)
     checked = check_value(p, value, what)
     write_canonical(p, checked, owned=getattr(v, "private", False) or checked is not value)
+
+
+_BUFFER = threading.local()
+
+
+def _read_buffer(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A reused, aligned buffer of ``shape`` for a file's tensor that a layout
+    conversion copies anyway (a kernel-last storage's load): read into warm
+    memory, then transposed once into the array the storage keeps, instead
+    of read into fresh pages and copied into fresh pages again (first touch
+    of fresh memory costs about 1.6 s/GiB on a VM). One per thread, at most
+    ``_limits.READ_BUFFER_BYTES`` (``None`` above it, or below
+    ``_limits.READ_BUFFER_FROM``: the one-array route)."""
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if n < _limits.READ_BUFFER_FROM or n > _limits.READ_BUFFER_BYTES:
+        return None
+    buf = getattr(_BUFFER, "buf", None)
+    if buf is None or buf.nbytes < n:
+        buf = None
+        _BUFFER.buf = buf = empty((n,), np.uint8)
+    return buf[:n].view(dtype).reshape(shape)  # type: ignore[no-any-return]
 
 
 def _keep(raw: np.ndarray, private: bool, store: Undo | None) -> Callable[[], np.ndarray]:
@@ -333,14 +361,17 @@ def snapshot_batch(ps: Sequence[Param], store: Any = None) -> Callable[[], None]
     if len(ps) == 1 and store is None:
         return snapshot(ps[0])
     h = ps[0]._handle
-    leaves = [p._leaf for p in ps]
+    leaves = list(map(_LEAF, ps))
     spill = store is not None and store.spills
     with adapter_call(h.backend.name, f"read {names_of(ps)}"):
         if spill and _limits.UNDO_SPILL_SNAPSHOTS:  # bytes to the file, but sharded storages' own pieces
             snaps = [None if _bytes_to_file(h, leaf, spill) else h.snapshot(leaf) for leaf in leaves]
         else:
             snaps = h.snapshot_many(leaves)
-        plain = [leaf for leaf, snap in zip(leaves, snaps) if snap is None]
+        if all(map(is_, snaps, repeat(None))):  # no snapshot of its own: every storage copied (one pass in C)
+            plain = leaves
+        else:
+            plain = [leaf for leaf, snap in zip(leaves, snaps) if snap is None]
         many = store is not None and not spill and len(plain) > 1  # views, copied at once into one array
         olds = h.read_many(plain, copy=not (spill or many)) if plain else []
     kept = [(leaf, snap) for leaf, snap in zip(leaves, snaps) if snap is not None] if len(plain) < len(leaves) else []

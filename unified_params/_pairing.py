@@ -192,7 +192,8 @@ def one_to_one(src: Sequence[Leaf], dst: Sequence[Leaf], src_shapes: Sequence[tu
     plain = _plain([Entry("", (), role=r) for r in roles])
     if not all(plain):
         return False
-    return [lay == NATIVE for lay in map(_LAYOUT, src)] == [lay == NATIVE for lay in map(_LAYOUT, dst)]
+    layouts = list(map(_LAYOUT, src)), list(map(_LAYOUT, dst))
+    return layouts[0] == layouts[1] or [x == NATIVE for x in layouts[0]] == [x == NATIVE for x in layouts[1]]
 
 
 _ROLE, _LAYOUT, _RNN_BIAS = attrgetter("role"), attrgetter("layout"), attrgetter("rnn_bias")
