@@ -85,10 +85,11 @@ class Listing:
 
     __slots__ = ("node", "base", "_entries", "_groups", "dicts")
 
-    def __init__(self, handle: Handle, base: Path):
+    def __init__(self, handle: Handle, base: Path, root: Node | None = None):
         self.base = base
-        with no_gc():
-            root = handle.tree()
+        if root is None:
+            with no_gc():
+                root = handle.tree()
         self.node = find(root, base)
         self.node.path = base
         self._entries: list[Entry] | None = None
@@ -142,21 +143,36 @@ class Listing:
 def listing_of(handle: Handle, base: Path) -> Listing:
     """The listing of the block at ``base``: the last one made for this
     handle and path while the handle's ``stamp()`` is unchanged, else a new
-    walk."""
+    walk. Where there is no last one (a model just wrapped) and the adapter
+    has the optional ``tree_and_stamp()``, one walk gives both the tree and
+    the stamp to keep it under."""
+    cache: dict[Path, tuple[Any, Listing]] | None = getattr(handle, "_up_listings", None)
+    hit = cache.get(base) if cache else None
+    if hit is None:
+        both = getattr(handle, "tree_and_stamp", None)
+        if both is not None:
+            with no_gc():
+                root, stamp = both()
+            return _kept(handle, cache, base, stamp, Listing(handle, base, root))
     stamp = handle.stamp()
     if stamp is None:
         return Listing(handle, base)
-    cache: dict[Path, tuple[Any, Listing]] | None = getattr(handle, "_up_listings", None)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    return _kept(handle, cache, base, stamp, Listing(handle, base))
+
+
+def _kept(handle: Handle, cache: dict[Path, tuple[Any, Listing]] | None, base: Path, stamp: Any,
+          listing: Listing) -> Listing:
+    """``listing``, kept in the handle's cache under ``stamp``."""
+    if stamp is None:
+        return listing
     if cache is None:
         cache = {}
         try:
             handle._up_listings = cache  # type: ignore[attr-defined]
         except AttributeError:
-            return Listing(handle, base)
-    hit = cache.get(base)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    listing = Listing(handle, base)
+            return listing
     if len(cache) > 64:  # sub-blocks of one model: keep a bounded few
         cache.clear()
     cache[base] = (stamp, listing)

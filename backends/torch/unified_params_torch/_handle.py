@@ -9,8 +9,9 @@ Design constraints of this module:
   ``_modules`` in insertion order (``None`` children skipped), leaves from
   ``_parameters`` and ``_buffers`` (``None`` entries skipped), a module reused
   listed under each of its keys.
-* A leaf's ``ref`` is its *slot* (module, dict, name), not the tensor: every
-  read and write looks the tensor up again, so a tie made after a ``Param``
+* A leaf's ``ref`` is the module that holds it, not the tensor: its *slot* is
+  that module's ``_parameters`` or ``_buffers`` (by ``kind``) at
+  ``native_name``, and every read and write looks the tensor up again, so a tie made after a ``Param``
   was created, or a lazy parameter materialized since, is seen.
 * A leaf's ``storage`` is ``id`` of the ``Parameter`` (or buffer) object, which
   is what ``named_parameters()`` deduplicates on.
@@ -34,47 +35,38 @@ from unified_params.adapter import CANONICAL, Backend, Handle, Leaf, Node
 
 from . import _dtensor as _dt
 
-__all__ = ["ForwardError", "Slot", "TorchHandle", "numpy_dtype", "to_numpy"]
+__all__ = ["ForwardError", "TorchHandle", "numpy_dtype", "to_numpy"]
 
 
-class Slot:
-    """Where a leaf lives: ``module._parameters[name]`` or ``module._buffers[name]``.
-    (A plain slotted class: one is made per parameter per listing.)"""
+def _table(leaf: Leaf) -> dict[str, Any]:
+    """The dict the leaf's tensor lives in: ``module._parameters`` or
+    ``module._buffers`` (torch never replaces these dicts)."""
+    module: nn.Module = leaf.ref
+    return module._parameters if leaf.kind == "param" else module._buffers
 
-    __slots__ = ("module", "name", "kind", "table")
 
-    def __init__(self, module: nn.Module, name: str, kind: str) -> None:
-        self.module = module
-        self.name = name
-        self.kind = kind  # "param" or "buffer"
-        #: ``module._parameters`` or ``module._buffers`` (torch never replaces these dicts)
-        self.table: dict[str, Any] = module._parameters if kind == "param" else module._buffers
+def _tensor(leaf: Leaf) -> torch.Tensor:
+    """The tensor in the leaf's slot now."""
+    value = _table(leaf).get(leaf.native_name)
+    if value is None:
+        raise LookupError(
+            f"{type(leaf.ref).__name__} no longer holds a {leaf.kind} named "
+            f"{leaf.native_name!r}; the model was changed since this parameter was looked up"
+        )
+    return value
 
-    def __repr__(self) -> str:
-        return f"Slot({type(self.module).__name__}, {self.name!r}, {self.kind!r})"
 
-    def data(self, action: str) -> torch.Tensor:
-        """The tensor in the slot, refusing one without data (the meta device),
-        which torch would silently skip on a write."""
-        t = self.tensor
-        if t.device.type == "meta":
-            raise NotInitializedError(
-                f"a parameter with data to {action}",
-                f"{self.name!r} of a {type(self.module).__name__} lives on the meta device",
-                "allocate the model first, e.g. model.to_empty(device='cpu'), then initialize it",
-            )
-        return t
-
-    @property
-    def tensor(self) -> torch.Tensor:
-        """The tensor in the slot now."""
-        value = self.table.get(self.name)
-        if value is None:
-            raise LookupError(
-                f"{type(self.module).__name__} no longer holds a {self.kind} named "
-                f"{self.name!r}; the model was changed since this parameter was looked up"
-            )
-        return value
+def _data(leaf: Leaf, action: str) -> torch.Tensor:
+    """The tensor in the slot, refusing one without data (the meta device),
+    which torch would silently skip on a write."""
+    t = _tensor(leaf)
+    if t.device.type == "meta":
+        raise NotInitializedError(
+            f"a parameter with data to {action}",
+            f"{leaf.native_name!r} of a {type(leaf.ref).__name__} lives on the meta device",
+            "allocate the model first, e.g. model.to_empty(device='cpu'), then initialize it",
+        )
+    return t
 
 
 # dtypes NumPy has no native equivalent for: crossed as same-width integers and
@@ -191,14 +183,14 @@ def _lazy_shape(module: nn.Module, name: str, t: torch.Tensor) -> tuple[int | No
 def _leaves(module: nn.Module) -> list[Leaf]:
     # Positional arguments: role, ref, storage, native_name, kind, trainable, layout, persistent.
     out = [
-        Leaf(name, Slot(module, name, "param"), id(t), name, "param", t.requires_grad, CANONICAL)
+        Leaf(name, module, id(t), name, "param", t.requires_grad, CANONICAL)
         for name, t in module._parameters.items()
         if t is not None
     ]
     if module._buffers:
         transient = module._non_persistent_buffers_set
         out += [
-            Leaf(name, Slot(module, name, "buffer"), id(t), name, "buffer", False, CANONICAL, name not in transient)
+            Leaf(name, module, id(t), name, "buffer", False, CANONICAL, name not in transient)
             for name, t in module._buffers.items()
             if t is not None
         ]
@@ -213,6 +205,44 @@ def _node(key: str, module: nn.Module) -> Node:
         [_node(k, child) for k, child in module._modules.items() if child is not None],
         type(module).__name__,
     )
+
+
+def _stamped_node(key: str, module: nn.Module, add: Callable[[Any], None]) -> Node:
+    """``_node`` and, through ``add``, the parts of ``TorchHandle.stamp`` for
+    this module and its descendants, in the stamp's order (pre-order): one
+    walk where the core needs both (a first listing)."""
+    add(id(module))
+    leaves: list[Leaf] = []
+    params = module._parameters
+    if params:
+        add(tuple(params))
+        for name, t in params.items():
+            if t is None:
+                add(None)
+                continue
+            add(id(t))
+            trainable = t.requires_grad
+            add(trainable)
+            leaves.append(Leaf(name, module, id(t), name, "param", trainable, CANONICAL))
+    buffers = module._buffers
+    if buffers:
+        add(tuple(buffers))
+        for t in buffers.values():
+            add(id(t))
+        transient = module._non_persistent_buffers_set
+        if transient:
+            add(frozenset(transient))
+        leaves += [
+            Leaf(name, module, id(t), name, "buffer", False, CANONICAL, name not in transient)
+            for name, t in buffers.items()
+            if t is not None
+        ]
+    children = module._modules
+    nodes: list[Node] = []
+    if children:
+        add(tuple(children))
+        nodes = [_stamped_node(k, child, add) for k, child in children.items() if child is not None]
+    return Node(key, module, leaves, nodes, type(module).__name__)
 
 
 def _first_tensor(module: nn.Module) -> torch.Tensor | None:
@@ -272,6 +302,14 @@ class TorchHandle(Handle):
         _dt.reshard_fsdp(self._module)
         return _node("", self._module)
 
+    def tree_and_stamp(self) -> tuple[Node, tuple[Any, ...]]:
+        """``(tree(), stamp())`` from one walk: what the core asks for when
+        it lists a model it has no listing of yet (``up.wrap`` + listing)."""
+        _dt.reshard_fsdp(self._module)
+        parts: list[Any] = []
+        root = _stamped_node("", self._module, parts.append)
+        return root, tuple(parts)
+
     def stamp(self) -> tuple[Any, ...]:
         """Every module's identity, the keys of its three tables, the
         identity of each tensor, whether it requires grad and which buffers
@@ -318,28 +356,28 @@ class TorchHandle(Handle):
     # -- leaves -------------------------------------------------------------
 
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
-        slot: Slot = leaf.ref
-        t = slot.table.get(slot.name)
+        module: nn.Module = leaf.ref
+        t = (module._parameters if leaf.kind == "param" else module._buffers).get(leaf.native_name)
         if t is None:
-            t = slot.tensor  # raises, saying the slot is gone
+            t = _tensor(leaf)  # raises, saying the slot is gone
         if isinstance(t, UninitializedTensorMixin):
-            return _lazy_shape(slot.module, slot.name, t)
+            return _lazy_shape(module, leaf.native_name, t)
         return tuple(t.shape)
 
     def native_of(self, leaf: Leaf) -> nn.Parameter | torch.Tensor:
         """The ``Parameter`` (or buffer tensor) in the leaf's slot now."""
-        return leaf.ref.tensor
+        return _tensor(leaf)
 
     def dtype(self, leaf: Leaf) -> np.dtype:
-        slot: Slot = leaf.ref
-        t = slot.table.get(slot.name)
-        return numpy_dtype((t if t is not None else slot.tensor).dtype)
+        module: nn.Module = leaf.ref
+        t = (module._parameters if leaf.kind == "param" else module._buffers).get(leaf.native_name)
+        return numpy_dtype((t if t is not None else _tensor(leaf)).dtype)
 
     def device(self, leaf: Leaf) -> str:
-        return str(leaf.ref.tensor.device)
+        return str(_tensor(leaf).device)
 
     def read(self, leaf: Leaf, copy: bool = True) -> np.ndarray:
-        t = leaf.ref.data("read")
+        t = _data(leaf, "read")
         if _dt.is_dtensor(t):  # the whole value: a collective over the mesh
             return _host_array(_dt.gathered(t)).copy()
         arr = _host_array(t)
@@ -348,7 +386,7 @@ class TorchHandle(Handle):
         return arr
 
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
-        t = leaf.ref.data("write")
+        t = _data(leaf, "write")
         if _dt.is_dtensor(t):  # this process's piece of the global value, no communication
             return _dt.write_local(t, value, _from_numpy)
         src = _from_numpy(value, source=True)
@@ -359,7 +397,7 @@ class TorchHandle(Handle):
         """The CPU tensor's own memory as a writable NumPy view (a file's bytes
         are read straight into it); its version counter is bumped, as
         ``copy_`` would, so autograd sees the in-place change."""
-        t = leaf.ref.data("write")
+        t = _data(leaf, "write")
         if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or t.is_neg() or _dt.is_dtensor(t):
             return None
         arr = _host_array(t)
@@ -369,14 +407,14 @@ class TorchHandle(Handle):
         return arr
 
     def shards(self, leaf: Leaf) -> list[tuple[tuple[slice, ...], str]] | None:
-        t = leaf.ref.data("list the pieces of")
+        t = _data(leaf, "list the pieces of")
         return _dt.shards(t) if _dt.is_dtensor(t) else None
 
     def read_shard(self, leaf: Leaf, k: int) -> np.ndarray:
         """The local piece: for a CPU tensor a read-only view of it (the core
         copies it where a copy is asked for), so ``state(copy=False)`` and
         ``up.save`` of a sharded model copy nothing; else a host copy."""
-        t = _dt.local(leaf.ref.data("read"))
+        t = _dt.local(_data(leaf, "read"))
         arr = _host_array(t)
         if t.device.type != "cpu":
             return arr
@@ -392,7 +430,7 @@ class TorchHandle(Handle):
         view of it, which the core copies (to memory, or for a large load to
         a temporary file) before the write; other tensors take the core's
         default (a copy of ``read``, or its bytes in that file)."""
-        t = leaf.ref.data("read")
+        t = _data(leaf, "read")
         if not _dt.is_dtensor(t):
             return None
         piece = _dt.local(t)
@@ -402,11 +440,11 @@ class TorchHandle(Handle):
         if isinstance(snap, np.ndarray):  # the core's copy of the local piece's host view
             snap = _from_numpy(snap, source=True)
         with torch.no_grad():
-            local = _dt.local(leaf.ref.data("write"))
+            local = _dt.local(_data(leaf, "write"))
             local.copy_(snap.to(device=local.device))
 
     def grad(self, leaf: Leaf) -> np.ndarray | None:
-        g = leaf.ref.tensor.grad
+        g = _tensor(leaf).grad
         if g is None:
             return None
         arr = _host_array(g)
@@ -454,7 +492,7 @@ class TorchHandle(Handle):
         """torch's own ``.grad`` keeps adding up as a native ``backward``
         would (so a native optimizer step works after ``m.backward``); the
         core is given this pass's share."""
-        tensors = [leaf.ref.tensor for leaf in leaves]
+        tensors = [_tensor(leaf) for leaf in leaves]
         before = [t.grad for t in tensors]
         for t in tensors:
             t.grad = None
@@ -497,7 +535,7 @@ class TorchHandle(Handle):
 
     def clear_grads(self, leaves: Sequence[Leaf]) -> None:
         for leaf in leaves:
-            leaf.ref.tensor.grad = None
+            _tensor(leaf).grad = None
 
     def materialize(self, x: Any) -> None:
         """One forward pass, in eval mode so that running statistics and
@@ -529,15 +567,16 @@ class TorchHandle(Handle):
 
     def tie(self, pairs: Sequence[tuple[Leaf, Leaf]]) -> None:
         for target, source in pairs:
-            slot: Slot = target.ref
-            shared = source.ref.tensor
+            module: nn.Module = target.ref
+            name, table = target.native_name, _table(target)
+            shared = _tensor(source)
             # setattr lets modules that cache their parameters (nn.RNN's
             # _flat_weights) see the change; it would move a tensor between
             # _parameters and _buffers, so it is used only when the kinds agree.
-            if isinstance(shared, nn.Parameter) == (slot.kind == "param"):
+            if isinstance(shared, nn.Parameter) == (target.kind == "param"):
                 try:
-                    setattr(slot.module, slot.name, shared)
+                    setattr(module, name, shared)
                 except (KeyError, TypeError, AttributeError):
                     pass
-            if slot.table.get(slot.name) is not shared:
-                slot.table[slot.name] = shared
+            if table.get(name) is not shared:
+                table[name] = shared
