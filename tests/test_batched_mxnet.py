@@ -51,7 +51,35 @@ def test_load_and_port_are_bit_exact(tmp_path: Path) -> None:
 
 
 def test_a_write_failing_midway_restores_every_parameter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-copy route (a writable DLPack view of each array) failing at
+    the N-th parameter: every parameter is as before."""
     src, dst = _net(4), _net(5)
+    f = up.save(up.wrap(src), tmp_path / "m.safetensors")
+    before = _native(dst)
+    real = mx.nd.to_dlpack_for_write
+    calls = [0]
+
+    def failing(arr: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == N:  # half way through the batch, once
+            raise OSError("injected: a copy failed")
+        return real(arr)
+
+    monkeypatch.setattr(mx.nd, "to_dlpack_for_write", failing)
+    with pytest.raises(up.UnifiedParamsError, match="injected"):
+        up.load(up.wrap(dst), f)
+    assert calls[0] >= N
+    monkeypatch.setattr(mx.nd, "to_dlpack_for_write", real)
+    assert _native(dst) == before
+
+
+def test_a_stacked_write_failing_midway_restores_every_parameter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stacked route (parameters on two contexts: no one-array view)
+    failing midway: every parameter on every context is as before."""
+    ctx = [mx.cpu(0), mx.cpu(1)]
+    src, dst = _net(4), _net(5, ctx=ctx)
     f = up.save(up.wrap(src), tmp_path / "m.safetensors")
     before = _native(dst)
     real = mx.nd.NDArray.copyto
@@ -59,7 +87,7 @@ def test_a_write_failing_midway_restores_every_parameter(tmp_path: Path, monkeyp
 
     def failing(self: Any, other: Any) -> Any:
         calls[0] += 1
-        if calls[0] == N:  # half way through the batch, once
+        if calls[0] == N:
             raise mx.base.MXNetError("injected: a copy failed")
         return real(self, other)
 
@@ -69,6 +97,8 @@ def test_a_write_failing_midway_restores_every_parameter(tmp_path: Path, monkeyp
     assert calls[0] >= N
     monkeypatch.setattr(mx.nd.NDArray, "copyto", real)
     assert _native(dst) == before
+    for p in dst.collect_params().values():
+        assert p.data(mx.cpu(1)).asnumpy().tobytes() == p.data(mx.cpu(0)).asnumpy().tobytes()
 
 
 def test_a_trainer_kvstore_sees_a_load(tmp_path: Path) -> None:

@@ -95,6 +95,55 @@ class _DLPack:
         return (1, 0)  # kDLCPU
 
 
+class _Writable:
+    """A writable NumPy face of a DLPack view. NumPy 1.23 marks arrays from
+    ``np.from_dlpack`` read-only; this object shows the same memory with
+    the flag off and keeps the view (and with it MXNet's buffer) alive for
+    as long as the array made from it lives."""
+
+    def __init__(self, view: np.ndarray) -> None:
+        self._view = view
+        face = dict(view.__array_interface__)
+        face["data"] = (face["data"][0], False)
+        self.__array_interface__ = face
+
+
+def _writable_view(p: Parameter) -> np.ndarray | None:
+    """A writable C-contiguous view of ``p``'s one host array, or ``None``
+    where writing through it would not be what ``set_data`` does: several
+    contexts (each holds a copy), a Trainer that keeps the value in its
+    kvstore (``set_data`` tells it), device or sparse storage, a dtype NumPy
+    has no DLPack code for, or an array in a oneDNN layout (MXNet refuses
+    the view). ``to_dlpack_for_write`` waits for every pending read and
+    write of the array and counts as a write of it (its version moves, so
+    a cached oneDNN weight is made again from the new bytes)."""
+    data = p._data
+    if data is None or len(data) != 1:
+        return None
+    tr = p._trainer
+    if tr is not None and tr._kv_initialized and tr._update_on_kvstore:
+        return None
+    arr = data[0]
+    if arr.ctx.device_type not in _HOST_DEVICES or arr.stype != "default":
+        return None
+    try:
+        view = np.from_dlpack(_DLPack(mx.nd.to_dlpack_for_write(arr)))
+    except (mx.base.MXNetError, BufferError, TypeError, ValueError):
+        return None
+    if view.shape != tuple(arr.shape) or view.dtype != np.dtype(arr.dtype) or not view.flags.c_contiguous:
+        return None
+    return np.asarray(_Writable(view))
+
+
+def _fill(buf: np.ndarray, value: np.ndarray) -> bool:
+    """Copy ``value`` into ``buf`` (one pass, no cast); False when the shapes
+    or dtypes differ (the caller then takes ``set_data``'s route)."""
+    if buf.shape != value.shape or buf.dtype != value.dtype:
+        return False
+    np.copyto(buf, value, casting="no")
+    return True
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A forward output as a NumPy array (a copy); tuples and lists convert item by item."""
     if isinstance(x, mx.nd.NDArray):
@@ -346,8 +395,19 @@ class MXNetHandle(Handle):
                 pass  # refused (an array in oneDNN layout): a copy is always possible
         return arr.asnumpy()
 
+    def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
+        """The parameter's own host memory, writable (see :func:`_writable_view`):
+        a load reads a file's bytes straight into it, one copy in all."""
+        return _writable_view(leaf.ref.param)
+
     def write(self, leaf: Leaf, value: np.ndarray) -> None:
+        """One copy into the array's own memory where MXNet allows a view of
+        it (see :func:`_writable_view`), else ``set_data`` of a new array
+        (two copies: NumPy to MXNet, then into every context's array)."""
         p: Parameter = leaf.ref.param
+        buf = _writable_view(p)
+        if buf is not None and _fill(buf, value):
+            return
         arr = _first_array(p)
         maker = mx.np.array if isinstance(arr, mx.np.ndarray) else mx.nd.array
         new = maker(np.ascontiguousarray(value), dtype=arr.dtype, ctx=arr.ctx)
@@ -365,9 +425,10 @@ class MXNetHandle(Handle):
         return [_first_array(leaf.ref.param).asnumpy() for leaf in leaves]
 
     def write_many(self, pairs: Sequence[tuple[Leaf, np.ndarray]], owned: bool = False) -> None:
-        """``write`` of each pair, with one NumPy-to-MXNet copy per kind of
-        array (interface, dtype, context, shape) instead of one per
-        parameter: each ``mx.nd.array`` made from NumPy waits on the engine
+        """``write`` of each pair: straight into the array's memory where
+        ``write`` would be; the others (several contexts, a kvstore) with
+        one NumPy-to-MXNet copy per kind of array (interface, dtype,
+        context, shape) instead of one per parameter: each ``mx.nd.array`` made from NumPy waits on the engine
         (about a millisecond on a busy host). Each parameter then copies its
         row of that stacked array in place on every context, as ``set_data``
         does (``set_data`` itself where a Trainer keeps the value in its
@@ -375,6 +436,9 @@ class MXNetHandle(Handle):
         groups: dict[tuple[Any, ...], list[tuple[Leaf, Parameter, np.ndarray]]] = {}
         for leaf, value in pairs:
             p: Parameter = leaf.ref.param
+            buf = _writable_view(p)
+            if buf is not None and _fill(buf, value):
+                continue  # one copy, straight into the array (13 us against 30 stacked)
             arr = _first_array(p)
             key = (isinstance(arr, mx.np.ndarray), np.dtype(arr.dtype), arr.ctx, tuple(arr.shape))
             groups.setdefault(key, []).append((leaf, p, value))
