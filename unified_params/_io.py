@@ -510,15 +510,12 @@ def expand_ties(tensors: dict[str, Any], meta: dict[str, str], where: str = "the
 def _deferred(r: _format.Reader) -> dict[str, Any]:
     """The file's tensors as ``Deferred`` values, each read (into a private
     array, the file re-checked) when it is written."""
-    dtypes: dict[str, np.dtype] = {}
-    out: dict[str, Any] = {}
-    with _format.no_gc():
-        for name, e in r.header.entries.items():
-            dt = dtypes.get(e.dtype)
-            if dt is None:
-                dt = dtypes[e.dtype] = _format.numpy_dtype(e.dtype)
-            out[name] = _format.FileTensor(r, e, dt)  # read straight into the storage where it can
-    return out
+    entries = r.header.entries
+    codes = [e.dtype for e in entries.values()]
+    dtypes = {code: _format.numpy_dtype(code) for code in set(codes)}  # a file has few dtypes: each made once
+    with _format.no_gc():  # (one FileTensor per tensor, made in one pass; read straight into storage where it can)
+        return dict(zip(entries, map(_format.FileTensor, itertools.repeat(r), entries.values(),
+                                     map(dtypes.__getitem__, codes))))
 
 
 def _bounded(exc: UnifiedParamsError) -> UnifiedParamsError:
