@@ -173,14 +173,21 @@ class Block:
         if made is not None:
             return made  # type: ignore[no-any-return]
         handle, lock = self._handle, self._shared.lock
-        groups = listing.groups(kinds)
         out: dict[str, Param] = {}
+        firsts: dict[Any, str] = {}  # storage -> its first name: one pass, ties named after it
+        tied: list[Param] = []
         with no_gc():
             for name, leaf, node_path in listing.entries:
                 if leaf.kind in kinds and name not in out:
-                    group = groups[leaf.storage]
-                    others = () if len(group) == 1 else tuple(n for n in group if n != name)
-                    out[name] = Param(handle, leaf, name, others, node_path, lock=lock)
+                    out[name] = p = Param(handle, leaf, name, (), node_path, lock=lock)
+                    if firsts.setdefault(leaf.storage, name) is not name:
+                        tied.append(p)
+            if tied:
+                groups = listing.groups(kinds)
+                for p in tied:
+                    group = groups[p._leaf.storage]
+                    for n in group:
+                        out[n]._tied = tuple(o for o in group if o != n)
         listing.dicts[kinds] = made = ParamDict(out)
         return made
 

@@ -69,13 +69,18 @@ def entries(node: Node, base: Path) -> list[Entry]:
     out: list[Entry] = []
     append = out.append
     stack: list[tuple[Node, Path, str]] = [(node, base, "")]
+    push, pop = stack.append, stack.pop
     while stack:
-        cur, path, prefix = stack.pop()
-        for leaf in sorted_leaves(cur):
-            append((prefix + leaf.role, leaf, path))
+        cur, path, prefix = pop()
+        leaves = cur.leaves
+        if leaves:
+            for leaf in (leaves if len(leaves) == 1 else sorted_leaves(cur)):
+                append((prefix + leaf.role, leaf, path))
         children = cur.children
-        for child in reversed(children):
-            stack.append((child, (*path, child.key), f"{prefix}{child.key}."))
+        if children:
+            for child in reversed(children):
+                key = child.key
+                push((child, (*path, key), f"{prefix}{key}."))
     return out
 
 

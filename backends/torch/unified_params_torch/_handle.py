@@ -207,28 +207,33 @@ def _node(key: str, module: nn.Module) -> Node:
     )
 
 
-def _stamped_node(key: str, module: nn.Module, add: Callable[[Any], None]) -> Node:
+def _stamped_node(key: str, module: nn.Module, add: Callable[[Any], None],
+                  parts_extend: Callable[[Any], None]) -> Node:
     """``_node`` and, through ``add``, the parts of ``TorchHandle.stamp`` for
-    this module and its descendants, in the stamp's order (pre-order): one
-    walk where the core needs both (a first listing)."""
+    this module and its descendants (``parts_extend`` adds several), in the
+    stamp's order (pre-order): one walk where the core needs both (a first
+    listing)."""
     add(id(module))
     leaves: list[Leaf] = []
     params = module._parameters
     if params:
         add(tuple(params))
+        ids: list[int] = []
+        grads: list[bool] = []
         for name, t in params.items():
+            ids.append(id(t))
             if t is None:
-                add(None)
+                grads.append(False)
                 continue
-            add(id(t))
             trainable = t.requires_grad
-            add(trainable)
+            grads.append(trainable)
             leaves.append(Leaf(name, module, id(t), name, "param", trainable, CANONICAL))
+        parts_extend(ids)
+        add(tuple(grads))
     buffers = module._buffers
     if buffers:
         add(tuple(buffers))
-        for t in buffers.values():
-            add(id(t))
+        parts_extend(map(id, buffers.values()))
         transient = module._non_persistent_buffers_set
         if transient:
             add(frozenset(transient))
@@ -241,7 +246,7 @@ def _stamped_node(key: str, module: nn.Module, add: Callable[[Any], None]) -> No
     nodes: list[Node] = []
     if children:
         add(tuple(children))
-        nodes = [_stamped_node(k, child, add) for k, child in children.items() if child is not None]
+        nodes = [_stamped_node(k, child, add, parts_extend) for k, child in children.items() if child is not None]
     return Node(key, module, leaves, nodes, type(module).__name__)
 
 
@@ -307,7 +312,7 @@ class TorchHandle(Handle):
         it lists a model it has no listing of yet (``up.wrap`` + listing)."""
         _dt.reshard_fsdp(self._module)
         parts: list[Any] = []
-        root = _stamped_node("", self._module, parts.append)
+        root = _stamped_node("", self._module, parts.append, parts.extend)
         return root, tuple(parts)
 
     def stamp(self) -> tuple[Any, ...]:
@@ -327,12 +332,12 @@ class TorchHandle(Handle):
             params = m._parameters
             if params:
                 add(tuple(params))
-                for t in params.values():  # flat: no tuple per parameter
-                    if t is None:
-                        add(None)
-                    else:
-                        add(id(t))
-                        add(t.requires_grad)
+                values = params.values()
+                extend(map(id, values))
+                try:
+                    add(tuple([t.requires_grad for t in values]))
+                except AttributeError:  # a None entry (bias=False)
+                    add(tuple([t is not None and t.requires_grad for t in values]))
             buffers = m._buffers
             if buffers:
                 add(tuple(buffers))
@@ -371,7 +376,9 @@ class TorchHandle(Handle):
     def dtype(self, leaf: Leaf) -> np.dtype:
         module: nn.Module = leaf.ref
         t = (module._parameters if leaf.kind == "param" else module._buffers).get(leaf.native_name)
-        return numpy_dtype((t if t is not None else _tensor(leaf)).dtype)
+        dtype = (t if t is not None else _tensor(leaf)).dtype
+        found = _NUMPY_DTYPES.get(dtype)
+        return found if found is not None else numpy_dtype(dtype)
 
     def device(self, leaf: Leaf) -> str:
         return str(_tensor(leaf).device)
