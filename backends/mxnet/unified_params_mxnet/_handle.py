@@ -36,7 +36,6 @@ Design constraints of this module:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import mxnet as mx
@@ -55,15 +54,21 @@ _ROLES = {"gamma": "weight", "beta": "bias"}
 _HOST_DEVICES = ("cpu", "cpu_pinned", "cpu_shared")
 
 
-@dataclass(frozen=True, eq=False)
 class Slot:
     """Where a leaf lives: ``block._reg_params[name]`` (``registered``), or, for
     a parameter made with ``block.params.get`` and never assigned to an
-    attribute, ``block.params[name]`` under its global name."""
+    attribute, ``block.params[name]`` under its global name. (A plain
+    slotted class: one is made per parameter per walk.)"""
 
-    block: Block
-    name: str
-    registered: bool = True
+    __slots__ = ("block", "name", "registered")
+
+    def __init__(self, block: Block, name: str, registered: bool = True) -> None:
+        self.block = block
+        self.name = name
+        self.registered = registered
+
+    def __repr__(self) -> str:
+        return f"Slot({type(self.block).__name__}, {self.name!r}, registered={self.registered})"
 
     @property
     def table(self) -> dict[str, Parameter]:
@@ -250,6 +255,29 @@ def _node(key: str, block: Block) -> Node:
     )
 
 
+def _stamped_node(key: str, block: Block, add: Callable[[Any], None]) -> Node:
+    """``_node`` and, through ``add``, the parts of ``MXNetHandle.stamp`` for
+    this block and its descendants in the stamp's order (pre-order): one
+    walk where the core needs both (a first listing)."""
+    add(id(block))
+    for table in (block._reg_params, block._params._params):
+        if table:
+            add(tuple(table))
+            for p in table.values():
+                add(id(p))
+                add(p._grad_req)
+                add(getattr(p, "_differentiable", True))
+        else:
+            add(None)
+    leaves = list(_leaves(block))
+    kids = block._children
+    children: list[Node] = []
+    if kids:
+        add(tuple(kids))
+        children = [_stamped_node(k, child, add) for k, child in kids.items()]
+    return Node(key=key, native=block, leaves=leaves, children=children, type_name=type(block).__name__)
+
+
 def _params(block: Block) -> list[Parameter]:
     """The distinct parameters under ``block``, in tree order (for
     ``materialize``, which is handed no leaves)."""
@@ -308,6 +336,13 @@ class MXNetHandle(Handle):
 
     def tree(self) -> Node:
         return _node("", self._root)
+
+    def tree_and_stamp(self) -> tuple[Node, tuple[Any, ...]]:
+        """``(tree(), stamp())`` from one walk: what the core asks for when
+        it lists a model it has no listing of yet (``up.wrap`` + listing)."""
+        parts: list[Any] = []
+        root = _stamped_node("", self._root, parts.append)
+        return root, tuple(parts)
 
     def stamp(self) -> tuple[Any, ...]:
         """What ``tree()`` reads, without building leaves or asking the
