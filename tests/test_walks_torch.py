@@ -82,3 +82,22 @@ def test_rewrap_lists_the_same_entries() -> None:
     again = up.wrap(model)
     assert [(n, p.shape, p.dtype) for d in (again.params, again.buffers) for n, p in d.items()] == first
     assert [e[0] for e in first] == [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+
+
+def test_wrap_and_list_leave_no_cyclic_garbage() -> None:
+    import gc
+
+    model = net()
+    list(up.wrap(model).params.items())
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(3):
+            m = up.wrap(model)
+            assert len(names(m)) == 8 and len(list(m.params.items())) == 5
+        del m
+        assert gc.collect() == 0
+    finally:
+        if was:
+            gc.enable()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -70,12 +71,13 @@ class Block:
     ``m['block 0']`` the child with that key.
     """
 
-    __slots__ = ("_handle", "_path", "_shared")
+    __slots__ = ("_handle", "_path", "_shared", "_kept")
 
     def __init__(self, handle: Handle, path: Path = ()):
         self._handle = handle
         self._path = path
         self._shared = shared_for(handle)
+        self._kept: dict[tuple[str, ...], ParamDict] | None = None  # see _keep
 
     # -- identity -----------------------------------------------------------
     @property
@@ -169,9 +171,10 @@ class Block:
     def _dict(self, kinds: tuple[str, ...], listing: Listing | None = None) -> ParamDict:
         """Every Param of ``kinds`` from one listing (made now if not given)."""
         listing = listing if listing is not None else self._listing()
-        made = listing.dicts.get(kinds)
+        ref = listing.dicts.get(kinds)
+        made = ref() if ref is not None else None
         if made is not None:
-            return made  # type: ignore[no-any-return]
+            return self._keep(kinds, made)
         handle, lock = self._handle, self._shared.lock
         out: dict[str, Param] = {}
         firsts: dict[Any, str] = {}  # storage -> its first name: one pass, ties named after it
@@ -188,7 +191,20 @@ class Block:
                     group = groups[p._leaf.storage]
                     for n in group:
                         out[n]._tied = tuple(o for o in group if o != n)
-        listing.dicts[kinds] = made = ParamDict(out)
+        made = ParamDict(out)
+        listing.dicts[kinds] = weakref.ref(made)
+        return self._keep(kinds, made)
+
+    def _keep(self, kinds: tuple[str, ...], made: ParamDict) -> ParamDict:
+        """Hold ``made`` for as long as this Block lives. The listing cached on
+        the handle refers to it weakly: its Params refer to the handle, so a
+        strong reference there would make a cycle per wrapped model (garbage
+        left to the cyclic collector, whose full passes over a large heap
+        cost more than the listing)."""
+        kept = self._kept
+        if kept is None:
+            self._kept = kept = {}
+        kept[kinds] = made
         return made
 
     def _lazy(self, kinds: tuple[str, ...]) -> ParamDict:

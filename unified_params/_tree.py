@@ -99,7 +99,9 @@ class Listing:
         self.node.path = base
         self._entries: list[Entry] | None = None
         self._groups: dict[Any, list[str]] | None = None
-        #: ParamDicts made from this listing, by kinds (reused with it).
+        #: ParamDicts made from this listing, by kinds (reused with it while
+        #: a Block holds them): weak references, since their Params refer to
+        #: the handle that caches this listing.
         self.dicts: dict[tuple[str, ...], Any] = {}
 
     @property
