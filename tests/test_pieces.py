@@ -362,7 +362,14 @@ def test_a_load_into_columns_of_row_pieces(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(h, "shards", lambda leaf: [(box(leaf), "cpu:1")])
     monkeypatch.setattr(h, "read_shard", lambda leaf, k: h.read(leaf)[box(leaf)])
+    from unified_params import _format
+
+    read: list[int] = []
+    real = _format.Reader.read_into
+    monkeypatch.setattr(_format.Reader, "read_into", lambda self, e, out: (read.append(e.end - e.begin),
+                                                                           real(self, e, out))[1])
     up.load(dst, ckpt)
+    assert sum(read) == 4 * (6 * 2 + 6 + 3 * 2 + 3), read  # its columns' bytes of the whole tensors, nothing else
     for k in ("0.weight", "2.weight"):
         got, want = dst.params[k].value, src.params[k].value
         np.testing.assert_array_equal(got[:, 2:4], want[:, 2:4], err_msg=k)

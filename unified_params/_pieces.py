@@ -476,6 +476,36 @@ def _into_rows(ft: Any, lo: int, hi: int, dst: np.ndarray) -> bool:
     return True
 
 
+def _read_box(ft: Any, o: Box, box: Box) -> np.ndarray | None:
+    """The part ``o`` of the file tensor ``ft`` (placed at ``box``) read as its
+    runs of bytes (a run: axis k's range with the whole axes after it), so
+    that a process reads only the bytes of its own box, also where it holds
+    columns of a whole tensor; None where ``ft`` is not a file's tensor or
+    the runs would be many tiny reads (then whole rows are read)."""
+    r, e = getattr(ft, "_reader", None), getattr(ft, "_entry", None)
+    if r is None or e is None or not ft.shape:
+        return None
+    shape = tuple(int(d) for d in ft.shape)
+    ext = tuple(hi - lo for lo, hi in o)
+    k = len(shape) - 1
+    while k > 0 and ext[k] == shape[k]:
+        k -= 1
+    item = ft.dtype.itemsize
+    step = ext[k] * int(np.prod(shape[k + 1:], dtype=np.int64))
+    runs = int(np.prod(ext[:k], dtype=np.int64))
+    if step * item < 4096 and runs > 1024:
+        return None
+    strides = [int(np.prod(shape[a + 1:], dtype=np.int64)) for a in range(len(shape))]
+    first = [lo - b0 for (lo, _), (b0, _) in zip(o, box)]
+    out = np.empty(ext, ft.dtype)
+    flat = out.reshape(-1)
+    for i, idx in enumerate(np.ndindex(*ext[:k])):
+        at = sum((j + first[a]) * strides[a] for a, j in enumerate(idx)) + first[k] * strides[k]
+        begin = e.begin + at * item
+        r.read_into(_format.Entry(e.name, e.dtype, (step,), begin, begin + step * item), flat[i * step:(i + 1) * step])
+    return out
+
+
 def _volume(box: Box) -> int:
     return int(np.prod([hi - lo for lo, hi in box], dtype=np.int64))
 
@@ -529,6 +559,10 @@ class Assembled(Deferred):
                 lo, hi = o[0][0] - box[0][0], o[0][1] - box[0][0]
                 if o[1:] == box[1:] and dst.flags.c_contiguous and _into_rows(ft, lo, hi, dst):
                     continue  # whole rows of the piece: read straight into place, no copy of ours
+                part = _read_box(ft, o, box)
+                if part is not None:  # columns (a box narrower than the file tensor): its runs, nothing else
+                    dst[...] = part
+                    continue
                 rows = _read_rows(ft, lo, hi)
                 local = (slice(0, hi - lo),) + tuple(slice(a - b0, b - b0) for (a, b), (b0, _) in zip(o[1:], box[1:]))
                 dst[...] = rows[local]
