@@ -21,6 +21,13 @@ def _counting(m: up.Block) -> list[int]:
         return tree()
 
     h.tree = counted  # type: ignore[method-assign]
+    both = h.tree_and_stamp  # a first listing's one walk (tree and stamp together)
+
+    def counted_both() -> object:
+        walks[0] += 1
+        return both()
+
+    h.tree_and_stamp = counted_both  # type: ignore[attr-defined]
     return walks
 
 
@@ -41,6 +48,9 @@ def test_keras_listings_reuse_one_walk_and_see_native_edits() -> None:
         b.build((None, 2))
     m = up.wrap(net)
     walks = _counting(m)
+    root, stamp = m._handle.tree_and_stamp()  # type: ignore[attr-defined]
+    assert stamp == m._handle.stamp() and [c.key for c in root.children] == ["blocks"]
+    walks[0] = 0
     for _ in range(3):
         assert len(m.params) == 6 and len(m.state()) == 6
     assert walks[0] == 1

@@ -398,6 +398,26 @@ def _node(key: str, obj: Any) -> Node:
     )
 
 
+def _stamped_node(key: str, obj: Any, add: Any) -> Node:
+    """``_node`` and, through ``add``, the parts of ``KerasHandle.stamp`` for
+    ``obj`` and its descendants in the stamp's order (pre-order): one walk
+    where the core needs both (a first listing)."""
+    add(id(obj))
+    stamp_kids = True
+    if isinstance(obj, keras.layers.Layer):
+        add(obj.built)
+        add(obj.trainable)
+        for store in (obj._trainable_variables, obj._non_trainable_variables):
+            add(tuple([(id(v), v._trainable) for v in store]) if store else None)
+        stamp_kids = bool(obj._layers) or _is_sequential(obj)
+    leaves = _leaves(obj)
+    kids = children(obj)
+    if stamp_kids:
+        add(tuple([k for k, _ in kids]))
+    return Node(key=key, native=obj, leaves=leaves, children=[_stamped_node(k, c, add) for k, c in kids],
+                type_name=type(obj).__name__)
+
+
 # -- initializers ------------------------------------------------------------
 
 
@@ -522,6 +542,13 @@ class KerasHandle(Handle):
 
     def tree(self) -> Node:
         return _node("", self._model)
+
+    def tree_and_stamp(self) -> tuple[Node, tuple[Any, ...]]:
+        """``(tree(), stamp())`` from one walk: what the core asks for when
+        it lists a model it has no listing of yet (``up.wrap`` + listing)."""
+        parts: list[Any] = []
+        root = _stamped_node("", self._model, parts.append)
+        return root, tuple(parts)
 
     def stamp(self) -> tuple[Any, ...]:
         """What ``tree()`` reads, without its per-variable work (leaves,
