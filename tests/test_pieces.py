@@ -6,6 +6,7 @@ reference model (a fake ``Handle.shards``) and sharing a group built on a
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,23 @@ def test_a_load_into_columns_of_row_pieces(tmp_path: Path, monkeypatch: pytest.M
         np.testing.assert_array_equal(got[:, 2:4], want[:, 2:4], err_msg=k)
         np.testing.assert_array_equal(got[:, :2], 0, err_msg=k)  # the fake handle writes the rest too
     np.testing.assert_array_equal(dst.params["0.bias"].value, src.params["0.bias"].value)
+
+
+def test_a_plain_save_over_a_multi_process_save_leaves_none_of_its_files(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process saving into the folder of a save by several processes:
+    only the new checkpoint's files stay (no loader finds a stale one)."""
+    ckpt = tmp_path / "ckpt"
+    _save_from_threads(ckpt, monkeypatch, cols=((6, 4),))
+    before = sorted(x.name for x in ckpt.iterdir())
+    assert "model-whole.safetensors" in before and any(n.startswith("model-r") for n in before), before
+    one = _model(seed=11)
+    up.save(one, ckpt, max_shard_size=64)
+    after = sorted(x.name for x in ckpt.iterdir())
+    assert not any(n == "model-whole.safetensors" or n.startswith("model-r") for n in after), after
+    plain = re.compile(r"model-\d{5}-of-\d{5}\.safetensors\Z")
+    assert all(plain.match(n) for n in after if n != "model.safetensors.index.json"), after
+    back = _model(seed=12)
+    up.load(back, ckpt)
+    for k, p in one.params.items():
+        np.testing.assert_array_equal(back.params[k].value, p.value, err_msg=k)

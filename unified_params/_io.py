@@ -362,7 +362,9 @@ def save(m: Any, path: str | os.PathLike[str], *, progress: bool | None = None,
 
 
 #: the shards of a sharded save, as transformers names them
-_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors\Z")
+#: the shard files a save of ours may have left in a folder: a plain sharded
+#: save, and a save by several processes (``_pieces``: per rank, and the whole tensors)
+_SHARD = re.compile(r"model-(\d{5}-of-\d{5}|r\d{5}-of-\d{5}|whole)\.safetensors\Z")
 
 
 def _save_sharded(block: Block, path: str | os.PathLike[str], limit: int, progress: bool | None) -> Path:
