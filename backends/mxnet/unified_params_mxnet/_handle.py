@@ -122,20 +122,17 @@ def _writable_view(p: Parameter) -> np.ndarray | None:
     the view). ``to_dlpack_for_write`` waits for every pending read and
     write of the array and counts as a write of it (its version moves, so
     a cached oneDNN weight is made again from the new bytes)."""
-    data = p._data
-    if data is None or len(data) != 1:
+    arr = _host_array(p, single=True)
+    if arr is None:
         return None
     tr = p._trainer
     if tr is not None and tr._kv_initialized and tr._update_on_kvstore:
-        return None
-    arr = data[0]
-    if arr.ctx.device_type not in _HOST_DEVICES or arr.stype != "default":
         return None
     try:
         view = np.from_dlpack(_DLPack(mx.nd.to_dlpack_for_write(arr)))
     except (mx.base.MXNetError, BufferError, TypeError, ValueError):
         return None
-    if view.shape != tuple(arr.shape) or view.dtype != np.dtype(arr.dtype) or not view.flags.c_contiguous:
+    if not view.flags.c_contiguous:
         return None
     return np.asarray(_Writable(view))
 
@@ -181,14 +178,38 @@ def _first_array(p: Parameter) -> Any:
 _ONEDNN_RANKS = (3, 4, 5)
 
 
-def _viewable(arr: Any) -> bool:
-    """True when a zero-copy view of ``arr`` stays its value in canonical
-    layout: host memory, dense storage, and a rank oneDNN never re-lays out."""
-    return (
-        arr.ctx.device_type in _HOST_DEVICES
-        and arr.stype == "default"
-        and arr.ndim not in _ONEDNN_RANKS
-    )
+def _host_array(p: Parameter, single: bool = False) -> Any | None:
+    """``p``'s first array when it is dense host memory (``single``: and the
+    only copy), else ``None``. Asked of the parameter's own Python fields
+    (``_ctx_list``, ``_stype``): each NDArray property is a C call, several
+    microseconds, which 10,000 small parameters pay (issue 13)."""
+    data = p._data
+    if data is None or (single and len(data) != 1) or p._stype != "default":
+        return None
+    ctxs = p._ctx_list
+    if not ctxs or ctxs[0].device_type not in _HOST_DEVICES:
+        return None
+    return data[0]
+
+
+def _ready_shape(p: Parameter) -> tuple[int, ...]:
+    """The shape of an initialized parameter's data: ``p.shape`` when every
+    dim is known (Gluon's shape setter refuses any change of a known dim,
+    so it is the data's), else asked of the array."""
+    dims = p.shape
+    if dims is not None and all(d > 0 for d in dims):
+        return tuple(dims)
+    return tuple(int(d) for d in _first_array(p).shape)
+
+
+def _viewable(p: Parameter) -> Any | None:
+    """``p``'s first array when a zero-copy view of it stays its value in
+    canonical layout: host memory, dense storage, and a rank oneDNN never
+    re-lays out; else ``None``."""
+    arr = _host_array(p)
+    if arr is None or len(_ready_shape(p)) in _ONEDNN_RANKS:
+        return None
+    return arr
 
 
 def _device_name(ctx: mx.Context) -> str:
@@ -392,7 +413,7 @@ class MXNetHandle(Handle):
     def shape(self, leaf: Leaf) -> tuple[int | None, ...]:
         p: Parameter = leaf.ref.param
         if _is_ready(p):
-            return tuple(int(d) for d in _first_array(p).shape)
+            return _ready_shape(p)
         if p.shape is None:
             return (None,)  # not even the rank is known
         # Unknown dims are 0 in the legacy shape semantics and -1 in the
@@ -420,15 +441,16 @@ class MXNetHandle(Handle):
         """The value as NumPy: a view of host memory when asked for one and
         the array is one that oneDNN never re-lays out (see :func:`_viewable`),
         else a copy (``asnumpy`` reorders a oneDNN array to the default layout)."""
-        arr = _first_array(leaf.ref.param)
-        if not copy and _viewable(arr):
+        p: Parameter = leaf.ref.param
+        arr = _viewable(p) if not copy else None
+        if arr is not None:
             try:
                 # ``to_dlpack_for_read`` waits for pending writes, and the
                 # capsule keeps MXNet's buffer alive for as long as the view lives.
                 return np.from_dlpack(_DLPack(mx.nd.to_dlpack_for_read(arr)))
             except mx.base.MXNetError:
                 pass  # refused (an array in oneDNN layout): a copy is always possible
-        return arr.asnumpy()
+        return _first_array(p).asnumpy()
 
     def host_buffer(self, leaf: Leaf) -> np.ndarray | None:
         """The parameter's own host memory, writable (see :func:`_writable_view`):
