@@ -54,3 +54,10 @@ TILED_BYTES = 1 << 20
 #: square tiles on float32).
 STRIP_ROWS = 512
 STRIP_BYTES = 32
+
+#: A file's tensor that a layout conversion copies anyway (a kernel-last
+#: storage's load) of at least ``READ_BUFFER_FROM`` and at most
+#: ``READ_BUFFER_BYTES`` bytes is read into one reused buffer per thread
+#: (``_fastpath._read_buffer``), then converted once into its own array.
+READ_BUFFER_FROM = 1 << 20
+READ_BUFFER_BYTES = 256 << 20
