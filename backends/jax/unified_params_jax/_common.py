@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unified_params.adapter import layout_rule, register_transposer
+from unified_params.adapter import layout_rule
 
 __all__ = [
     "default_init",
@@ -111,8 +111,6 @@ def from_numpy_many(values: Sequence[np.ndarray], likes: Sequence[Any], owned: b
             # spread over several processes: each builds its own pieces from its
             # part of ``value`` (what a load read for it), no communication
             out[i] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: np.array(v[index]))
-        elif owned and (made := _made_here(value)) is not None and made.sharding == sharding:
-            out[i] = made  # XLA's transpose for this write (``transpose_for_write``): kept as it is
         else:
             # device_put(..., may_alias=False) still aliases aligned host memory on
             # the CPU (jax 0.10): hand it a private copy, so that the caller's array
@@ -222,104 +220,6 @@ def _aligned_copy(value: np.ndarray) -> np.ndarray:
     out = empty_aligned(value.shape, value.dtype)
     np.copyto(out, value, casting="no")
     return out
-
-
-# -- transposes by XLA (issue 18) ------------------------------------------------------
-# A kernel-last storage crosses the interface transposed. XLA's transpose on
-# the CPU runs at 2-3x NumPy's strips, releases the GIL and writes into
-# XLA's own pooled memory (no first touch of fresh pages when the pool has
-# room). Two uses, both registered with the core's layout code:
-# * ``transpose_view`` (a save, ``m.state()``): a transposed view of a JAX
-#   array's own host buffer made C-contiguous by XLA, read back as NumPy;
-# * ``transpose_for_write`` (a load, a port into JAX): the canonical value
-#   put on the CPU device without a copy (64-byte aligned host memory), then
-#   transposed by XLA into the array the storage will hold; the NumPy view
-#   of it that the core passes back to ``write_owned`` is recognized
-#   (``_made_here``) and its array kept as it is: one pass in all.
-
-#: A transposed array made for a write: ``id(numpy view) -> (weak reference
-#: to the view, the JAX array)``; an entry goes with its view.
-_MADE: dict[int, tuple[Any, jax.Array]] = {}
-_PERMUTE: dict[tuple[int, ...], Any] = {}
-
-
-def _permute(perm: tuple[int, ...]) -> Any:
-    fn = _PERMUTE.get(perm)
-    if fn is None:
-        fn = _PERMUTE[perm] = jax.jit(lambda x: jnp.transpose(x, perm))
-    return fn
-
-
-def _root_and_perm(value: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
-    """``(root, perm)`` with ``root`` C-contiguous and ``value`` equal to
-    ``root.transpose(perm)`` (the same memory); ``None`` for any other view
-    (a slice, a flip, a broadcast) or a C-contiguous ``value``."""
-    if value.ndim < 2 or value.flags.c_contiguous or min(value.strides) <= 0:
-        return None
-    order = tuple(sorted(range(value.ndim), key=lambda a: -value.strides[a]))
-    root = value.transpose(order)  # axes in memory order: C-contiguous if value is a permutation of one
-    if not root.flags.c_contiguous:
-        return None
-    perm = [0] * value.ndim
-    for i, a in enumerate(order):
-        perm[a] = i
-    return root, tuple(perm)
-
-
-def _cpu_device() -> Any:
-    return jax.devices("cpu")[0]
-
-
-def transpose_view(value: np.ndarray) -> np.ndarray | None:
-    """A C-contiguous copy of ``value``, a permutation of a single-device
-    JAX array's host buffer, made by XLA; ``None`` for any other view."""
-    found = _root_and_perm(value)
-    if found is None:
-        return None
-    src = _jax_array_of(found[0])
-    if src is None or next(iter(src.devices())).platform != "cpu":
-        return None
-    out = _permute(found[1])(src)
-    out.block_until_ready()
-    return np.asarray(out)
-
-
-def transpose_for_write(value: np.ndarray) -> np.ndarray | None:
-    """``value`` (a permutation of a C-contiguous host array: a file's tensor
-    read into the core's buffer, another framework's canonical view) as a
-    new C-contiguous array made by XLA on the CPU, for a write into a JAX
-    storage; ``None`` where the source is not 64-byte aligned (XLA would copy
-    it first: NumPy's strips are as fast)."""
-    found = _root_and_perm(value)
-    if found is None:
-        return None
-    root, perm = found
-    src = _jax_array_of(root)
-    if src is None:
-        if root.ctypes.data % 64:
-            return None
-        src = jax.device_put(root, _cpu_device())  # an alias of ``root`` (aligned host memory), read once here
-    out = _permute(perm)(src)
-    out.block_until_ready()  # ``root`` may be reused as soon as this returns
-    del src
-    view = np.asarray(out)
-    key = id(view)
-    import weakref
-
-    _MADE[key] = (weakref.ref(view, lambda _r, key=key: _MADE.pop(key, None)), out)
-    return view
-
-
-def _made_here(value: np.ndarray) -> jax.Array | None:
-    """The JAX array behind ``value`` when ``transpose_for_write`` made it."""
-    entry = _MADE.get(id(value))
-    if entry is None or entry[0]() is not value:
-        return None
-    return entry[1]
-
-
-register_transposer(transpose_view)
-register_transposer(transpose_for_write, into=("jax", "jax-nnx"))
 
 
 def as_input(x: Any) -> Any:
