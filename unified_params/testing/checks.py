@@ -195,6 +195,30 @@ def check_node_by_path_matches_the_tree(be: Backend) -> None:
         assert node_matches_tree(m._handle) > 1, make.__name__
 
 
+def _shape_of_tree(node: Any) -> tuple[Any, ...]:
+    return (node.key, id(node.native), node.type_name,
+            [(x.role, x.native_name, x.kind, x.trainable, x.layout, x.persistent, x.rnn_bias, x.storage)
+             for x in node.leaves],
+            [_shape_of_tree(c) for c in node.children])
+
+
+@check
+def check_one_walk_gives_tree_and_stamp(be: Backend) -> None:
+    """Adapter protocol (issue 13): the optional ``tree_and_stamp()`` gives
+    what ``tree()`` and ``stamp()`` give, before and after an edit of the
+    model (a first listing uses it, later ones trust the stamp)."""
+    zoo = be.zoo()
+    for make in (zoo.nested, zoo.shared, zoo.norm, zoo.cnn):
+        m = make()
+        both = getattr(m._handle, "tree_and_stamp", None)
+        if both is None:  # optional: the core walks twice
+            return
+        root, stamp = both()
+        assert stamp == m._handle.stamp(), f"{make.__name__}: tree_and_stamp's stamp differs from stamp()"
+        assert _shape_of_tree(root) == _shape_of_tree(m._handle.tree()), \
+            f"{make.__name__}: tree_and_stamp's tree differs from tree()"
+
+
 @check
 def check_select_distinct_and_missing_names(be: Backend) -> None:
     """1.4: select by re.fullmatch, distinct, ParamNotFoundError with close names."""

@@ -276,10 +276,9 @@ def _node(key: str, block: Block) -> Node:
     )
 
 
-def _stamped_node(key: str, block: Block, add: Callable[[Any], None]) -> Node:
-    """``_node`` and, through ``add``, the parts of ``MXNetHandle.stamp`` for
-    this block and its descendants in the stamp's order (pre-order): one
-    walk where the core needs both (a first listing)."""
+def _stamp_tables(block: Block, add: Callable[[Any], None]) -> None:
+    """One block's part of ``MXNetHandle.stamp``: its id, and for each of its
+    parameter tables the names, ids, ``grad_req`` and differentiability."""
     add(id(block))
     for table in (block._reg_params, block._params._params):
         if table:
@@ -290,6 +289,13 @@ def _stamped_node(key: str, block: Block, add: Callable[[Any], None]) -> Node:
                 add(getattr(p, "_differentiable", True))
         else:
             add(None)
+
+
+def _stamped_node(key: str, block: Block, add: Callable[[Any], None]) -> Node:
+    """``_node`` and, through ``add``, the parts of ``MXNetHandle.stamp`` for
+    this block and its descendants in the stamp's order (pre-order): one
+    walk where the core needs both (a first listing)."""
+    _stamp_tables(block, add)
     leaves = list(_leaves(block))
     kids = block._children
     children: list[Node] = []
@@ -376,16 +382,7 @@ class MXNetHandle(Handle):
         pop = stack.pop
         while stack:
             b = pop()
-            add(id(b))
-            for table in (b._reg_params, b._params._params):
-                if table:
-                    add(tuple(table))
-                    for p in table.values():
-                        add(id(p))
-                        add(p._grad_req)
-                        add(getattr(p, "_differentiable", True))
-                else:
-                    add(None)
+            _stamp_tables(b, add)
             kids = b._children
             if kids:
                 add(tuple(kids))
