@@ -7,6 +7,8 @@ arrays handed to JAX never the caller's. No timings."""
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -225,3 +227,47 @@ def test_jax_writes_never_alias_the_callers_array(tmp_path: object) -> None:
     m.initialize(up.init.Zeros())
     up.load(m, f)
     np.testing.assert_array_equal(m.params["layers_0.weight"].value, np.full((5, 4), 2.0))
+
+
+def test_a_kernel_last_load_reads_through_one_reused_buffer(tmp_path: pathlib.Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernel-last storages of a file (no framework needed: the reference kit
+    seen through a kernel-last adapter) are read into one reused buffer and
+    converted from it: every storage gets its own values, bit-exact, though
+    the buffer is refilled for each; above ``READ_BUFFER_BYTES`` the buffer
+    is not used."""
+    from unified_params import _fastpath, _limits
+
+    def net() -> ref.Sequential:
+        return ref.Sequential(ref.Dense(37, in_units=53), ref.Dense(29, in_units=37),
+                              ref.Conv2d(19, 3, in_channels=23))
+
+    src = up.wrap(net())
+    src.initialize(up.init.Normal(1.0), seed=5)
+    f = tmp_path / "k.safetensors"
+    up.save(src, f)
+    given: list[tuple[int, ...]] = []
+    real = _fastpath._read_buffer
+
+    def counted(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
+        buf = real(dtype, shape)
+        if buf is not None:
+            given.append(shape)
+        return buf
+
+    monkeypatch.setattr(_fastpath, "_read_buffer", counted)
+    monkeypatch.setattr(_limits, "READ_BUFFER_FROM", 1)
+    monkeypatch.setattr(_limits, "BATCH_BYTES", 1)  # one storage per write: the one-value route
+    k = kernel_last(net())
+    up.load(k, f)
+    weights = sorted(n for n in src.params if n.endswith("weight"))
+    assert sorted(given) == sorted(src.params[n].shape for n in weights)
+    for n, p in src.params.items():
+        np.testing.assert_array_equal(k.params[n].value, p.value, err_msg=n)
+    given.clear()
+    monkeypatch.setattr(_limits, "READ_BUFFER_BYTES", 8)
+    again = kernel_last(net())
+    up.load(again, f)
+    assert given == []
+    for n, p in src.params.items():
+        np.testing.assert_array_equal(again.params[n].value, p.value, err_msg=n)

@@ -434,7 +434,7 @@ def test_large_kernels_are_saved_through_tensorflows_transpose(monkeypatch: pyte
             made.append(out.shape)
         return out
 
-    monkeypatch.setattr(_layout, "_TRANSPOSERS", [(counted, None)])
+    monkeypatch.setattr(_layout, "_TRANSPOSERS", [counted])
     f = tmp_path / "big.safetensors"
     up.save(m, f)
     assert sorted(made) == [(256, 128, 3, 3), (2100, 256)]  # both kernels (> 1 MiB), no bias

@@ -54,7 +54,7 @@ def _to_native(p: Param, arr: np.ndarray, owned: bool) -> tuple[np.ndarray, bool
     layout = p._leaf.layout
     if layout in _PLAIN:
         return arr, owned
-    native = to_native(arr, layout, p._concrete_shape_native(), into=p._handle.backend.name)
+    native = to_native(arr, layout, p._concrete_shape_native())
     return native, owned or not np.may_share_memory(native, arr)
 
 

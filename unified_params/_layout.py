@@ -80,7 +80,7 @@ class Layout:
             value = _reorder_gates(value, self.gate_axis, self.gates)
         return value
 
-    def to_native(self, value: np.ndarray, native_shape: Sequence[int], into: str | None = None) -> np.ndarray:
+    def to_native(self, value: np.ndarray, native_shape: Sequence[int]) -> np.ndarray:
         ndim = len(native_shape)
         if self.gates:
             value = _reorder_gates(value, self.gate_axis, _inverse(self.gates))
@@ -93,7 +93,7 @@ class Layout:
         flips = self.flip(ndim)
         if flips:
             value = value[tuple(slice(None, None, -1) if a in flips else slice(None) for a in range(ndim))]
-        return contiguous(value, into=into)
+        return contiguous(value)
 
 
 def _reorder_gates(value: np.ndarray, axis: int, order: Sequence[int]) -> np.ndarray:
@@ -207,16 +207,13 @@ def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
     return get(layout).to_canonical(value)
 
 
-def to_native(value: np.ndarray, layout: str, native_shape: Sequence[int] | None = None,
-              into: str | None = None) -> np.ndarray:
-    """``value`` (canonical) in ``layout``'s native order, C-contiguous (a
-    copy where axes move); ``into``: the backend whose storage it is for."""
+def to_native(value: np.ndarray, layout: str, native_shape: Sequence[int] | None = None) -> np.ndarray:
     if layout in (CANONICAL, NATIVE):
         return value
     lay = get(layout)
     if native_shape is None:  # only layouts that merge nothing can invert without it
         native_shape = _unmerged_shape(lay, value.shape)
-    return lay.to_native(value, native_shape, into)
+    return lay.to_native(value, native_shape)
 
 
 def copy_canonical(native: np.ndarray, layout: str) -> np.ndarray:
@@ -262,33 +259,22 @@ def empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
 
 #: Functions an adapter registers (``register_transposer``) that may make the
 #: C-contiguous copy of a large strided view faster than NumPy can: a
-#: framework's own transpose of the buffer the view shows (TensorFlow's and
-#: XLA's are 2-3x faster than the strips below). Each returns ``None`` for a
-#: view it does not recognize; the first answer is used. Each comes with the
-#: backends it converts values *for* (``into``): ``None``, any copy (a save's
-#: views of that framework's own buffers); else only copies that the core
-#: makes for a write into a storage of one of those backends (a load's or a
-#: port's transpose, made where the result will live).
-_TRANSPOSERS: list[tuple[Callable[[np.ndarray], np.ndarray | None], frozenset[str] | None]] = []
+#: framework's own transpose of the buffer the view shows (TensorFlow's is
+#: 2-3x faster than the strips below). Each returns ``None`` for a view it
+#: does not recognize; the first answer is used.
+_TRANSPOSERS: list[Callable[[np.ndarray], np.ndarray | None]] = []
 
 
-def register_transposer(fn: Callable[[np.ndarray], np.ndarray | None],
-                        into: Sequence[str] | None = None) -> None:
+def register_transposer(fn: Callable[[np.ndarray], np.ndarray | None]) -> None:
     """Let ``contiguous`` and ``contiguous_into`` ask ``fn`` first for large
     strided views: ``fn(view)`` returns a new, private C-contiguous array
-    equal to ``view`` (its shape and dtype), or ``None``. With ``into``
-    (backend names), ``fn`` is asked only for the conversions of values
-    written into storages of those backends (``to_native(..., into=name)``),
-    which it may make in its framework's own memory. Registered once."""
-    entry = (fn, None if into is None else frozenset(into))
-    if entry not in _TRANSPOSERS:
-        _TRANSPOSERS.append(entry)
+    equal to ``view`` (its shape and dtype), or ``None``. Registered once."""
+    if fn not in _TRANSPOSERS:
+        _TRANSPOSERS.append(fn)
 
 
-def _transposed_by_adapter(value: np.ndarray, into: str | None = None) -> np.ndarray | None:
-    for fn, targets in _TRANSPOSERS:
-        if targets is not None and into not in targets:
-            continue
+def _transposed_by_adapter(value: np.ndarray) -> np.ndarray | None:
+    for fn in _TRANSPOSERS:
         try:
             out = fn(value)
         except Exception:  # noqa: BLE001, S112 - an adapter's refusal means: NumPy copies
@@ -299,8 +285,7 @@ def _transposed_by_adapter(value: np.ndarray, into: str | None = None) -> np.nda
     return None
 
 
-def contiguous(value: np.ndarray, copy: bool = False, tile_from: int | None = None,
-               into: str | None = None) -> np.ndarray:
+def contiguous(value: np.ndarray, copy: bool = False, tile_from: int | None = None) -> np.ndarray:
     """``value`` as a C-contiguous array (a new one if ``copy``).
 
     A large transposed view (a layout conversion) is copied tile by tile
@@ -308,14 +293,13 @@ def contiguous(value: np.ndarray, copy: bool = False, tile_from: int | None = No
     column at a time, a cache (and TLB) miss per element, about 4x slower on
     a 4096 x 4096 float32 matrix. A transposed matrix goes strip by strip
     (``_strips``), 3x faster again. ``tile_from``: the size in bytes from
-    which to tile (default ``_limits.TILED_BYTES``). ``into``: the backend
-    the copy is for (its registered transposers are asked first).
+    which to tile (default ``_limits.TILED_BYTES``).
     """
     threshold = _limits.TILED_BYTES if tile_from is None else tile_from
     if value.flags.c_contiguous and not copy:
         return value
     if _TRANSPOSERS and not value.flags.c_contiguous and value.ndim >= 2 and value.nbytes >= threshold:
-        fast = _transposed_by_adapter(value, into)
+        fast = _transposed_by_adapter(value)
         if fast is not None:
             return fast
     if value.flags.c_contiguous or value.ndim < 2 or value.nbytes < threshold:
