@@ -914,18 +914,6 @@ def _port(s: Block, d: Block, report: PortReport, progress: bool | None, check: 
     for what, sl, dl, se, de, sdts, ddts in portable:
         links = pair(what, se, de, f"the {s.backend} source",
                      f"the {d.backend} destination", "port between models of the same architecture")
-        if len(links) == len(se) == len(de) and all(link.how == "copy" for link in links):
-            # one to one in order (pairs advance together): the common case, in list passes
-            values: list[Any] = [ParamValue(e.shape, dt, p)  # type: ignore[arg-type]
-                                 for e, dt, p in zip(se, sdts, sl)]
-            for k, (a, b) in enumerate(zip(sdts, ddts)):
-                if a is not b and a != b:  # a cast: checked as any port's value
-                    values[k] = _port_checked(what, k, [sl[k]], dl[k], values[k])
-            items.extend(zip(dl, values))
-            shapes.extend([e.shape for e in de])  # type: ignore[misc]
-            dtypes.extend(ddts)
-            pairs.extend(zip([p.name for p in sl], [p.name for p in dl], [e.shape for e in de]))  # type: ignore[misc]
-            continue
         for n, link in enumerate(links):
             if link.how == "copy":  # the common case, lean: one dtype asked for per side
                 i, k = link.src[0], link.dst[0]
